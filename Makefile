@@ -1,0 +1,38 @@
+# meshledger: `make demo` runs the main job, `make test` runs the tests.
+# Both set up everything they need (venv, Python and npm packages) first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.meshledger-setup
+PACKAGES := domain ledger router_core settlement infra
+
+.PHONY: setup demo test lint typecheck unit bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml package.json
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	npm install --no-audit --no-fund --loglevel=error
+	chmod +x node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/meshledger demo
+
+lint: setup
+	$(BIN)/ruff check $(PACKAGES) tests
+	$(BIN)/ruff format --check $(PACKAGES) tests
+
+typecheck: setup
+	$(BIN)/mypy $(PACKAGES)
+
+test: setup lint typecheck
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/meshledger bench ingest --json
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
