@@ -1,0 +1,359 @@
+"""Domain event types of the mesh ledger, versioned, with upcasting of older versions.
+
+Every event is a frozen dataclass with a `TYPE` name and a `class_version`; an older encoded
+version is brought up to date by the `upcast_vN_vM` static methods, as in eventsourcing's
+upcasting, so an old log always replays. Amounts are integers in token base units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+E = TypeVar("E", bound="Event")
+
+
+class EventDecodeError(ValueError):
+    """An encoded event that does not match any known type, version or schema."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    TYPE: ClassVar[str] = ""
+    class_version: ClassVar[int] = 1
+    #: the realm whose partition carries the event ("" for chain-wide events)
+    realm: str
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["type"] = self.TYPE
+        data["v"] = self.class_version
+        return data
+
+
+EVENT_TYPES: dict[str, type[Event]] = {}
+
+
+def register(cls: type[E]) -> type[E]:
+    if cls.TYPE in EVENT_TYPES:
+        raise ValueError(f"event type {cls.TYPE} registered twice")
+    EVENT_TYPES[cls.TYPE] = cls
+    return cls
+
+
+# -- realm configuration (keeper) -------------------------------------------------------------
+
+
+DEFAULT_PRICE_PER_MESSAGE = 10**12
+
+
+@dataclass(frozen=True, slots=True)
+class RealmParams:
+    """Realm parameters set by the keeper; all integers (bps = 1/10000)."""
+
+    rfr_bps: int = 200
+    stake_per_mpb: int = 10**18
+    epoch_blocks: int = 100
+    funding_period_blocks: int = 100
+    weight_router_bps: int = 5000
+    weight_service_bps: int = 3000
+    weight_vendor_bps: int = 2000
+    price_per_message: int = DEFAULT_PRICE_PER_MESSAGE
+
+    def __post_init__(self) -> None:
+        for name in (f.name for f in dataclasses.fields(self)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"realm parameter {name} must be a non-negative int, got {value!r}")
+        weights = self.weight_router_bps + self.weight_service_bps + self.weight_vendor_bps
+        if weights != 10_000:
+            raise ValueError(f"payout weights must sum to 10000 bps, got {weights}")
+        if self.stake_per_mpb == 0 or self.epoch_blocks == 0 or self.funding_period_blocks == 0:
+            raise ValueError("stake_per_mpb, epoch_blocks and funding_period_blocks must be > 0")
+        if self.rfr_bps > 10_000:
+            raise ValueError(f"rfr_bps must be <= 10000, got {self.rfr_bps}")
+
+
+PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(RealmParams))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RealmCreated(Event):
+    TYPE: ClassVar[str] = "RealmCreated"
+    class_version: ClassVar[int] = 2
+    keeper: str
+    params: RealmParams
+    block: int
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        # v1 had no SWAP price; realms created then priced a message at the default.
+        state["params"].setdefault("price_per_message", DEFAULT_PRICE_PER_MESSAGE)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RealmParamsChanged(Event):
+    TYPE: ClassVar[str] = "RealmParamsChanged"
+    params: RealmParams
+    block: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ApiEnabled(Event):
+    """The keeper enables an API (a URI prefix) in the realm; `vendor` earns by its calls."""
+
+    TYPE: ClassVar[str] = "ApiEnabled"
+    api: str
+    vendor: str
+    block: int
+
+
+# -- stakes (indexer) ---------------------------------------------------------------------------
+
+ROLES = ("user", "router_operator", "service_operator", "developer")
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class StakeChanged(Event):
+    """Directed stake of `staker` (in `role`) on `target`; `amount` is the new total after the
+    change. A stake whose target is the realm keeper is a stake on the realm itself."""
+
+    TYPE: ClassVar[str] = "StakeChanged"
+    staker: str
+    role: str
+    target: str
+    amount: int
+    tx_hash: str
+    block: int
+    log_index: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ChainHead(Event):
+    """A source's watermark: it has seen (and emitted everything up to) `block`."""
+
+    TYPE: ClassVar[str] = "ChainHead"
+    chain_id: int
+    block: int
+    block_hash: str = ""
+
+
+# -- metering and SWAP (routers) ----------------------------------------------------------------
+
+METER_KINDS = ("event", "invocation", "result", "error")
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class MessageMetered(Event):
+    """One routed message. In a record, metered messages travel in columnar form."""
+
+    TYPE: ClassVar[str] = "MessageMetered"
+    router: str
+    from_peer: str
+    to_peer: str
+    kind: str
+    uri: str
+    payload_bytes: int
+    block: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted(Event):
+    TYPE: ClassVar[str] = "HandshakeCompleted"
+    router: str
+    peer: str
+    payment_threshold: int
+    disconnect_threshold: int
+    price_per_message: int
+    token: str
+    chain_id: int
+    chequebook: str
+    version: str
+    block: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ChequeIssued(Event):
+    TYPE: ClassVar[str] = "ChequeIssued"
+    issuer: str
+    beneficiary: str
+    chain_id: int
+    chequebook: str
+    cumulative: int
+    signature: str
+    block: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ChequeReceived(Event):
+    TYPE: ClassVar[str] = "ChequeReceived"
+    peer: str
+    beneficiary: str
+    chain_id: int
+    chequebook: str
+    cumulative: int
+    amount: int
+    signature: str
+    block: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ChequeRejected(Event):
+    TYPE: ClassVar[str] = "ChequeRejected"
+    peer: str
+    chequebook: str
+    cumulative: int
+    reason: str
+    block: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class PeerDisconnected(Event):
+    TYPE: ClassVar[str] = "PeerDisconnected"
+    router: str
+    peer: str
+    reason: str
+    balance: int
+    block: int
+
+
+# -- epochs and settlement (ledger, settlement job) --------------------------------------------
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class EpochClosed(Event):
+    """Epoch `epoch` of the realm is closed: payouts use exactly the events of each source up
+    to its high-water seq in `marks` (a record past its mark counts in the next epoch, late)."""
+
+    TYPE: ClassVar[str] = "EpochClosed"
+    epoch: int
+    first_block: int
+    last_block: int
+    marks: dict[str, int] = field(default_factory=dict)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class PayoutsComputed(Event):
+    TYPE: ClassVar[str] = "PayoutsComputed"
+    epoch: int
+    funding: int
+    total: int
+    remainder: int
+    payees: int
+    digest: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class SettlementSubmitted(Event):
+    TYPE: ClassVar[str] = "SettlementSubmitted"
+    epoch: int
+    chain_id: int
+    contract: str
+    root: str
+    total: int
+    tx_hash: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class SettlementConfirmed(Event):
+    TYPE: ClassVar[str] = "SettlementConfirmed"
+    epoch: int
+    chain_id: int
+    contract: str
+    tx_hash: str
+    block: int
+    block_hash: str
+
+
+# -- decoding -------------------------------------------------------------------------------------
+
+_NESTED: dict[str, Callable[[Any], Any]] = {"params": lambda d: RealmParams(**d)}
+
+
+def upcast(cls: type[Event], state: dict[str, Any], version: int) -> dict[str, Any]:
+    """Bring an encoded event of `version` up to `cls.class_version`, step by step."""
+    if version > cls.class_version:
+        raise EventDecodeError("unknown_version", f"{cls.TYPE} v{version} is newer than v{cls.class_version}")
+    while version < cls.class_version:
+        step = getattr(cls, f"upcast_v{version}_v{version + 1}", None)
+        if step is None:
+            raise EventDecodeError("unknown_version", f"no upcaster for {cls.TYPE} v{version}")
+        step(state)
+        version += 1
+    return state
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Decode (and upcast) one event; raises EventDecodeError with a machine-readable reason."""
+    if not isinstance(data, dict):
+        raise EventDecodeError("schema", f"event is {type(data).__name__}, not an object")
+    state = dict(data)
+    type_name = state.pop("type", None)
+    version = state.pop("v", None)
+    cls = EVENT_TYPES.get(type_name) if isinstance(type_name, str) else None
+    if cls is None:
+        raise EventDecodeError("unknown_type", f"event type {type_name!r}")
+    if not isinstance(version, int) or version < 1:
+        raise EventDecodeError("schema", f"{type_name}: version {version!r}")
+    if "params" in state and not isinstance(state["params"], dict):
+        raise EventDecodeError("schema", f"{type_name}: params is not an object")
+    upcast(cls, state, version)
+    expected = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(state) - set(expected)
+    if unknown:
+        raise EventDecodeError("schema", f"{type_name}: unknown fields {sorted(unknown)}")
+    try:
+        for name, value in list(state.items()):
+            if name in _NESTED:
+                state[name] = _NESTED[name](value)
+        event = cls(**state)
+    except (TypeError, ValueError) as exc:
+        raise EventDecodeError("schema", f"{type_name}: {exc}") from exc
+    _check_types(event)
+    return event
+
+
+_SCALARS: dict[str, type | tuple[type, ...]] = {"int": int, "str": str}
+
+
+def _check_types(event: Event) -> None:
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        expected = _SCALARS.get(str(f.type))
+        if expected is None:
+            continue
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise EventDecodeError("schema", f"{event.TYPE}.{f.name} must be {f.type}, got {type(value).__name__}")
+    if isinstance(event, EpochClosed) and not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in event.marks.items()
+    ):
+        raise EventDecodeError("schema", "EpochClosed.marks must map source to int seq")
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    data = event.to_dict()
+    if "params" in data:
+        data["params"] = dataclasses.asdict(data["params"])
+    return data
