@@ -1,0 +1,53 @@
+"""Chain helpers of the settlement tests: raw anvil RPC calls, ETH funding, submitter configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from settlement.journal import Journal
+from settlement.submitter import FeePolicy, Observer, Submitter, SubmitterConfig
+
+SETTLE_CHAIN_ID = 42161
+FAST_POLL_S = 0.02
+
+
+def rpc(w3: Web3, method: str, *params: Any) -> Any:
+    """An anvil/debug RPC call; raises on an error response."""
+    response = w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+    if "error" in response:
+        raise RuntimeError(f"{method}: {response['error']}")
+    return response.get("result")
+
+
+def fund_eth(w3: Web3, address: str, wei: int = 10**20) -> None:
+    rpc(w3, "anvil_setBalance", address, hex(wei))
+
+
+def fast_config(chain_id: int = SETTLE_CHAIN_ID, **overrides: Any) -> SubmitterConfig:
+    """Submitter settings scaled down to a 0.1 s-block test chain."""
+    settings: dict[str, Any] = {
+        "chain_id": chain_id,
+        "fees": FeePolicy(max_fee_cap_wei=100 * 10**9),
+        "confirmations": 3,
+        "stuck_after_s": 5.0,
+        "receipt_timeout_s": 30.0,
+        "confirm_timeout_s": 30.0,
+        "poll_interval_s": FAST_POLL_S,
+        "lock_timeout_s": 60.0,
+    }
+    settings.update(overrides)
+    return SubmitterConfig(**settings)
+
+
+def make_submitter(
+    w3: Web3,
+    account: LocalAccount,
+    journal_path: Path,
+    observer: Observer | None = None,
+    **overrides: Any,
+) -> Submitter:
+    return Submitter(w3, account, Journal(journal_path), fast_config(**overrides), observer)

@@ -1,0 +1,227 @@
+"""The transaction submitter on a real anvil: journal, fees, replacement, reorgs, reverts, locks."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from _submitter_chain import SETTLE_CHAIN_ID, fund_eth, make_submitter, rpc
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from infra.anvil import Anvil
+from settlement.journal import Journal, JournaledTx, TxState
+from settlement.submitter import (
+    FeeCapExceeded,
+    FeePolicy,
+    SenderBusy,
+    TxRequest,
+    TxReverted,
+    WouldRevert,
+    WrongChain,
+)
+
+pytestmark = pytest.mark.integration
+
+# init code that deploys a contract whose every call reverts (PUSH1 0 PUSH1 0 REVERT)
+ALWAYS_REVERTS_INITCODE = bytes.fromhex("6005600c60003960056000f3" + "60006000fd")
+
+
+def transfer(to: str, wei: int, key: str = "pay") -> TxRequest:
+    return TxRequest(work_key=f"{key}:{to}", to=to, data=b"", value=wei, gas_limit=21_000)
+
+
+def balance_reached(w3: Web3, address: str, wei: int) -> bool:
+    return int(w3.eth.get_balance(Web3.to_checksum_address(address))) >= wei
+
+
+def new_payee() -> str:
+    return str(Account.create().address)
+
+
+def test_send_is_journaled_then_confirmed(w3: Web3, sender: LocalAccount, tmp_path: Path) -> None:
+    payee = new_payee()
+    stages: list[tuple[str, TxState]] = []
+
+    def observe(stage: str, row: JournaledTx) -> None:
+        stages.append((stage, row.state))
+
+    with make_submitter(w3, sender, tmp_path / "j.sqlite", observe) as sub:
+        outcome = sub.submit(transfer(payee, 5), lambda: balance_reached(w3, payee, 5))
+
+    assert outcome.status == "confirmed"
+    assert w3.eth.get_balance(payee) == 5
+    # signed (and journaled) strictly before it was sent
+    assert [s for s, _ in stages][:2] == ["signed", "sent"]
+    assert stages[0][1] == TxState.SIGNED
+    rows = Journal(tmp_path / "j.sqlite").all()
+    assert [(r.state, r.tx_hash) for r in rows] == [(TxState.CONFIRMED, outcome.tx_hash)]
+    assert rows[0].block_hash == outcome.block_hash
+    receipt = w3.eth.get_transaction_receipt(outcome.tx_hash)  # type: ignore[arg-type]
+    assert w3.eth.block_number >= receipt["blockNumber"] + 2  # three confirmations
+
+
+def test_work_already_done_signs_nothing(w3: Web3, sender: LocalAccount, tmp_path: Path) -> None:
+    with make_submitter(w3, sender, tmp_path / "j.sqlite") as sub:
+        outcome = sub.submit(transfer(new_payee(), 5), lambda: True)
+    assert outcome.status == "already_done"
+    assert Journal(tmp_path / "j.sqlite").all() == []
+    assert w3.eth.get_transaction_count(sender.address) == 0
+
+
+def test_nonces_are_tracked_locally_across_sends(
+    w3: Web3, sender: LocalAccount, tmp_path: Path
+) -> None:
+    payees = [new_payee() for _ in range(3)]
+    with make_submitter(w3, sender, tmp_path / "j.sqlite", confirmations=1) as sub:
+        for payee in payees:
+            sub.submit(transfer(payee, 7), lambda p=payee: balance_reached(w3, p, 7))  # type: ignore[misc]
+    rows = Journal(tmp_path / "j.sqlite").all()
+    assert [r.nonce for r in rows] == [0, 1, 2]
+    assert all(w3.eth.get_balance(p) == 7 for p in payees)  # type: ignore[arg-type]
+
+
+def test_wrong_chain_id_is_refused_before_signing(
+    w3: Web3, sender: LocalAccount, tmp_path: Path
+) -> None:
+    sub = make_submitter(w3, sender, tmp_path / "j.sqlite", chain_id=1)
+    with pytest.raises(WrongChain, match="chain id 42161"):
+        sub.open()
+    assert Journal(tmp_path / "j.sqlite").all() == []
+
+
+def test_fee_cap_below_base_fee_signs_nothing(
+    w3: Web3, sender: LocalAccount, tmp_path: Path
+) -> None:
+    with (
+        make_submitter(
+            w3, sender, tmp_path / "j.sqlite", fees=FeePolicy(max_fee_cap_wei=1000)
+        ) as sub,
+        pytest.raises(FeeCapExceeded),
+    ):
+        sub.submit(transfer(new_payee(), 5), lambda: False)
+    assert Journal(tmp_path / "j.sqlite").all() == []
+
+
+def test_fees_never_exceed_the_cap(w3: Web3, sender: LocalAccount, tmp_path: Path) -> None:
+    base = int(w3.eth.get_block("latest")["baseFeePerGas"])
+    cap = base + base // 4  # below 2*base + tip: the cap binds
+    fees = FeePolicy(max_fee_cap_wei=cap, priority_fee_wei=10**9)
+    payee = new_payee()
+    with make_submitter(w3, sender, tmp_path / "j.sqlite", fees=fees, confirmations=1) as sub:
+        sub.submit(transfer(payee, 1), lambda: balance_reached(w3, payee, 1))
+    (row,) = Journal(tmp_path / "j.sqlite").all()
+    assert row.max_fee_wei == cap
+    assert row.priority_fee_wei <= cap - base
+
+
+def test_estimated_revert_signs_nothing(w3: Web3, sender: LocalAccount, tmp_path: Path) -> None:
+    target = deploy_reverter(w3)
+    with make_submitter(w3, sender, tmp_path / "j.sqlite") as sub, pytest.raises(WouldRevert):
+        sub.submit(TxRequest("call", target, b"\x01"), lambda: False)
+    assert Journal(tmp_path / "j.sqlite").all() == []
+
+
+def test_mined_revert_is_reported_and_journaled(
+    w3: Web3, sender: LocalAccount, tmp_path: Path
+) -> None:
+    target = deploy_reverter(w3)
+    with make_submitter(w3, sender, tmp_path / "j.sqlite") as sub, pytest.raises(TxReverted):
+        sub.submit(TxRequest("call", target, b"\x01", gas_limit=50_000), lambda: False)
+    (row,) = Journal(tmp_path / "j.sqlite").all()
+    assert row.state == TxState.REVERTED
+    assert row.block_number is not None
+
+
+def test_stuck_transaction_is_replaced_with_bumped_fees(fresh_anvil: Anvil, tmp_path: Path) -> None:
+    w3 = Web3(Web3.HTTPProvider(fresh_anvil.url))
+    sender = Account.create()
+    fund_eth(w3, sender.address)
+    payee = new_payee()
+    rpc(w3, "evm_setAutomine", False)  # nothing is mined until the replacement is out
+
+    def observe(stage: str, row: JournaledTx) -> None:
+        if stage == "replaced":
+            rpc(w3, "evm_mine")
+
+    with make_submitter(
+        w3, sender, tmp_path / "j.sqlite", observe, stuck_after_s=0.3, confirmations=1
+    ) as sub:
+        outcome = sub.submit(transfer(payee, 9), lambda: balance_reached(w3, payee, 9))
+    first, second = Journal(tmp_path / "j.sqlite").all()
+    assert first.nonce == second.nonce
+    assert outcome.tx_hash == second.tx_hash
+    assert (first.state, second.state) == (TxState.SUPERSEDED, TxState.CONFIRMED)
+    assert second.max_fee_wei * 100 >= first.max_fee_wei * 110
+    assert second.priority_fee_wei * 100 >= first.priority_fee_wei * 110
+    assert w3.eth.get_balance(payee) == 9  # type: ignore[arg-type]
+
+
+def test_reorged_out_transaction_is_sent_again(
+    w3: Web3, sender: LocalAccount, tmp_path: Path
+) -> None:
+    payee = new_payee()
+    reorgs: list[int] = []
+
+    def observe(stage: str, row: JournaledTx) -> None:
+        if stage == "mined" and not reorgs:
+            assert row.block_number is not None
+            depth = int(w3.eth.block_number) - row.block_number + 1
+            rpc(w3, "anvil_reorg", depth, [])  # replaces the blocks, without our transaction
+            reorgs.append(depth)
+
+    with make_submitter(w3, sender, tmp_path / "j.sqlite", observe) as sub:
+        outcome = sub.submit(transfer(payee, 11), lambda: balance_reached(w3, payee, 11))
+
+    assert reorgs
+    assert outcome.status == "confirmed"
+    assert w3.eth.get_balance(payee) == 11  # type: ignore[arg-type]
+    (row,) = Journal(tmp_path / "j.sqlite").all()
+    assert row.state == TxState.CONFIRMED
+    assert w3.eth.get_block(row.block_number)["hash"].hex() in row.block_hash  # type: ignore[arg-type]
+
+
+def test_one_sender_per_key(w3: Web3, sender: LocalAccount, tmp_path: Path) -> None:
+    journal = tmp_path / "j.sqlite"
+    with make_submitter(w3, sender, journal):
+        second = make_submitter(w3, sender, journal, lock_timeout_s=0.2)
+        with pytest.raises(SenderBusy):
+            second.open()
+
+
+def test_waiting_sender_finds_the_work_done(w3: Web3, sender: LocalAccount, tmp_path: Path) -> None:
+    payee = new_payee()
+    journal = tmp_path / "j.sqlite"
+    outcomes = []
+
+    def run() -> None:
+        with make_submitter(w3, sender, journal) as sub:
+            outcomes.append(sub.submit(transfer(payee, 3), lambda: balance_reached(w3, payee, 3)))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(o.status for o in outcomes) == ["already_done", "confirmed"]
+    assert w3.eth.get_balance(payee) == 3  # type: ignore[arg-type]
+
+
+def deploy_reverter(w3: Web3) -> str:
+    deployer = Account.create()
+    fund_eth(w3, deployer.address)
+    tx = {
+        "chainId": SETTLE_CHAIN_ID,
+        "nonce": 0,
+        "data": ALWAYS_REVERTS_INITCODE,
+        "gas": 100_000,
+        "maxFeePerGas": 100 * 10**9,
+        "maxPriorityFeePerGas": 10**9,
+    }
+    signed = deployer.sign_transaction(tx)
+    receipt = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_raw_transaction(signed.raw_transaction), timeout=10, poll_latency=0.02
+    )
+    return str(receipt["contractAddress"])
