@@ -162,8 +162,14 @@ class ChequeClaim:
             )
         except KeyError as exc:
             raise ChequeInvalid("malformed", f"missing {exc}") from exc
-        if type(claim.chain_id) is not int or type(claim.cumulative) is not int or claim.cumulative < 0:
-            raise ChequeInvalid("malformed", "chain_id and cumulative must be non-negative integers")
+        if (
+            type(claim.chain_id) is not int
+            or type(claim.cumulative) is not int
+            or claim.cumulative < 0
+        ):
+            raise ChequeInvalid(
+                "malformed", "chain_id and cumulative must be non-negative integers"
+            )
         for name in ("chequebook", "beneficiary", "signature"):
             if not isinstance(getattr(claim, name), str):
                 raise ChequeInvalid("malformed", f"{name} must be a string")
@@ -193,20 +199,26 @@ def check_cheque(
     EIP-712 signature (domain bound to chain id and chequebook) by the peer's address.
     """
     if claim.chain_id != agreed.chain_id:
-        raise ChequeInvalid("wrong_chain_id", f"cheque for chain {claim.chain_id}, agreed {agreed.chain_id}")
+        raise ChequeInvalid(
+            "wrong_chain_id", f"cheque for chain {claim.chain_id}, agreed {agreed.chain_id}"
+        )
     if claim.chequebook.lower() != agreed.chequebook.lower():
-        raise ChequeInvalid("wrong_chequebook", f"cheque on {claim.chequebook}, agreed {agreed.chequebook}")
+        raise ChequeInvalid(
+            "wrong_chequebook", f"cheque on {claim.chequebook}, agreed {agreed.chequebook}"
+        )
     if claim.beneficiary.lower() != beneficiary.lower():
-        raise ChequeInvalid("wrong_beneficiary", f"cheque pays {claim.beneficiary}, not {beneficiary}")
+        raise ChequeInvalid(
+            "wrong_beneficiary", f"cheque pays {claim.beneficiary}, not {beneficiary}"
+        )
     if claim.cumulative <= last_cumulative:
         raise ChequeInvalid(
             "not_increasing", f"cumulative {claim.cumulative} <= last accepted {last_cumulative}"
         )
     try:
         signature = bytes.fromhex(claim.signature.removeprefix("0x"))
-        signer = Cheque(claim.chain_id, claim.chequebook, claim.beneficiary, claim.cumulative).signer(
-            signature
-        )
+        signer = Cheque(
+            claim.chain_id, claim.chequebook, claim.beneficiary, claim.cumulative
+        ).signer(signature)
     except Exception as exc:  # malformed hex, bad length, unrecoverable: all one reason
         raise ChequeInvalid("bad_signature", f"unrecoverable signature: {exc}") from exc
     if signer.lower() != issuer.lower():

@@ -1,0 +1,1 @@
+"""meshledger's WAMP router: realms, broker, dealer, authentication, metering and SWAP."""

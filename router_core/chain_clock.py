@@ -1,0 +1,99 @@
+"""Chain clocks: the current block number that metered messages and bandwidth budgets use.
+
+`ManualClock` for tests and dev, `HeadEventClock` fed by ChainHead events from the ledger log
+(see `router_core.ledger_follower`), `Web3HeadPoller` polling an RPC endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+log = logging.getLogger("router_core.chain_clock")
+
+BlockListener = Callable[[int], None]
+
+
+class ChainClock(Protocol):
+    #: the latest block known; read on the routing path, so a plain attribute
+    block: int
+
+    def on_block(self, listener: BlockListener) -> None:
+        """Call `listener(block)` in the router's loop whenever the block advances."""
+
+
+class ManualClock:
+    """A clock moved by hand (tests, dev without a chain)."""
+
+    def __init__(self, block: int = 0) -> None:
+        self.block = block
+        self._listeners: list[BlockListener] = []
+
+    def on_block(self, listener: BlockListener) -> None:
+        self._listeners.append(listener)
+
+    def set(self, block: int) -> None:
+        if block <= self.block:
+            return
+        self.block = block
+        for listener in self._listeners:
+            listener(block)
+
+    def advance(self, blocks: int = 1) -> None:
+        self.set(self.block + blocks)
+
+
+class HeadEventClock(ManualClock):
+    """Advanced from another thread (the ledger follower) by ChainHead events of one chain."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, chain_id: int, block: int = 0) -> None:
+        super().__init__(block)
+        self._loop = loop
+        self.chain_id = chain_id
+
+    def head_seen(self, chain_id: int, block: int) -> None:
+        """Thread-safe: a ChainHead for `chain_id` at `block` was read."""
+        if chain_id == self.chain_id and block > self.block:
+            self._loop.call_soon_threadsafe(self.set, block)
+
+
+class Web3HeadPoller(ManualClock):
+    """Polls `eth_blockNumber` every `poll_ms` (async, in the router's loop)."""
+
+    def __init__(self, rpc_url: str, poll_ms: int = 1000, block: int = 0) -> None:
+        super().__init__(block)
+        self.rpc_url = rpc_url
+        self.poll_ms = poll_ms
+        self._task: asyncio.Task[None] | None = None
+
+    async def poll_once(self) -> int:
+        from web3 import AsyncHTTPProvider, AsyncWeb3
+
+        w3 = AsyncWeb3(AsyncHTTPProvider(self.rpc_url, request_kwargs={"timeout": 5}))
+        number = int(await w3.eth.block_number)
+        self.set(number)
+        return number
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an RPC hiccup keeps the last known block
+                log.warning("head poll of %s failed: %s", self.rpc_url, exc)
+            await asyncio.sleep(self.poll_ms / 1000)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,152 @@
+"""A realm: its sessions, its broker and dealer, and the one place routing observers plug in.
+
+Every routed message (EVENT delivered, INVOCATION, RESULT, ERROR) passes through
+`Realm.routed`, which calls the observers (metering, SWAP) in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from router_core import messages as m
+from router_core.broker import Broker
+from router_core.dealer import Dealer
+from router_core.reservation import ADMIT, HOLD
+from router_core.session import Session, State
+
+log = logging.getLogger("router_core.realm")
+
+
+class RoutingObserver(Protocol):
+    def routed(
+        self, realm: str, kind: str, sender: Session, receiver: Session, uri: str, nbytes: int
+    ) -> None:
+        """One message routed from `sender` to `receiver`; must not block."""
+
+
+class Realm:
+    def __init__(
+        self,
+        name: str,
+        loop: asyncio.AbstractEventLoop,
+        observers: Sequence[RoutingObserver] = (),
+        call_timeout_ms: int = 30_000,
+        max_pending_calls_per_session: int = 10_000,
+    ) -> None:
+        self.name = name
+        self.sessions: dict[int, Session] = {}
+        self._throttled: set[Session] = set()
+        self.set_observers(observers)
+        self.broker = Broker(self.routed)
+        self.dealer = Dealer(self.routed, loop, call_timeout_ms, max_pending_calls_per_session)
+        self._handlers = {
+            m.PUBLISH: self._publish,
+            m.SUBSCRIBE: self.broker.subscribe,
+            m.UNSUBSCRIBE: self.broker.unsubscribe,
+            m.CALL: self._call,
+            m.YIELD: self.dealer.yield_,
+            m.ERROR: self.dealer.error,
+            m.REGISTER: self.dealer.register,
+            m.UNREGISTER: self.dealer.unregister,
+            m.CANCEL: self.dealer.cancel,
+            m.GOODBYE: self._goodbye,
+        }
+
+    def set_observers(self, observers: Sequence[RoutingObserver]) -> None:
+        name = self.name
+        calls = tuple(o.routed for o in observers)
+        if not calls:
+
+            def routed(
+                kind: str, sender: Session, receiver: Session, uri: str, nbytes: int
+            ) -> None:
+                return None
+        elif len(calls) == 1:
+            (only,) = calls
+
+            def routed(
+                kind: str, sender: Session, receiver: Session, uri: str, nbytes: int
+            ) -> None:
+                only(name, kind, sender, receiver, uri, nbytes)
+        else:
+
+            def routed(
+                kind: str, sender: Session, receiver: Session, uri: str, nbytes: int
+            ) -> None:
+                for call in calls:
+                    call(name, kind, sender, receiver, uri, nbytes)
+
+        self.routed = routed
+
+    # -- membership -------------------------------------------------------------------------------
+
+    def join(self, session: Session) -> None:
+        session.realm = self
+        session.state = State.ESTABLISHED
+        self.sessions[session.id] = session
+
+    def leave(self, session: Session) -> None:
+        if self.sessions.pop(session.id, None) is None:
+            return
+        self._throttled.discard(session)
+        session.held.clear()
+        self.broker.session_left(session)
+        self.dealer.session_left(session)
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def dispatch(self, session: Session, code: int, msg: list[Any], nbytes: int) -> None:
+        handler = self._handlers.get(code)
+        if handler is None:
+            raise m.ProtocolViolation(f"message {code} not allowed in an established session")
+        if (code == m.PUBLISH or code == m.CALL) and session.gate is not None:
+            verdict = session.gate.admit()
+            if verdict != ADMIT:
+                self._over_budget(session, verdict, code, msg, nbytes)
+                return
+        handler(session, msg)
+
+    def _publish(self, session: Session, msg: list[Any]) -> None:
+        self.broker.publish(session, msg)
+
+    def _call(self, session: Session, msg: list[Any]) -> None:
+        self.dealer.call(session, msg, 0)
+
+    def _goodbye(self, session: Session, msg: list[Any]) -> None:
+        session.send([m.GOODBYE, {}, m.CLOSE_GOODBYE_AND_OUT])
+        session.close_transport()
+
+    # -- reservation enforcement ------------------------------------------------------------------
+
+    def _over_budget(
+        self, session: Session, verdict: int, code: int, msg: list[Any], nbytes: int
+    ) -> None:
+        if verdict == HOLD:
+            # throttle: hold the message for the next block and stop reading from this peer
+            session.held.append((code, msg, nbytes))
+            if session not in self._throttled:
+                self._throttled.add(session)
+                session.transport.pause()
+            return
+        gate = session.gate
+        assert gate is not None
+        text = f"over the reserved {gate.mpb} messages per block (+{gate.burst} held)"
+        if code == m.CALL or msg[2].get("acknowledge") is True:
+            session.error(code, msg[1], m.BANDWIDTH_EXCEEDED, text)
+
+    def on_block(self, block: int) -> None:
+        """A new block: release held messages (they count in the new block's budget)."""
+        if not self._throttled:
+            return
+        throttled, self._throttled = self._throttled, set()
+        for session in throttled:
+            if session.state is not State.ESTABLISHED:
+                continue
+            held = list(session.held)
+            session.held.clear()
+            session.transport.resume()
+            for code, msg, nbytes in held:
+                self.dispatch(session, code, msg, nbytes)

@@ -1,0 +1,233 @@
+"""The router: accepts WebSocket connections, runs HELLO → (CHALLENGE → AUTHENTICATE) → WELCOME,
+authorizes by reservation stake, runs the SWAP handshake, and hands sessions to their realm.
+
+Observers of routed messages (metering, SWAP) are plugged into every realm here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from router_core import messages as m
+from router_core.auth import ANONYMOUS, ETH_EIP191, AuthFailed, Challenge, EthEip191Auth
+from router_core.chain_clock import ChainClock
+from router_core.metering import MeteringObserver, UsageSink
+from router_core.realm import Realm, RoutingObserver
+from router_core.reservation import BandwidthGate
+from router_core.serializer import Serializer, serializers
+from router_core.session import Session, State
+from router_core.stakes import StakeView
+from router_core.swap import BALANCE_PROCEDURE, CHEQUE_PROCEDURE, SwapService
+from router_core.transport import WampServerFactory, WampServerProtocol
+
+log = logging.getLogger("router_core.router")
+
+ROUTER_ROLES: dict[str, Any] = {
+    "broker": {
+        "features": {
+            "publisher_exclusion": True,
+            "subscriber_blackwhite_listing": True,
+            "pattern_based_subscription": True,
+        }
+    },
+    "dealer": {
+        "features": {"call_timeout": True, "call_canceling": True, "progressive_call_results": True}
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RealmOptions:
+    name: str
+    allow_anonymous: bool = False
+    #: throttle/refuse peers sending more than their reserved messages per block
+    enforce_bandwidth: bool = False
+    #: messages per block held (throttled) beyond the reservation before refusing
+    burst_messages: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_frame_bytes: int = 1 << 20
+    max_write_buffer_bytes: int = 64 << 20
+    call_timeout_ms: int = 30_000
+    max_pending_calls_per_session: int = 10_000
+    max_sessions: int = 10_000
+
+
+class Router:
+    def __init__(
+        self,
+        address: str,
+        realms: Sequence[RealmOptions],
+        stakes: StakeView,
+        clock: ChainClock,
+        sink: UsageSink | None = None,
+        swap: SwapService | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.address = address
+        self.options = {r.name: r for r in realms}
+        self.stakes = stakes
+        self.clock = clock
+        self.sink = sink
+        self.swap = swap
+        self.limits = limits or Limits()
+        self.realms: dict[str, Realm] = {}
+        self.sessions: dict[int, Session] = {}
+        self._eth = EthEip191Auth(address)
+        self._serializers: dict[str, Serializer] = serializers()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    def observers(self) -> list[RoutingObserver]:
+        found: list[RoutingObserver] = []
+        if self.sink is not None:
+            found.append(MeteringObserver(self.sink, self.clock))
+        if self.swap is not None:
+            found.append(self.swap)
+        return found
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        loop = asyncio.get_running_loop()
+        observers = self.observers()
+        for name in self.options:
+            realm = Realm(
+                name,
+                loop,
+                observers,
+                self.limits.call_timeout_ms,
+                self.limits.max_pending_calls_per_session,
+            )
+            if self.swap is not None:
+                realm.dealer.meta[CHEQUE_PROCEDURE] = self.swap.cheque
+                realm.dealer.meta[BALANCE_PROCEDURE] = self.swap.balance
+            self.realms[name] = realm
+            self.clock.on_block(realm.on_block)
+        if self.swap is not None:
+            self.swap.start()
+        factory = WampServerFactory(
+            self._new_session, self._serializers, self.limits.max_frame_bytes, loop
+        )
+        self._server = await loop.create_server(factory, host, port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        log.info("router %s listening on ws://%s:%d", self.address, host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions.values()):
+            session.goodbye(m.CLOSE_SYSTEM_SHUTDOWN, "router stopping")
+            session.close_transport()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        if self.swap is not None:
+            await self.swap.stop()
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def _new_session(self, protocol: WampServerProtocol, serializer: Serializer) -> Session:
+        session = Session(
+            random.randint(1, m.MAX_ID),
+            protocol,
+            serializer,
+            self,
+            self.limits.max_frame_bytes,
+            self.limits.max_write_buffer_bytes,
+        )
+        if len(self.sessions) >= self.limits.max_sessions:
+            asyncio.get_running_loop().call_soon(
+                session.abort, m.CLOSE_SYSTEM_SHUTDOWN, "router is full"
+            )
+        self.sessions[session.id] = session
+        return session
+
+    def on_hello(self, session: Session, realm: str, details: dict[str, Any]) -> None:
+        try:
+            self._hello(session, realm, details)
+        except AuthFailed as exc:
+            log.info("session %s refused: %s %s", session.id, exc.uri, exc.message)
+            session.abort(exc.uri, exc.message)
+
+    def _hello(self, session: Session, realm: str, details: dict[str, Any]) -> None:
+        options = self.options.get(realm)
+        if options is None:
+            raise AuthFailed(m.NO_SUCH_REALM, f"no realm {realm!r} on this router")
+        session.hello_details = details
+        roles = details.get("roles")
+        session.roles = roles if isinstance(roles, dict) else {}
+        methods = details.get("authmethods") or [ANONYMOUS]
+        if not isinstance(methods, list):
+            raise m.ProtocolViolation("HELLO.Details.authmethods must be a list")
+        if ETH_EIP191 in methods:
+            challenge = self._eth.challenge(realm, details)
+            session.challenge = {"realm": realm, "challenge": challenge}
+            session.state = State.CHALLENGED
+            session.send([m.CHALLENGE, challenge.method, challenge.extra])
+        elif ANONYMOUS in methods and options.allow_anonymous:
+            self._welcome(session, realm, f"anonymous-{session.id}", "anonymous", ANONYMOUS)
+        else:
+            raise AuthFailed(m.NO_AUTH_METHOD, f"none of {methods} is accepted in realm {realm!r}")
+
+    def on_authenticate(self, session: Session, signature: str, extra: dict[str, Any]) -> None:
+        try:
+            realm = session.challenge["realm"]
+            challenge: Challenge = session.challenge["challenge"]
+            address = self._eth.verify(session.hello_details, challenge, signature)
+            if not self.stakes.has_reservation(realm, address, self.clock.block):
+                raise AuthFailed(
+                    m.NO_RESERVATION,
+                    f"{address} holds no reservation stake in realm {realm!r}: stake on the realm first",
+                )
+            self._welcome(session, realm, address, "user", ETH_EIP191)
+        except AuthFailed as exc:
+            log.info("session %s refused: %s %s", session.id, exc.uri, exc.message)
+            session.abort(exc.uri, exc.message)
+
+    def _welcome(
+        self, session: Session, realm_name: str, authid: str, authrole: str, authmethod: str
+    ) -> None:
+        realm = self.realms[realm_name]
+        options = self.options[realm_name]
+        session.authid = authid
+        session.authrole = authrole
+        session.authmethod = authmethod
+        authextra: dict[str, Any] = {"router": self.address}
+        if authmethod == ETH_EIP191 and self.swap is not None:
+            authextra["swap"] = self.swap.join(session, realm_name, session.hello_details)
+        if options.enforce_bandwidth and authmethod == ETH_EIP191:
+            mpb = self.stakes.reserved_mpb(realm_name, authid, self.clock.block)
+            session.gate = BandwidthGate(mpb, options.burst_messages, self.clock)
+        realm.join(session)
+        session.send(
+            [
+                m.WELCOME,
+                session.id,
+                {
+                    "realm": realm_name,
+                    "authid": authid,
+                    "authrole": authrole,
+                    "authmethod": authmethod,
+                    "authprovider": "meshledger",
+                    "authextra": authextra,
+                    "roles": ROUTER_ROLES,
+                },
+            ]
+        )
+
+    def on_closed(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        realm = session.realm
+        if realm is not None:
+            realm.leave(session)
+        if self.swap is not None:
+            self.swap.leave(session)

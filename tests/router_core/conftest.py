@@ -1,0 +1,180 @@
+"""Fixtures of the router tests: keys, a recording usage sink, a router on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvloop
+from eth_account import Account
+
+from domain.events import Event
+from domain.swap import RouterTerms
+from router_core.chain_clock import ManualClock
+from router_core.client import MeshSession, SwapOffer, connect
+from router_core.router import Limits, RealmOptions, Router
+from router_core.stakes import StaticStakes
+from router_core.swap import SwapService
+
+T = TypeVar("T")
+
+REALM = "realm1"
+CHAIN_ID = 31337
+TOKEN = "0x" + "11" * 20
+PRICE = 1_000
+
+
+@dataclass(frozen=True)
+class Key:
+    private: bytes
+    address: str
+
+
+def new_key() -> Key:
+    private = secrets.token_bytes(32)
+    return Key(private, Account.from_key(private).address)
+
+
+def chequebook_of(key: Key) -> str:
+    return "0x" + key.address[2:].lower()[::-1]
+
+
+@dataclass
+class RecordingSink:
+    """Stands in for the ledger emitter in unit tests: records what the router reports."""
+
+    metered: list[tuple[str, str, str, str, str, int, int]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def meter(
+        self,
+        realm: str,
+        from_peer: str,
+        to_peer: str,
+        kind: str,
+        uri: str,
+        payload_bytes: int,
+        block: int,
+    ) -> None:
+        self.metered.append((realm, from_peer, to_peer, kind, uri, payload_bytes, block))
+
+    def emit(self, event: Event) -> int:
+        self.events.append(event)
+        return len(self.events)
+
+    def of_type(self, cls: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, cls)]
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run one async test body on uvloop."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro_fn())
+
+
+@dataclass
+class Harness:
+    """Builds routers for a test; `reserved` peers hold a reservation stake in REALM."""
+
+    tmp_path: Path
+    router_key: Key = field(default_factory=new_key)
+    clock: ManualClock = field(default_factory=ManualClock)
+    sink: RecordingSink = field(default_factory=RecordingSink)
+    reserved: dict[str, int] = field(default_factory=dict)
+    routers: list[Router] = field(default_factory=list)
+
+    def reserve(self, key: Key, mpb: int = 1_000_000) -> Key:
+        self.reserved[key.address] = mpb
+        return key
+
+    def peer(self, mpb: int = 1_000_000) -> Key:
+        return self.reserve(new_key(), mpb)
+
+    def terms(self, **overrides: Any) -> RouterTerms:
+        values: dict[str, Any] = dict(
+            payment_threshold=10 * PRICE,
+            disconnect_threshold=20 * PRICE,
+            price_per_message=PRICE,
+            token=TOKEN,
+            chain_id=CHAIN_ID,
+            min_payment_threshold=5 * PRICE,
+        )
+        values.update(overrides)
+        return RouterTerms(**values)
+
+    async def start(
+        self,
+        *,
+        swap: bool = True,
+        terms: RouterTerms | None = None,
+        limits: Limits | None = None,
+        realm: RealmOptions | None = None,
+        db_name: str = "swap.sqlite",
+        port: int = 0,
+        solvency: Any = None,
+        on_cheque: Any = None,
+    ) -> Router:
+        service = None
+        if swap:
+            service = SwapService(
+                self.router_key.address,
+                {REALM: terms or self.terms()},
+                self.sink,
+                self.clock,
+                self.tmp_path / db_name,
+                flush_interval_ms=50,
+                solvency=solvency,
+                on_cheque=on_cheque,
+            )
+        router = Router(
+            self.router_key.address,
+            [realm or RealmOptions(REALM)],
+            StaticStakes({REALM: self.reserved}),
+            self.clock,
+            sink=self.sink,
+            swap=service,
+            limits=limits,
+        )
+        await router.start("127.0.0.1", port)
+        self.routers.append(router)
+        return router
+
+    def offer(self, key: Key, **overrides: Any) -> SwapOffer:
+        values: dict[str, Any] = dict(
+            chequebook=chequebook_of(key),
+            chain_id=CHAIN_ID,
+            token=TOKEN,
+            payment_threshold=10 * PRICE,
+            price_per_message=PRICE,
+        )
+        values.update(overrides)
+        return SwapOffer(**values)
+
+    async def connect(
+        self,
+        router: Router,
+        key: Key,
+        *,
+        serializer: str = "json",
+        swap: bool = True,
+        **kwargs: Any,
+    ) -> MeshSession:
+        offer = kwargs.pop("offer", None) or (self.offer(key) if swap else None)
+        return await connect(
+            f"ws://127.0.0.1:{router.port}/ws",
+            kwargs.pop("realm", REALM),
+            key.private,
+            serializer=serializer,
+            swap=offer,
+            **kwargs,
+        )
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    yield Harness(tmp_path)
