@@ -96,7 +96,7 @@ class RealmCreated(Event):
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
         # v1 had no SWAP price; realms created then priced a message at the default.
-        state["params"].setdefault("price_per_message", DEFAULT_PRICE_PER_MESSAGE)
+        state["params"].setdefault("price_per_message", str(DEFAULT_PRICE_PER_MESSAGE))
 
 
 @register
@@ -289,7 +289,38 @@ class SettlementConfirmed(Event):
 
 # -- decoding -------------------------------------------------------------------------------------
 
-_NESTED: dict[str, Callable[[Any], Any]] = {"params": lambda d: RealmParams(**d)}
+#: token amounts exceed 64 bits, so they travel as decimal strings (as JSON-RPC quantities do)
+AMOUNT_FIELDS = frozenset(
+    {
+        "amount",
+        "cumulative",
+        "balance",
+        "payment_threshold",
+        "disconnect_threshold",
+        "price_per_message",
+        "stake_per_mpb",
+        "funding",
+        "total",
+        "remainder",
+    }
+)
+
+
+def _amounts_to_str(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if k in AMOUNT_FIELDS and isinstance(v, int) else v for k, v in data.items()}
+
+
+def _amounts_from_str(data: dict[str, Any], where: str) -> dict[str, Any]:
+    out = dict(data)
+    for key in AMOUNT_FIELDS.intersection(data):
+        value = data[key]
+        if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+            raise EventDecodeError("schema", f"{where}.{key} must be a decimal string, got {value!r}")
+        out[key] = int(value)
+    return out
+
+
+_NESTED: dict[str, Callable[[Any], Any]] = {"params": lambda d: RealmParams(**_amounts_from_str(d, "params"))}
 
 
 def upcast(cls: type[Event], state: dict[str, Any], version: int) -> dict[str, Any]:
@@ -320,6 +351,7 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     if "params" in state and not isinstance(state["params"], dict):
         raise EventDecodeError("schema", f"{type_name}: params is not an object")
     upcast(cls, state, version)
+    state = _amounts_from_str(state, type_name)
     expected = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(state) - set(expected)
     if unknown:
@@ -353,7 +385,7 @@ def _check_types(event: Event) -> None:
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:
-    data = event.to_dict()
+    data = _amounts_to_str(event.to_dict())
     if "params" in data:
-        data["params"] = dataclasses.asdict(data["params"])
+        data["params"] = _amounts_to_str(dataclasses.asdict(data["params"]))
     return data

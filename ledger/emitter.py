@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from domain.envelope import ZERO_HASH, MeteredBuilder, Signer, seal
-from domain.events import Event
+from domain.events import Event, event_to_dict
 
 from ledger.spool import Frame, Spool
 
@@ -117,6 +118,9 @@ class Emitter:
         self.emit_many((event,))
 
     def emit_many(self, events: Iterable[Event]) -> None:
+        events = list(events)
+        for event in events:  # fail in the caller, not later in the sealing thread
+            orjson.dumps(event_to_dict(event))
         with self._lock:
             for event in events:
                 batch = self._batches.get(event.realm)
@@ -234,7 +238,10 @@ class Emitter:
         while True:
             self._wake.wait(timeout=linger_s)
             self._wake.clear()
-            self._seal_expired()
+            try:
+                self._seal_expired()
+            except Exception:  # an unsealable batch must not kill the sender; it stays buffered
+                log.exception("emitter %s: sealing failed", self.source)
             if self._closed and not self._outbox:
                 break
             if not self._outbox:

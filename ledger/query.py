@@ -1,0 +1,143 @@
+"""Read access while the projector runs: DuckDB admits one writing process, so the projector's
+process serves reads over a loopback HTTP endpoint (JSON), each request on its own cursor.
+
+Endpoints: /realms, /bandwidth?realm=, /usage?realm=&epoch=, /epochs?realm=, /payouts?realm=&epoch=,
+/dead, /sources, /snapshot (offsets and table fingerprints read in one transaction), /table/NAME.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import duckdb
+
+from domain.economics import Payout
+from ledger import store
+
+QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "realms": ("SELECT * FROM realms ORDER BY realm", ()),
+    "sources": ("SELECT * FROM sources ORDER BY source", ()),
+    "bandwidth": ("SELECT * FROM bandwidth WHERE realm = coalesce($realm, realm) ORDER BY realm, block", ("realm",)),
+    "usage": (
+        "SELECT * FROM usage WHERE realm = coalesce($realm, realm) AND epoch = coalesce($epoch, epoch)"
+        " ORDER BY realm, epoch, payee_class, account",
+        ("realm", "epoch"),
+    ),
+    "epochs": ("SELECT * FROM epochs WHERE realm = coalesce($realm, realm) ORDER BY realm, epoch", ("realm",)),
+    "payouts": (
+        "SELECT * FROM payouts WHERE realm = coalesce($realm, realm) AND epoch = coalesce($epoch, epoch)"
+        " ORDER BY realm, epoch, payee_class, account",
+        ("realm", "epoch"),
+    ),
+    "dead": ("SELECT reason, records FROM rejected ORDER BY records DESC, reason", ()),
+}
+
+
+def run_query(con: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    sql, names = QUERIES[name]
+    args = {n: params.get(n) for n in names}
+    if args.get("epoch") is not None:
+        args["epoch"] = int(args["epoch"])
+    cur = con.execute(sql, args) if names else con.execute(sql)
+    cols = [d[0] for d in cur.description]
+    return {"columns": cols, "rows": [list(r) for r in cur.fetchall()]}
+
+
+def snapshot(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Offsets and fingerprints of every audited table, read in one transaction."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        offsets = con.execute("SELECT topic, part, next_offset FROM offsets").fetchall()
+        prints = {t: list(store.fingerprint(con, t)) for t in store.AUDITED_TABLES}
+    finally:
+        con.execute("COMMIT")
+    return {"offsets": [list(o) for o in offsets], "tables": prints}
+
+
+def _json_default(value: Any) -> Any:
+    return str(value)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    con: duckdb.DuckDBPyConnection
+
+    def do_GET(self) -> None:  # noqa: N802
+        url = urllib.parse.urlparse(self.path)
+        params = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+        name = url.path.strip("/")
+        cursor = self.con.cursor()
+        try:
+            if name == "snapshot":
+                body: Any = snapshot(cursor)
+            elif name.startswith("table/") and name[6:] in store.AUDITED_TABLES:
+                table = name[6:]
+                body = {"columns": store.columns(cursor, table), "rows": [list(r) for r in store.table_rows(cursor, table)]}
+            elif name in QUERIES:
+                body = run_query(cursor, name, params)
+            else:
+                self._send(404, {"error": f"no endpoint {url.path}", "endpoints": sorted(QUERIES) + ["snapshot", "table/NAME"]})
+                return
+            self._send(200, body)
+        except (duckdb.Error, ValueError) as exc:
+            self._send(400, {"error": str(exc)})
+        finally:
+            cursor.close()
+
+    def _send(self, status: int, body: Any) -> None:
+        # stdlib json: token amounts exceed 64 bits and must stay exact integers
+        data = json.dumps(body, default=_json_default).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+def serve(con: duckdb.DuckDBPyConnection, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    handler = type("Handler", (_Handler,), {"con": con})
+    server = ThreadingHTTPServer((host, port), handler)
+    threading.Thread(target=server.serve_forever, name="ledger-query", daemon=True).start()
+    return server
+
+
+class QueryError(RuntimeError):
+    pass
+
+
+class QueryClient:
+    """Client of the projector's query endpoint (used by the CLI, the audit and settlement)."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def get(self, path: str, **params: Any) -> Any:
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        url = f"{self.url}/{path}" + (f"?{query}" if query else "")
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
+                return json.loads(resp.read())
+        except OSError as exc:
+            raise QueryError(f"ledger query endpoint {self.url} unreachable: {exc}") from exc
+
+    def rows(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        data = self.get(name, **params)
+        return [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
+
+    def epochs(self, realm: str | None = None) -> list[dict[str, Any]]:
+        out = self.rows("epochs", realm=realm)
+        for row in out:
+            for key in ("funding", "carry_in", "total", "remainder"):
+                row[key] = int(row[key])
+        return out
+
+    def payouts(self, realm: str, epoch: int) -> list[Payout]:
+        return [Payout(r["account"], r["payee_class"], int(r["amount"])) for r in self.rows("payouts", realm=realm, epoch=epoch)]

@@ -1,0 +1,316 @@
+"""The projector's consume loop: Kafka partitions in, verdicts applied, offsets committed with the
+tables; dead letters out; the live epoch closer; the query endpoint beside it.
+
+Partitions of ``mesh.usage`` and ``mesh.ledger`` are assigned explicitly (no consumer group; the
+offsets live in DuckDB). Each partition is processed in order; a record that must WAIT holds its
+partition while the others go on. A seq gap that stays unresolved while every other partition is
+caught up for ``gap_timeout_ms`` is declared (recorded in ``seq_gaps``) and the chain resumes.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from domain.events import EpochClosed, PayoutsComputed
+from ledger import store
+from ledger.emitter import DEAD_TOPIC, LEDGER_TOPIC, USAGE_TOPIC, Emitter
+from ledger.projector import Outcome, Projector, Trust
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceConfig:
+    bootstrap: str
+    db_path: Path
+    trust: Trust
+    grace_blocks: int = 5
+    gap_timeout_ms: int = 5000
+    max_buffered_records: int = 2048  # per partition; the partition is paused beyond it
+    commit_every_records: int = 512
+    poll_timeout_ms: int = 50
+    query_host: str = "127.0.0.1"
+    query_port: int | None = 0  # 0: a free port, None: no query endpoint
+    topics: tuple[str, ...] = (USAGE_TOPIC, LEDGER_TOPIC)
+    dead_letters: bool = True
+
+
+@dataclass
+class Progress:
+    records: int = 0
+    events: int = 0
+    rejected: int = 0
+    waits: dict[str, int] = field(default_factory=dict)
+
+
+class LedgerService:
+    def __init__(self, config: ServiceConfig, emitter: Emitter | None = None) -> None:
+        self.config = config
+        self.emitter = emitter
+        self.con = store.connect(config.db_path)
+        on_payouts: Callable[[PayoutsComputed], None] | None = emitter.emit if emitter else None
+        self.projector = Projector(self.con, config.trust, on_payouts=on_payouts)
+        self.progress = Progress()
+        self.query_server: Any = None
+        self._stop = threading.Event()
+        self._requested_close: dict[str, int] = {}
+        self._dead_producer: Any = None
+        self._consumer: Any = None
+        self._buffers: dict[Any, deque[Any]] = {}
+        self._paused: set[Any] = set()
+        self._stalled_since: float | None = None
+        #: replay stops each partition at these offsets (exclusive); live has none
+        self.limits: dict[tuple[str, int], int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start_query_server(self) -> int:
+        from ledger.query import serve
+
+        self.query_server = serve(self.con, self.config.query_host, self.config.query_port or 0)
+        return int(self.query_server.server_address[1])
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        if self.query_server is not None:
+            self.query_server.shutdown()
+        if self._consumer is not None:
+            self._consumer.close()
+        if self._dead_producer is not None:
+            self._dead_producer.close(timeout=5)
+        self.con.close()
+
+    def _connect(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.config.bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            fetch_max_bytes=64 << 20,
+            max_partition_fetch_bytes=16 << 20,
+            receive_buffer_bytes=4 << 20,
+        )
+        tps = []
+        for topic in self.config.topics:
+            parts = None
+            deadline = time.monotonic() + 10
+            while not parts and time.monotonic() < deadline:
+                parts = consumer.partitions_for_topic(topic)
+                if not parts:
+                    time.sleep(0.1)
+            if not parts:
+                raise RuntimeError(f"topic {topic} not found on {self.config.bootstrap}")
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        for tp in tps:
+            offset = self.projector.offsets.get((tp.topic, tp.partition), 0)
+            consumer.seek(tp, offset)
+            self._buffers[tp] = deque()
+        self._consumer = consumer
+
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        ends = self._consumer.end_offsets(list(self._buffers))
+        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(
+        self,
+        until: Callable[[LedgerService], bool] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        """Consume until stop() or `until(self)` is true (checked after every pass)."""
+        if self._consumer is None:
+            self._connect()
+        while not self._stop.is_set():
+            self._fetch()
+            changed = self._process()
+            if changed:
+                self.projector.commit()
+                if on_progress:
+                    on_progress(self.progress)
+            self._close_due_epochs()
+            if until is not None and until(self):
+                break
+
+    def _fetch(self) -> None:
+        consumer = self._consumer
+        batches = consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=100_000)
+        for tp, records in batches.items():
+            self._buffers[tp].extend(records)
+        for tp, buf in self._buffers.items():
+            if len(buf) >= self.config.max_buffered_records and tp not in self._paused:
+                consumer.pause(tp)
+                self._paused.add(tp)
+            elif len(buf) < self.config.max_buffered_records // 2 and tp in self._paused:
+                consumer.resume(tp)
+                self._paused.discard(tp)
+
+    def _process(self) -> bool:
+        projector = self.projector
+        changed = False
+        progressed = True
+        staged = 0
+        waits: dict[Any, Any] = {}
+        while progressed:
+            progressed = False
+            waits.clear()
+            for tp, buf in self._buffers.items():
+                limit = self.limits.get((tp.topic, tp.partition))
+                while buf:
+                    msg = buf[0]
+                    if limit is not None and msg.offset >= limit:
+                        break
+                    verdict, record = projector.offer(msg.value)
+                    if verdict.outcome is Outcome.WAIT:
+                        waits[tp] = (verdict, record)
+                        break
+                    buf.popleft()
+                    if verdict.outcome is Outcome.REJECTED:
+                        projector.reject(verdict.reason)
+                        self.progress.rejected += 1
+                        self._dead_letter(msg, verdict.reason, verdict.detail)
+                    else:
+                        self.progress.records += 1
+                        self.progress.events += record.count if record else 0
+                    projector.set_offset(tp.topic, tp.partition, msg.offset + 1)
+                    progressed = changed = True
+                    staged += 1
+                    if staged >= self.config.commit_every_records:
+                        projector.commit()
+                        staged = 0
+        self.progress.waits = {f"{tp.topic}/{tp.partition}": v[0].reason for tp, v in waits.items()}
+        if not waits or changed:
+            self._stalled_since = None
+            return changed
+        return self._resolve_gaps(waits)
+
+    def _resolve_gaps(self, waits: dict[Any, Any]) -> bool:
+        """Declare a seq gap once nothing else can progress for gap_timeout_ms."""
+        if any(buf for tp, buf in self._buffers.items() if tp not in waits):
+            return False
+        if not self.caught_up(exclude=set(waits)):
+            self._stalled_since = None
+            return False
+        now = time.monotonic()
+        if self._stalled_since is None:
+            self._stalled_since = now
+        if (now - self._stalled_since) * 1000 < self.config.gap_timeout_ms:
+            return False
+        # a gap is real only if no other held record of that source could fill it
+        held = {(rec.source, rec.seq) for _, rec in waits.values() if rec is not None}
+        gaps = [
+            (rec.source, rec.seq, rec)
+            for verdict, rec in waits.values()
+            if verdict.reason == "seq_gap" and not any(s == rec.source and q < rec.seq for s, q in held)
+        ]
+        if not gaps:
+            return False
+        _, _, record = min(gaps, key=lambda g: (g[0], g[1]))
+        log.warning("declaring seq gap for %s before seq %d", record.source, record.seq)
+        self.projector.declare_gap(record)
+        self._stalled_since = None
+        return True
+
+    def caught_up(self, exclude: set[Any] | None = None) -> bool:
+        """Every partition (but `exclude`) consumed to its end offset."""
+        consumer = self._consumer
+        ends = consumer.end_offsets(list(self._buffers))
+        for tp, end in ends.items():
+            if exclude and tp in exclude:
+                continue
+            limit = self.limits.get((tp.topic, tp.partition))
+            if limit is not None:
+                if self.projector.offsets.get((tp.topic, tp.partition), 0) < min(end, limit):
+                    return False
+                continue
+            if self._buffers[tp] or consumer.position(tp) < end:
+                return False
+        return True
+
+    def _dead_letter(self, msg: Any, reason: str, detail: str) -> None:
+        """Rejected records go to mesh.dead with the reason and their original bytes, keyed by
+        their origin, so a re-delivery after a crash is recognisable (at-least-once)."""
+        if not self.config.dead_letters:
+            return
+        if self._dead_producer is None:
+            from kafka import KafkaProducer
+
+            self._dead_producer = KafkaProducer(
+                bootstrap_servers=self.config.bootstrap, acks="all", max_request_size=16 << 20
+            )
+        origin = f"{msg.topic}/{msg.partition}/{msg.offset}"
+        value = orjson.dumps(
+            {
+                "reason": reason,
+                "detail": detail,
+                "origin": origin,
+                "key": (msg.key or b"").decode(errors="replace"),
+                "original": base64.b64encode(msg.value or b"").decode(),
+            }
+        )
+        self._dead_producer.send(DEAD_TOPIC, key=origin.encode(), value=value)
+        log.info("rejected %s: %s (%s)", origin, reason, detail)
+
+    def flush_dead_letters(self) -> None:
+        if self._dead_producer is not None:
+            self._dead_producer.flush(timeout=10)
+
+    def _close_due_epochs(self) -> None:
+        if self.emitter is None:
+            return
+        for event in self.projector.due_epochs(self.config.grace_blocks):
+            if self._requested_close.get(event.realm, -1) >= event.epoch:
+                continue
+            self._requested_close[event.realm] = event.epoch
+            log.info("closing %s epoch %d", event.realm, event.epoch)
+            self.emitter.emit(event)
+
+    def closed_epochs(self) -> dict[str, int]:
+        return {name: r.closed_epoch for name, r in self.projector.realms.items()}
+
+
+def replay(
+    bootstrap: str,
+    db_path: Path,
+    trust: Trust,
+    targets: dict[tuple[str, int], int] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> LedgerService:
+    """Replay the topics from offset 0 into a fresh database, up to `targets` (default: the end)."""
+    if db_path.exists():
+        db_path.unlink()
+    service = LedgerService(
+        ServiceConfig(bootstrap=bootstrap, db_path=db_path, trust=trust, gap_timeout_ms=0, query_port=None, dead_letters=False)
+    )
+    service._connect()
+    goal = targets if targets is not None else service.end_offsets()
+    service.limits = dict(goal)
+
+    def done(svc: LedgerService) -> bool:
+        offsets = svc.projector.offsets
+        reached = all(offsets.get(tp, 0) >= end for tp, end in goal.items())
+        return reached or svc.caught_up()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        service.run(until=done, on_progress=on_progress)
+    return service
+
+
+def trust_from(ledger: list[str], indexer: list[str], settlement: list[str]) -> Trust:
+    return Trust(frozenset(ledger), frozenset(indexer), frozenset(settlement))
+
+
+__all__ = ["LedgerService", "ServiceConfig", "replay", "EpochClosed"]
