@@ -28,6 +28,9 @@ class StaticStakes:
             for realm, table in reservations.items()
         }
 
+    def set(self, realm: str, address: str, mpb: int) -> None:
+        self._mpb.setdefault(realm, {})[address.lower()] = mpb
+
     def has_reservation(self, realm: str, address: str, block: int) -> bool:
         return self.reserved_mpb(realm, address, block) > 0
 

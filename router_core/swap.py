@@ -60,6 +60,51 @@ class SolvencyCheck(Protocol):
         """Whether the chequebook can pay `cumulative` (minus what it already paid out)."""
 
 
+class Web3Solvency:
+    """Solvency from the chain: the chequebook's token balance plus what it already paid the
+    beneficiary must cover the cumulative amount (a synchronous RPC with a short timeout)."""
+
+    _ABI: list[dict[str, Any]] = [
+        {
+            "name": "token",
+            "type": "function",
+            "stateMutability": "view",
+            "inputs": [],
+            "outputs": [{"name": "", "type": "address"}],
+        },
+        {
+            "name": "paidOut",
+            "type": "function",
+            "stateMutability": "view",
+            "inputs": [{"name": "beneficiary", "type": "address"}],
+            "outputs": [{"name": "", "type": "uint256"}],
+        },
+        {
+            "name": "balanceOf",
+            "type": "function",
+            "stateMutability": "view",
+            "inputs": [{"name": "account", "type": "address"}],
+            "outputs": [{"name": "", "type": "uint256"}],
+        },
+    ]
+
+    def __init__(self, rpc_url: str, chain_id: int, timeout_s: float = 3.0) -> None:
+        from web3 import HTTPProvider, Web3
+
+        self._w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+        self.chain_id = chain_id
+
+    def covers(self, chain_id: int, chequebook: str, beneficiary: str, cumulative: int) -> bool:
+        if chain_id != self.chain_id:
+            return False
+        w3 = self._w3
+        book = w3.eth.contract(address=w3.to_checksum_address(chequebook), abi=self._ABI)
+        token = w3.eth.contract(address=book.functions.token().call(), abi=self._ABI)
+        paid = int(book.functions.paidOut(w3.to_checksum_address(beneficiary)).call())
+        balance = int(token.functions.balanceOf(book.address).call())
+        return balance + paid >= cumulative
+
+
 #: called with every accepted cheque (the cash-out queue)
 ChequeSink = Callable[[str, str, ChequeClaim], None]
 
@@ -184,7 +229,7 @@ class SwapService:
 
     def _load(self, realm: str, peer: str) -> PeerAccount:
         try:
-            account = self.accounts.repository.get(account_id(self.router, realm, peer))
+            account: Any = self.accounts.repository.get(account_id(self.router, realm, peer))
         except AggregateNotFoundError:
             return PeerAccount(self.router, realm, peer)
         assert isinstance(account, PeerAccount)

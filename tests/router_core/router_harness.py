@@ -1,15 +1,14 @@
-"""Fixtures of the router tests: keys, a recording usage sink, a router on a free loopback port."""
+"""Helpers of the router tests: keys, a recording usage sink, routers on free loopback ports."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 import uvloop
 from eth_account import Account
 
@@ -85,11 +84,11 @@ class Harness:
     router_key: Key = field(default_factory=new_key)
     clock: ManualClock = field(default_factory=ManualClock)
     sink: RecordingSink = field(default_factory=RecordingSink)
-    reserved: dict[str, int] = field(default_factory=dict)
+    stakes: StaticStakes = field(default_factory=lambda: StaticStakes({}))
     routers: list[Router] = field(default_factory=list)
 
     def reserve(self, key: Key, mpb: int = 1_000_000) -> Key:
-        self.reserved[key.address] = mpb
+        self.stakes.set(REALM, key.address, mpb)
         return key
 
     def peer(self, mpb: int = 1_000_000) -> Key:
@@ -134,7 +133,7 @@ class Harness:
         router = Router(
             self.router_key.address,
             [realm or RealmOptions(REALM)],
-            StaticStakes({REALM: self.reserved}),
+            self.stakes,
             self.clock,
             sink=self.sink,
             swap=service,
@@ -173,8 +172,3 @@ class Harness:
             swap=offer,
             **kwargs,
         )
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    yield Harness(tmp_path)
