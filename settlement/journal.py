@@ -226,6 +226,12 @@ class Journal:
         row = self._db.execute("SELECT 1 FROM records WHERE record_key=?", (record_key,)).fetchone()
         return row is not None
 
+    def record_detail(self, record_key: str) -> str | None:
+        row = self._db.execute(
+            "SELECT detail FROM records WHERE record_key=?", (record_key,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def all(self) -> list[JournaledTx]:
         return self._select("ORDER BY id", ())
 
