@@ -157,7 +157,7 @@ class Dealer:
         except MetaError as exc:
             caller.send([m.ERROR, m.CALL, request, {}, exc.uri, [exc.message], exc.kwargs])
             return
-        caller.send([m.RESULT, request, {}, [], result])
+        caller.send([m.RESULT, request, {}, [result]])
 
     def _finish(self, pending: PendingCall) -> None:
         del self._pending[pending.invocation]
