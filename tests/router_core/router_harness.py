@@ -117,13 +117,15 @@ class Harness:
         port: int = 0,
         solvency: Any = None,
         on_cheque: Any = None,
+        sink: Any = None,
     ) -> Router:
+        sink = sink if sink is not None else self.sink
         service = None
         if swap:
             service = SwapService(
                 self.router_key.address,
                 {REALM: terms or self.terms()},
-                self.sink,
+                sink,
                 self.clock,
                 self.tmp_path / db_name,
                 flush_interval_ms=50,
@@ -135,7 +137,7 @@ class Harness:
             [realm or RealmOptions(REALM)],
             self.stakes,
             self.clock,
-            sink=self.sink,
+            sink=sink,
             swap=service,
             limits=limits,
         )
