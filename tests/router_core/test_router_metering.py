@@ -4,6 +4,7 @@ and kind, in count and bytes, also across a broker stop and restart (the emitter
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -98,10 +99,8 @@ async def traffic(harness: Harness, router: Any, counts: Tally, sizes: Tally, ro
         await pub.publish(
             "com.example.metered", i, "payload" * i, options=PublishOptions(acknowledge=True)
         )
-        try:
+        with contextlib.suppress(ApplicationError):
             await caller.call("com.example.work", i)
-        except ApplicationError:
-            pass
     await asyncio.sleep(0.1)
     for s in (pub, *subs, callee, caller):
         s.leave()
