@@ -5,6 +5,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {IERC165} from "@openzeppelin/contracts/utils/introspection/IERC165.sol";
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {Address} from "@openzeppelin/contracts/utils/Address.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {IBatchTransfer} from "./IBatchTransfer.sol";
 
@@ -40,11 +41,13 @@ contract EpochSettlement is Ownable {
     /// @notice One posted epoch of one realm.
     struct Epoch {
         bytes32 root; // zero until posted; write-once
-        uint128 total; // the epoch's payouts, pushed and claimable
-        uint128 pushed; // paid by pushBatch for this epoch (<= total)
+        uint112 total; // the epoch's payouts, pushed and claimable
+        uint112 pushed; // paid by pushBatch for this epoch (<= total)
+        uint32 firstBatches; // bit i set: batch i < 32 pushed (saves a fresh storage word per epoch)
     }
 
     uint256 private constant AMOUNT_MASK = (1 << 96) - 1;
+    uint256 private constant IN_RECORD_BATCHES = 32;
 
     // ---- storage ----
     /// @notice The payout token.
@@ -55,8 +58,9 @@ contract EpochSettlement is Ownable {
     mapping(address account => bool allowed) public isPoster;
     mapping(bytes32 realm => Realm) private _realms;
     mapping(bytes32 realm => mapping(uint256 epoch => Epoch)) private _epochs;
-    /// @dev Bit `batchIdx % 256` of word `batchIdx / 256` is set once that batch was pushed.
-    mapping(bytes32 realm => mapping(uint256 epoch => mapping(uint256 word => uint256 bits))) private _pushedBatches;
+    /// @dev Batches from 32 on: bit `(batchIdx - 32) % 256` of word `(batchIdx - 32) / 256` is set
+    /// once that batch was pushed (batches below 32 live in `Epoch.firstBatches`).
+    mapping(bytes32 realm => mapping(uint256 epoch => mapping(uint256 word => uint256 bits))) private _laterBatches;
     /// @notice Cumulative amount claimed by `account` in `realm` (pushes are not counted here).
     mapping(bytes32 realm => mapping(address account => uint256 amount)) public claimed;
 
@@ -133,9 +137,9 @@ contract EpochSettlement is Ownable {
         if (allocated > budget.funded) {
             revert InsufficientFunding(realm, total, budget.funded - budget.allocated);
         }
-        if (allocated > type(uint128).max) revert AmountTooLarge(total);
+        if (total > type(uint112).max || allocated > type(uint128).max) revert AmountTooLarge(total);
         record.root = root;
-        record.total = uint128(total);
+        record.total = uint112(total);
         budget.allocated = uint128(allocated);
         emit EpochPosted(realm, epoch, root, total);
         return true;
@@ -180,21 +184,19 @@ contract EpochSettlement is Ownable {
         bytes32[] calldata packed,
         bytes32[] calldata proof
     ) external returns (bool pushed) {
-        mapping(uint256 => uint256) storage bitmap = _pushedBatches[realm][epoch];
-        uint256 bits = bitmap[batchIdx >> 8];
-        uint256 bit = 1 << (batchIdx & 0xff);
-        if (bits & bit != 0) return false;
-        if (packed.length == 0) revert EmptyBatch();
-        _verify(realm, epoch, address(0), uint256(batchDigest(batchIdx, packed)), proof);
-        uint256 amount = _sumAmounts(packed);
         Epoch storage record = _epochs[realm][epoch];
+        if (_isPushed(record, realm, epoch, batchIdx)) return false;
+        if (packed.length == 0) revert EmptyBatch();
+        (bytes32 digest, bytes memory transferCall) = _digestAndTransferCall(batchIdx, packed);
+        _verify(realm, epoch, address(0), uint256(digest), proof);
+        uint256 amount = _sumAmounts(packed);
         uint256 pushedTotal = uint256(record.pushed) + amount;
         if (pushedTotal > record.total) revert PushExceedsTotal(realm, epoch, pushedTotal, record.total);
-        bitmap[batchIdx >> 8] = bits | bit;
-        record.pushed = uint128(pushedTotal);
+        record.pushed = uint112(pushedTotal);
+        _markPushed(record, realm, epoch, batchIdx);
         _spend(realm, amount);
         emit BatchPushed(realm, epoch, batchIdx, packed.length, amount);
-        _payBatch(packed);
+        _payBatch(packed, transferCall);
         return true;
     }
 
@@ -222,7 +224,7 @@ contract EpochSettlement is Ownable {
 
     /// @notice Whether push batch `batchIdx` of (`realm`, `epoch`) was paid.
     function isBatchPushed(bytes32 realm, uint256 epoch, uint256 batchIdx) external view returns (bool) {
-        return _pushedBatches[realm][epoch][batchIdx >> 8] & (1 << (batchIdx & 0xff)) != 0;
+        return _isPushed(_epochs[realm][epoch], realm, epoch, batchIdx);
     }
 
     /// @notice The StandardMerkleTree leaf hash of (chain id, this contract, realm, epoch, account, amount).
@@ -246,6 +248,25 @@ contract EpochSettlement is Ownable {
         if (!MerkleProof.verifyCalldata(proof, root, leaf)) revert InvalidProof(realm, epoch, leaf);
     }
 
+    function _isPushed(Epoch storage record, bytes32 realm, uint256 epoch, uint256 batchIdx)
+        private
+        view
+        returns (bool)
+    {
+        if (batchIdx < IN_RECORD_BATCHES) return record.firstBatches & (1 << batchIdx) != 0;
+        uint256 later = batchIdx - IN_RECORD_BATCHES;
+        return _laterBatches[realm][epoch][later >> 8] & (1 << (later & 0xff)) != 0;
+    }
+
+    function _markPushed(Epoch storage record, bytes32 realm, uint256 epoch, uint256 batchIdx) private {
+        if (batchIdx < IN_RECORD_BATCHES) {
+            record.firstBatches |= uint32(1 << batchIdx);
+        } else {
+            uint256 later = batchIdx - IN_RECORD_BATCHES;
+            _laterBatches[realm][epoch][later >> 8] |= 1 << (later & 0xff);
+        }
+    }
+
     function _spend(bytes32 realm, uint256 amount) private {
         Realm storage budget = _realms[realm];
         uint256 paid = uint256(budget.paid) + amount;
@@ -255,17 +276,54 @@ contract EpochSettlement is Ownable {
 
     function _sumAmounts(bytes32[] calldata packed) private pure returns (uint256 total) {
         // At most 2**96 per entry, so the sum of any calldata-sized batch fits in uint256.
+        // Four entries per iteration: this loop runs once per pushed payee.
         assembly ("memory-safe") {
             let offset := packed.offset
-            for { let end := add(offset, shl(5, packed.length)) } lt(offset, end) { offset := add(offset, 0x20) } {
+            let end := add(offset, shl(5, packed.length))
+            for { let end4 := sub(end, and(shl(5, packed.length), 0x60)) } lt(offset, end4) {
+                offset := add(offset, 0x80)
+            } {
+                total := add(
+                    add(total, and(calldataload(offset), AMOUNT_MASK)),
+                    add(
+                        add(and(calldataload(add(offset, 0x20)), AMOUNT_MASK), and(calldataload(add(offset, 0x40)), AMOUNT_MASK)),
+                        and(calldataload(add(offset, 0x60)), AMOUNT_MASK)
+                    )
+                )
+            }
+            for {} lt(offset, end) { offset := add(offset, 0x20) } {
                 total := add(total, and(calldataload(offset), AMOUNT_MASK))
             }
         }
     }
 
-    function _payBatch(bytes32[] calldata packed) private {
+    /// @dev Copies the batch to memory once, laid out as the calldata of
+    /// `transferBatch(packed)`, and hashes it in place with `batchIdx` in the length word.
+    function _digestAndTransferCall(uint256 batchIdx, bytes32[] calldata packed)
+        private
+        pure
+        returns (bytes32 digest, bytes memory transferCall)
+    {
+        bytes4 selector = IBatchTransfer.transferBatch.selector;
+        assembly ("memory-safe") {
+            let entriesSize := shl(5, packed.length)
+            transferCall := mload(0x40)
+            let size := add(0x44, entriesSize) // selector, array offset, length, entries
+            mstore(transferCall, size)
+            let body := add(transferCall, 0x20)
+            mstore(body, selector)
+            mstore(add(body, 0x04), 0x20)
+            calldatacopy(add(body, 0x44), packed.offset, entriesSize)
+            mstore(add(body, 0x24), batchIdx)
+            digest := keccak256(add(body, 0x24), add(0x20, entriesSize))
+            mstore(add(body, 0x24), packed.length)
+            mstore(0x40, add(body, and(add(size, 0x1f), not(0x1f))))
+        }
+    }
+
+    function _payBatch(bytes32[] calldata packed, bytes memory transferCall) private {
         if (tokenBatchTransfer) {
-            IBatchTransfer(address(token)).transferBatch(packed);
+            Address.functionCall(address(token), transferCall);
             return;
         }
         for (uint256 i; i < packed.length; ++i) {

@@ -30,40 +30,37 @@ contract WMPToken is ERC20, Ownable, ERC165, IBatchTransfer {
 
     /// @inheritdoc IBatchTransfer
     /// @dev Reverts with `ERC20InvalidReceiver(address(0))` on a zero recipient and with
-    /// `ERC20InsufficientBalance` when the caller holds less than the sum. A credit cannot overflow:
-    /// every balance is bounded by the total supply, which fits in uint256.
+    /// `ERC20InsufficientBalance` when the caller holds less than the sum (the whole batch reverts,
+    /// credits included). A credit cannot overflow: every balance is bounded by the total supply,
+    /// and the sum of at most calldata-many 96-bit amounts fits in uint256.
     function transferBatch(bytes32[] calldata packed) external returns (uint256 total) {
-        uint256 n = packed.length;
-        for (uint256 i; i < n; ++i) {
-            total += uint96(uint256(packed[i]));
-        }
         address sender = _msgSender();
-        uint256 senderBalance = balanceOf(sender);
-        if (senderBalance < total) revert ERC20InsufficientBalance(sender, senderBalance, total);
-        // Debit first, then credit each recipient: a recipient equal to the sender ends up right.
-        _setBalance(sender, senderBalance - total);
         bytes32 topic = TRANSFER_TOPIC;
+        // One pass: credit each recipient and emit its Transfer, then debit the sender once.
         assembly ("memory-safe") {
-            let ptr := mload(0x40)
+            mstore(0x20, BALANCES_SLOT)
             let offset := packed.offset
-            let end := add(offset, shl(5, n))
-            for {} lt(offset, end) { offset := add(offset, 0x20) } {
+            for { let end := add(offset, shl(5, packed.length)) } lt(offset, end) { offset := add(offset, 0x20) } {
                 let entry := calldataload(offset)
                 let to := shr(96, entry)
-                let amount := and(entry, 0xffffffffffffffffffffffff)
                 if iszero(to) {
-                    mstore(ptr, shl(224, 0xec442f05)) // ERC20InvalidReceiver(address)
-                    mstore(add(ptr, 4), 0)
-                    revert(ptr, 0x24)
+                    mstore(0x00, shl(224, 0xec442f05)) // ERC20InvalidReceiver(address(0))
+                    mstore(0x04, 0)
+                    revert(0x00, 0x24)
                 }
+                let amount := and(entry, 0xffffffffffffffffffffffff)
+                total := add(total, amount)
                 mstore(0x00, to)
-                mstore(0x20, BALANCES_SLOT)
                 let slot := keccak256(0x00, 0x40)
                 sstore(slot, add(sload(slot), amount))
                 mstore(0x00, amount)
                 log3(0x00, 0x20, topic, sender, to)
             }
         }
+        // Read after the credits, so an entry paying the sender itself is counted like a transfer.
+        uint256 senderBalance = balanceOf(sender);
+        if (senderBalance < total) revert ERC20InsufficientBalance(sender, senderBalance, total);
+        _setBalance(sender, senderBalance - total);
     }
 
     /// @inheritdoc ERC165
