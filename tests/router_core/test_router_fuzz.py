@@ -1,0 +1,202 @@
+"""Malformed frames (hypothesis) never crash the router and never disturb other sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import orjson
+import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from router_harness import REALM, Harness, Key
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from router_core.auth import sign_challenge
+from router_core.client import MeshSession
+from router_core.router import Limits, Router
+
+MAX_FRAME = 4096
+
+
+class Live:
+    """A router with two well-behaved sessions, shared by all examples."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.harness = Harness(tmp_path)
+        self.router: Router = self.loop.run_until_complete(
+            self.harness.start(limits=Limits(max_frame_bytes=MAX_FRAME))
+        )
+        self.key: Key = self.harness.peer()
+        self.caller: MeshSession = self.loop.run_until_complete(
+            self.harness.connect(self.router, self.harness.peer())
+        )
+        self.callee: MeshSession = self.loop.run_until_complete(
+            self.harness.connect(self.router, self.harness.peer())
+        )
+        self.loop.run_until_complete(self.callee.register(lambda x: x, "com.example.echo"))
+
+    def healthy(self) -> bool:
+        return bool(
+            self.loop.run_until_complete(
+                asyncio.wait_for(self.caller.call("com.example.echo", 7), 5)
+            )
+            == 7
+        )
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.router.stop())
+        self.loop.close()
+        asyncio.set_event_loop(None)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    node = Live(tmp_path_factory.mktemp("fuzz"))
+    yield node
+    node.close()
+
+
+def encode(proto: str, msg: Any) -> bytes | str:
+    return msgpack.packb(msg) if proto == "wamp.2.msgpack" else orjson.dumps(msg).decode()
+
+
+def decode(proto: str, data: bytes | str) -> Any:
+    return msgpack.unpackb(data) if proto == "wamp.2.msgpack" else orjson.loads(data)
+
+
+async def login(ws: ClientConnection, proto: str, key: Key) -> None:
+    await ws.send(
+        encode(
+            proto,
+            [
+                1,
+                REALM,
+                {
+                    "authmethods": ["eth-eip191"],
+                    "authid": key.address,
+                    "roles": {"caller": {}},
+                    "authextra": {
+                        "swap": {
+                            "payment_threshold": 10**6,
+                            "price_per_message": 10**6,
+                            "token": "0x" + "11" * 20,
+                            "chain_id": 31337,
+                            "chequebook": "0x" + "22" * 20,
+                            "version": "1",
+                        }
+                    },
+                },
+            ],
+        )
+    )
+    challenge = decode(proto, await ws.recv())
+    assert challenge[0] == 4, challenge
+    await ws.send(encode(proto, [5, sign_challenge(key.private, challenge[2]), {}]))
+    welcome = decode(proto, await ws.recv())
+    assert welcome[0] == 2, welcome
+
+
+async def send_and_observe(
+    port: int, proto: str, key: Key, established: bool, frames: list[bytes | str]
+) -> list[Any]:
+    replies: list[Any] = []
+    async with connect(f"ws://127.0.0.1:{port}/ws", subprotocols=[proto], max_size=None) as ws:  # type: ignore[list-item]
+        if established:
+            await login(ws, proto, key)
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            for frame in frames:
+                await ws.send(frame)
+            while True:
+                replies.append(decode(proto, await asyncio.wait_for(ws.recv(), 0.3)))
+    return replies
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+codes = st.sampled_from(
+    [0, 1, 2, 3, 4, 5, 6, 8, 16, 17, 32, 34, 36, 48, 49, 50, 64, 66, 68, 70, 99, -1, 2**60]
+)
+wamp_like = st.tuples(codes, st.lists(json_values, max_size=6)).map(lambda t: [t[0], *t[1]])
+
+
+@st.composite
+def frames(draw: st.DrawFn, proto: str) -> list[bytes | str]:
+    out: list[bytes | str] = []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["raw", "wamp", "value"]))
+        if kind == "raw":
+            raw = draw(st.binary(max_size=64))
+            out.append(raw if proto == "wamp.2.msgpack" else raw.decode("latin-1"))
+        elif kind == "wamp":
+            out.append(encode(proto, draw(wamp_like)))
+        else:
+            out.append(encode(proto, draw(json_values)))
+    return out
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    data=st.data(),
+    proto=st.sampled_from(["wamp.2.json", "wamp.2.msgpack"]),
+    established=st.booleans(),
+)
+def test_malformed_frames_never_crash_nor_disturb(
+    live: Live, data: st.DataObject, proto: str, established: bool
+) -> None:
+    sent = data.draw(frames(proto))
+    replies = live.loop.run_until_complete(
+        send_and_observe(live.router.port, proto, live.key, established, sent)
+    )
+    for reply in replies:
+        assert isinstance(reply, list) and reply and isinstance(reply[0], int)
+        if reply[0] == 3:  # ABORT carries a proper error URI
+            assert reply[2].startswith(("wamp.error.", "mesh.error."))
+    assert live.healthy()
+
+
+def test_oversized_frame_aborts_with_protocol_violation(live: Live) -> None:
+    big = encode("wamp.2.json", [16, 1, {}, "com.example.big", ["x" * MAX_FRAME]])
+    replies = live.loop.run_until_complete(
+        send_and_observe(live.router.port, "wamp.2.json", live.key, True, [big])
+    )
+    assert replies and replies[-1][0] == 3 and replies[-1][2] == "wamp.error.protocol_violation"
+    assert "exceeds the limit" in replies[-1][1]["message"]
+    assert live.healthy()
+
+
+def test_message_before_welcome_aborts(live: Live) -> None:
+    replies = live.loop.run_until_complete(
+        send_and_observe(
+            live.router.port,
+            "wamp.2.json",
+            live.key,
+            False,
+            [encode("wamp.2.json", [32, 1, {}, "com.x"])],
+        )
+    )
+    assert replies == [
+        [3, {"message": "message 32 not allowed in state new"}, "wamp.error.protocol_violation"]
+    ]
+    assert live.healthy()
