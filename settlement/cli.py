@@ -1,0 +1,372 @@
+"""`meshledger settle`: the settlement job's command line, wired to the ledger and the L2 node.
+
+The lead's `meshledger` group attaches `settlement.cli.settle`. The ledger adapters (query API,
+log reader, emitter) are imported only when the command runs, so `settlement` stays importable
+without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from rich.console import Console
+from rich.table import Table
+from web3 import Web3
+
+from domain.economics import Payout
+from domain.events import Event
+from settlement.job import (
+    EXIT_CHAIN,
+    EXIT_OK,
+    EXIT_RECORDING,
+    EXIT_WRONG_DEPLOYMENT,
+    JobConfig,
+    JobError,
+    PayoutSource,
+    Recorder,
+    SettlementJob,
+)
+from settlement.journal import Journal
+from settlement.submitter import (
+    FeePolicy,
+    SubmitError,
+    Submitter,
+    SubmitterConfig,
+    WrongChain,
+)
+
+log = logging.getLogger(__name__)
+
+KEY_FILE_ENV = "MESHLEDGER_SETTLEMENT_KEY_FILE"
+DEFAULT_JOURNAL = "~/.meshledger/settlement-journal.sqlite"
+RECORD_FLUSH_TIMEOUT_S = 30.0
+
+HELP = f"""Pay the ledger's payouts of closed realm epochs on the L2 EpochSettlement contract.
+
+For each epoch: read the payouts, check them against the PayoutsComputed digest on the log,
+build the payout tree (cumulative claims per account across epochs), fund the realm if --fund
+and short, post the root, push payees of at least --push-min-amount in batches that fit the
+block gas limit (the rest can claim), and record SettlementSubmitted / SettlementConfirmed in
+mesh.ledger. Every transaction is journaled before it is sent and every send is preceded by an
+on-chain "already done?" check, so a rerun after any failure pays nobody twice.
+
+The key comes from --key-file / ${KEY_FILE_ENV} (a file holding the 0x-hex private key, readable
+by its owner only), never from the repository.
+
+\b
+Exit codes:
+  0  settled, or already settled (nothing to do)
+  2  usage error
+  3  not due (no PayoutsComputed on the log), payouts do not match the logged digest, or the
+     epoch is posted on chain with another root: do not retry blindly, investigate
+  4  realm underfunded (and --fund off, or the key holds too little): nothing was sent
+  5  chain error (node unreachable, fee cap, stuck or reverted transaction, sender busy):
+     retry later, the journal resumes where it stopped
+  6  wrong chain id, or no / wrong contract code at --contract: refused before signing
+  7  paid on chain but the events could not be recorded: rerun to record them
+"""
+
+
+class LedgerPayouts:
+    """PayoutSource over the ledger: query API for epochs and payouts, the log for the digest."""
+
+    def __init__(self, query_url: str, bootstrap: str, trusted_sources: tuple[str, ...]) -> None:
+        from ledger.query import QueryClient
+
+        self.query = QueryClient(query_url)
+        self.bootstrap = bootstrap
+        self.trusted_sources = trusted_sources
+
+    def due_epochs(self, realm: str | None) -> list[tuple[str, int]]:
+        rows = self.query.epochs(realm)
+        due = [(str(r["realm"]), int(r["epoch"])) for r in rows if int(r.get("payees") or 0) > 0]
+        return sorted(due, key=lambda k: (k[1], k[0]))
+
+    def payouts(self, realm: str, epoch: int) -> list[Payout]:
+        return list(self.query.payouts(realm, epoch))
+
+    def logged_digest(self, realm: str, epoch: int) -> str | None:
+        from ledger.logreader import payouts_computed  # type: ignore[import-not-found]
+
+        event = payouts_computed(self.bootstrap, realm, epoch, self.trusted_sources)
+        return None if event is None else str(event.digest)
+
+
+@dataclass
+class EmitterRecorder:
+    """Recorder over the ledger's emitter: the event is acknowledged by the broker on return."""
+
+    emitter: Any
+
+    def record(self, event: Event) -> None:
+        self.emitter.emit(event)
+        self.emitter.flush(RECORD_FLUSH_TIMEOUT_S)
+
+
+def ledger_payouts(query_url: str, bootstrap: str, trusted: tuple[str, ...]) -> PayoutSource:
+    return LedgerPayouts(query_url, bootstrap, trusted)
+
+
+def ledger_recorder(key: bytes, bootstrap: str, spool_dir: Path) -> tuple[Recorder, Any]:
+    """The recorder and the emitter to close afterwards."""
+    from domain.envelope import Signer
+    from ledger.emitter import Emitter, EmitterConfig
+
+    emitter = Emitter(Signer(key), EmitterConfig(bootstrap=bootstrap, spool_dir=spool_dir))
+    return EmitterRecorder(emitter), emitter
+
+
+def load_key(path: str | Path) -> LocalAccount:
+    """The job's key from a file holding its 0x-hex private key; refuses group/world access."""
+    key_path = Path(path).expanduser()
+    mode = key_path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise click.UsageError(f"key file {key_path} is accessible by group/others (chmod 600)")
+    text = key_path.read_text().strip()
+    try:
+        account: LocalAccount = Account.from_key(text)
+    except (ValueError, TypeError) as err:
+        raise click.UsageError(f"key file {key_path} holds no 32-byte hex private key") from err
+    return account
+
+
+@click.command("settle", help=HELP)
+@click.option("--realm", help="Realm name (with --epoch, or to limit --all-due).")
+@click.option("--epoch", type=click.IntRange(min=0), help="Epoch number to settle.")
+@click.option(
+    "--all-due", is_flag=True, help="Settle every closed epoch with payouts, oldest first."
+)
+@click.option("--rpc-url", envvar="MESHLEDGER_L2_RPC", required=True, help="L2 node JSON-RPC URL.")
+@click.option("--chain-id", type=int, envvar="MESHLEDGER_L2_CHAIN_ID", required=True)
+@click.option(
+    "--contract",
+    envvar="MESHLEDGER_SETTLEMENT_CONTRACT",
+    required=True,
+    help="EpochSettlement address.",
+)
+@click.option(
+    "--key-file", envvar=KEY_FILE_ENV, type=click.Path(dir_okay=False), help="Job key file."
+)
+@click.option(
+    "--journal",
+    "journal_path",
+    envvar="MESHLEDGER_SETTLEMENT_JOURNAL",
+    default=DEFAULT_JOURNAL,
+    show_default=True,
+)
+@click.option(
+    "--query-url", envvar="MESHLEDGER_QUERY_URL", default="http://127.0.0.1:8787", show_default=True
+)
+@click.option(
+    "--bootstrap", envvar="MESHLEDGER_BOOTSTRAP", default="127.0.0.1:9092", show_default=True
+)
+@click.option(
+    "--ledger-source",
+    "trusted",
+    multiple=True,
+    envvar="MESHLEDGER_LEDGER_SOURCE",
+    help="Address whose PayoutsComputed events are trusted (repeatable).",
+)
+@click.option(
+    "--spool-dir",
+    envvar="MESHLEDGER_SETTLEMENT_SPOOL",
+    default="~/.meshledger/settlement-spool",
+    show_default=True,
+)
+@click.option(
+    "--fund/--no-fund",
+    default=False,
+    show_default=True,
+    help="Fund the realm from the key when short.",
+)
+@click.option(
+    "--push-min-amount",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Smaller payouts are left to claim; keep it fixed per realm.",
+)
+@click.option("--batch-max-entries", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--confirmations", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--max-fee-wei",
+    type=click.IntRange(min=1),
+    default=50 * 10**9,
+    show_default=True,
+    help="Fee cap per gas.",
+)
+@click.option("--priority-fee-wei", type=click.IntRange(min=0), default=10**8, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Show what would be sent; sign nothing.")
+def settle(
+    realm: str | None,
+    epoch: int | None,
+    all_due: bool,
+    rpc_url: str,
+    chain_id: int,
+    contract: str,
+    key_file: str | None,
+    journal_path: str,
+    query_url: str,
+    bootstrap: str,
+    trusted: tuple[str, ...],
+    spool_dir: str,
+    fund: bool,
+    push_min_amount: int,
+    batch_max_entries: int,
+    confirmations: int,
+    max_fee_wei: int,
+    priority_fee_wei: int,
+    dry_run: bool,
+) -> None:
+    if all_due == (epoch is not None):
+        raise click.UsageError("give either --epoch (with --realm) or --all-due")
+    if epoch is not None and not realm:
+        raise click.UsageError("--epoch needs --realm")
+    if not Web3.is_address(contract):
+        raise click.UsageError(f"--contract {contract!r} is not an address")
+    if not dry_run and not key_file:
+        raise click.UsageError(f"no key: give --key-file or set {KEY_FILE_ENV}")
+    account = load_key(key_file) if key_file else None
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    config = JobConfig(
+        chain_id=chain_id,
+        contract=contract,
+        fund=fund,
+        push_min_amount=push_min_amount,
+        batch_max_entries=batch_max_entries,
+    )
+    source = ledger_payouts(query_url, bootstrap, trusted)
+    console = Console()
+    err_console = Console(stderr=True)
+    code = EXIT_OK
+    try:
+        if dry_run:
+            sender = account.address if account else None
+            job = SettlementJob(w3, source, _NoRecorder(), config, sender=sender)
+            code = _dry_run(job, realm, epoch, console)
+        else:
+            assert account is not None
+            code = _run(
+                w3,
+                account,
+                config,
+                source,
+                SubmitterConfig(
+                    chain_id=chain_id,
+                    fees=FeePolicy(max_fee_cap_wei=max_fee_wei, priority_fee_wei=priority_fee_wei),
+                    confirmations=confirmations,
+                ),
+                Path(journal_path).expanduser(),
+                (bootstrap, Path(spool_dir).expanduser()),
+                realm,
+                epoch,
+                console,
+            )
+    except JobError as err:
+        err_console.print(f"error: {err}", markup=False)
+        code = err.exit_code
+    except WrongChain as err:
+        err_console.print(f"error: {err}", markup=False)
+        code = EXIT_WRONG_DEPLOYMENT
+    except (SubmitError, OSError, ConnectionError) as err:
+        err_console.print(f"error: chain: {err}", markup=False)
+        code = EXIT_CHAIN
+    sys.exit(code)
+
+
+class _NoRecorder:
+    def record(self, event: Event) -> None:
+        raise JobError("a dry run records nothing")
+
+
+def _run(
+    w3: Web3,
+    account: LocalAccount,
+    config: JobConfig,
+    source: PayoutSource,
+    submit_config: SubmitterConfig,
+    journal_path: Path,
+    emitter_args: tuple[str, Path],
+    realm: str | None,
+    epoch: int | None,
+    console: Console,
+) -> int:
+    # checks that need no lock and sign nothing come first
+    SettlementJob(w3, source, _NoRecorder(), config, sender=account.address).preflight()
+    try:
+        recorder, emitter = ledger_recorder(bytes(account.key), *emitter_args)
+    except Exception as err:  # noqa: BLE001 - no recorder, no settlement
+        raise JobError(f"cannot open the ledger emitter: {err}") from err
+    try:
+        with Submitter(w3, account, Journal(journal_path), submit_config) as submitter:
+            job = SettlementJob(w3, source, recorder, config, submitter)
+            if epoch is not None:
+                assert realm is not None
+                results = [job.settle(realm, epoch)]
+            else:
+                results = job.settle_all_due(realm)
+    finally:
+        try:
+            emitter.close()
+        except Exception as err:  # noqa: BLE001
+            log.warning("emitter close: %s", err)
+    for result in results:
+        console.print(
+            f"{result.status} realm={result.realm} epoch={result.epoch} root={result.root} "
+            f"total={result.total} post_tx={result.post_tx}",
+            markup=False,
+            highlight=False,
+        )
+    if not results:
+        console.print("nothing due", markup=False)
+    return EXIT_OK
+
+
+def _dry_run(job: SettlementJob, realm: str | None, epoch: int | None, console: Console) -> int:
+    job.preflight()
+    targets = [(realm, epoch)] if epoch is not None else job.source.due_epochs(realm)
+    for r, e in targets:
+        assert r is not None and e is not None
+        plan = job.plan(r, e)
+        table = Table(title=f"realm {r} epoch {e}: root {plan.root_hex}, total {plan.plan.total}")
+        for column in ("step", "to", "calldata bytes", "state"):
+            table.add_column(column)
+        shortfall = job.shortfall(plan)
+        for step in job.steps(plan):
+            try:
+                state = "done" if step.is_done() else "to send"
+            except JobError as err:
+                state = f"refused: {err}"
+            table.add_row(step.name, step.request.to, str(len(step.request.data)), state)
+        console.print(table)
+        pushed = sum(len(b) for b in plan.tree.batches)
+        console.print(
+            f"payees pushed={pushed} in {len(plan.tree.batches)} batches of <= "
+            f"{plan.batch_max_entries}; claim leaves={len(plan.plan.claims)}; "
+            f"realm shortfall={shortfall}"
+            + ("" if shortfall == 0 or job.config.fund else " (underfunded: --fund is off)"),
+            markup=False,
+            highlight=False,
+        )
+    return EXIT_OK
+
+
+def main() -> None:  # pragma: no cover - `python -m settlement.cli`
+    logging.basicConfig(level=os.environ.get("MESHLEDGER_LOG", "WARNING"))
+    settle()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+
+__all__ = ["settle", "EXIT_RECORDING", "LedgerPayouts", "EmitterRecorder", "load_key"]
