@@ -1,0 +1,366 @@
+"""Router benchmark: pub/sub messages per second from one publisher to one subscriber and RPC calls
+per second, autobahn clients in their own processes, against this router with metering and SWAP
+on, with both off, and against Crossbar.io (own venv `.venv-crossbar`, created when missing).
+
+The last stdout line is one JSON object (see `run_bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REALM = "realm1"
+PRICE = 10**12
+TOKEN = "0x" + "11" * 20
+CHAIN_ID = 31337
+WINDOW = 200  # messages / calls in flight per client
+
+
+# -- worker processes (clients) ----------------------------------------------------------------
+
+
+async def _client(url: str, key_hex: str) -> Any:
+    if key_hex:
+        from eth_account import Account
+
+        from router_core.client import SwapOffer, connect
+
+        key = bytes.fromhex(key_hex)
+        offer = SwapOffer(
+            "0x" + Account.from_key(key).address[2:].lower()[::-1],
+            CHAIN_ID,
+            TOKEN,
+            1000 * PRICE,
+            PRICE,
+        )
+        return await connect(url, REALM, key, serializer="msgpack", swap=offer)
+    from autobahn.asyncio.wamp import ApplicationSession
+    from autobahn.asyncio.websocket import WampWebSocketClientFactory
+    from autobahn.wamp.serializer import MsgPackSerializer
+    from autobahn.wamp.types import ComponentConfig
+
+    loop = asyncio.get_running_loop()
+    joined: asyncio.Future[Any] = loop.create_future()
+
+    class Anon(ApplicationSession):
+        def onConnect(self) -> None:  # noqa: N802
+            self.join(REALM)
+
+        def onJoin(self, details: Any) -> None:  # noqa: N802
+            joined.set_result(self)
+
+    factory = WampWebSocketClientFactory(
+        lambda: Anon(ComponentConfig(REALM)), url=url, serializers=[MsgPackSerializer()]
+    )
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    await loop.create_connection(factory, "127.0.0.1", port)
+    return await asyncio.wait_for(joined, 10)
+
+
+async def _worker(role: str, url: str, key_hex: str, n: int) -> None:
+    from autobahn.wamp.types import PublishOptions
+
+    session = await _client(url, key_hex)
+    loop = asyncio.get_running_loop()
+    if role == "sub":
+        done = loop.create_future()
+        times: list[float] = []
+
+        def on_event(*args: Any) -> None:
+            times.append(time.perf_counter())
+            if len(times) == n and not done.done():
+                done.set_result(None)
+
+        await session.subscribe(on_event, "bench.topic")
+        print("ready", flush=True)
+        await asyncio.wait_for(done, 300)
+        print(json.dumps({"rate": (n - 1) / (times[-1] - times[0])}), flush=True)
+    elif role == "pub":
+        sem = asyncio.Semaphore(WINDOW)
+        payload = "x" * 64
+
+        async def one(i: int) -> None:
+            async with sem:
+                await session.publish(
+                    "bench.topic", i, payload, options=PublishOptions(acknowledge=True)
+                )
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        print(json.dumps({"published": n}), flush=True)
+    elif role == "callee":
+        await session.register(lambda i, p: p, "bench.echo")
+        print("ready", flush=True)
+        await asyncio.sleep(3600)
+    elif role == "caller":
+        sem = asyncio.Semaphore(WINDOW)
+        payload = "x" * 64
+
+        async def call(i: int) -> None:
+            async with sem:
+                await session.call("bench.echo", i, payload)
+
+        await asyncio.gather(*(call(i) for i in range(min(200, n))))  # warm-up
+        started = time.perf_counter()
+        await asyncio.gather(*(call(i) for i in range(n)))
+        print(json.dumps({"rate": n / (time.perf_counter() - started)}), flush=True)
+    session.leave()
+    await asyncio.sleep(0.1)
+
+
+# -- router processes ---------------------------------------------------------------------------
+
+
+async def _serve(port: int, metered: bool, broker: str, keys: list[str], data_dir: str) -> None:
+    from domain.envelope import Signer
+    from domain.swap import RouterTerms
+    from router_core.chain_clock import ManualClock
+    from router_core.router import RealmOptions, Router
+    from router_core.stakes import StaticStakes
+    from router_core.swap import SwapService
+
+    router_key = secrets.token_bytes(32)
+    signer = Signer(router_key)
+    clock = ManualClock(1)
+    stakes = StaticStakes({REALM: dict.fromkeys(keys, 10**9)})
+    emitter = None
+    swap = None
+    if metered:
+        from ledger.emitter import Emitter, EmitterConfig
+
+        emitter = Emitter(
+            signer, EmitterConfig(bootstrap=broker, spool_dir=Path(data_dir) / "spool", fsync=False)
+        )
+        terms = {REALM: RouterTerms(1000 * PRICE, 100_000 * PRICE, PRICE, TOKEN, CHAIN_ID)}
+        swap = SwapService(signer.address, terms, emitter, clock, Path(data_dir) / "swap.sqlite")
+    router = Router(
+        signer.address,
+        [RealmOptions(REALM, allow_anonymous=not metered)],
+        stakes,
+        clock,
+        sink=emitter,
+        swap=swap,
+    )
+    await router.start("127.0.0.1", port)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await router.stop()
+    if emitter is not None:
+        emitter.close()
+
+
+def _python() -> str:
+    return sys.executable
+
+
+def _spawn(args: list[str], python: str | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [python or _python(), "-m", "router_core.bench", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+
+
+def _expect_ready(proc: subprocess.Popen[str], what: str) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        raise RuntimeError(f"{what} did not start: {line!r}")
+
+
+def _result(proc: subprocess.Popen[str], timeout_s: float = 300) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=timeout_s)
+    lines = [x for x in out.splitlines() if x.startswith("{")]
+    return dict(json.loads(lines[-1]))
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(Exception):
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=10)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def measure(url: str, keys: list[str], messages: int, calls: int) -> tuple[float, float]:
+    """(pub/sub deliveries per second, RPC calls per second) against the router at `url`."""
+    sub_key, pub_key, callee_key, caller_key = keys if keys else ["", "", "", ""]
+    sub = _spawn(["worker", "sub", url, sub_key, str(messages)])
+    _expect_ready(sub, "subscriber")
+    pub = _spawn(["worker", "pub", url, pub_key, str(messages)])
+    rate = float(_result(sub)["rate"])
+    _result(pub)
+    callee = _spawn(["worker", "callee", url, callee_key, "0"])
+    _expect_ready(callee, "callee")
+    caller = _spawn(["worker", "caller", url, caller_key, str(calls)])
+    rpc = float(_result(caller)["rate"])
+    callee.kill()
+    callee.wait()
+    return rate, rpc
+
+
+CROSSBAR_CONFIG = {
+    "version": 2,
+    "controller": {},
+    "workers": [
+        {
+            "type": "router",
+            "realms": [
+                {
+                    "name": REALM,
+                    "roles": [
+                        {
+                            "name": "anonymous",
+                            "permissions": [
+                                {
+                                    "uri": "",
+                                    "match": "prefix",
+                                    "allow": {
+                                        "call": True,
+                                        "register": True,
+                                        "publish": True,
+                                        "subscribe": True,
+                                    },
+                                    "disclose": {"caller": False, "publisher": False},
+                                    "cache": True,
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ],
+            "transports": [
+                {
+                    "type": "websocket",
+                    "endpoint": {"type": "tcp", "port": 0, "interface": "127.0.0.1"},
+                    "serializers": ["msgpack", "json"],
+                }
+            ],
+        }
+    ],
+}
+
+
+def crossbar_bin(root: Path) -> Path:
+    venv = root / ".venv-crossbar"
+    binary = venv / "bin" / "crossbar"
+    if not binary.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "crossbar"], check=True)
+    return binary
+
+
+def _wait_port(port: int, timeout_s: float) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.connect(("127.0.0.1", port))
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def run_bench(messages: int = 20_000, calls: int = 5_000) -> dict[str, Any]:
+    from infra.broker import start_broker
+    from infra.procs import free_port, stop_pid
+
+    root = Path(__file__).resolve().parent.parent
+    result: dict[str, Any] = {"messages": messages, "calls": calls}
+    broker = start_broker()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            keys = [secrets.token_bytes(32).hex() for _ in range(4)]
+            from eth_account import Account
+
+            addresses = [Account.from_key(bytes.fromhex(k)).address for k in keys]
+            for metered in (True, False):
+                port = free_port()
+                server = _spawn(
+                    [
+                        "serve",
+                        str(port),
+                        "1" if metered else "0",
+                        broker.bootstrap,
+                        ",".join(addresses),
+                        tmp,
+                    ]
+                )
+                try:
+                    _expect_ready(server, "router")
+                    rate, rpc = measure(
+                        f"ws://127.0.0.1:{port}/ws", keys if metered else [], messages, calls
+                    )
+                finally:
+                    _stop(server)
+                suffix = "metered" if metered else "unmetered"
+                result[f"routed_per_s_{suffix}"] = round(rate)
+                result[f"rpc_calls_per_s_{suffix}"] = round(rpc)
+            cbdir = Path(tmp) / "cb" / ".crossbar"
+            cbdir.mkdir(parents=True)
+            port = free_port()
+            config = json.loads(json.dumps(CROSSBAR_CONFIG))
+            config["workers"][0]["transports"][0]["endpoint"]["port"] = port
+            (cbdir / "config.json").write_text(json.dumps(config))
+            cb = subprocess.Popen(
+                [str(crossbar_bin(root)), "start", "--cbdir", str(cbdir)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            try:
+                _wait_port(port, 90)
+                rate, rpc = measure(f"ws://127.0.0.1:{port}/ws", [], messages, calls)
+            finally:
+                stop_pid(cb.pid, 15)
+            result["crossbar_per_s"] = round(rate)
+            result["crossbar_rpc_calls_per_s"] = round(rpc)
+    finally:
+        broker.stop()
+    m, u = result["routed_per_s_metered"], result["routed_per_s_unmetered"]
+    result["metering_cost_pct"] = round(100 * (u - m) / u, 1) if u else None
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="router_core.bench")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("worker")
+    w.add_argument("role")
+    w.add_argument("url")
+    w.add_argument("key")
+    w.add_argument("n", type=int)
+    s = sub.add_parser("serve")
+    s.add_argument("port", type=int)
+    s.add_argument("metered")
+    s.add_argument("broker")
+    s.add_argument("keys")
+    s.add_argument("data_dir")
+    args = parser.parse_args(argv)
+    import uvloop
+
+    if args.cmd == "worker":
+        uvloop.run(_worker(args.role, args.url, args.key, args.n))
+    else:
+        keys = [k for k in args.keys.split(",") if k]
+        os.makedirs(args.data_dir, exist_ok=True)
+        uvloop.run(_serve(args.port, args.metered == "1", args.broker, keys, args.data_dir))
+
+
+if __name__ == "__main__":
+    main()

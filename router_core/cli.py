@@ -1,0 +1,78 @@
+"""CLI of the router: `meshledger router run --config FILE` and `meshledger bench router`.
+
+The `meshledger` CLI attaches `router` (a click group) and `bench_router` (a click command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from pathlib import Path
+
+import click
+import uvloop
+
+from router_core.config import load_config
+from router_core.service import RouterService
+
+
+@click.group(name="router")
+def router() -> None:
+    """The WAMP router: metering, SWAP, cheque cash-out."""
+
+
+@router.command(name="run")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def run(config_path: Path, log_level: str) -> None:
+    """Serve the realms of a TOML configuration until SIGINT/SIGTERM."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(config_path)
+
+    async def serve() -> None:
+        service = RouterService(config)
+        node = await service.start()
+        host, port = config.host_port
+        click.echo(
+            f"router {node.address} serving {', '.join(r.name for r in config.realms)} on ws://{host}:{port}/ws"
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await service.stop()
+
+    uvloop.run(serve())
+
+
+@click.command(name="router")
+@click.option("--json", "as_json", is_flag=True, help="last line: one JSON object")
+@click.option("--messages", default=20_000, show_default=True)
+@click.option("--calls", default=5_000, show_default=True)
+def bench_router(as_json: bool, messages: int, calls: int) -> None:
+    """Pub/sub and RPC rates: metered+SWAP, unmetered, and Crossbar.io, on this machine."""
+    from router_core.bench import run_bench
+
+    result = run_bench(messages, calls)
+    if not as_json:
+        for key, value in result.items():
+            click.echo(f"{key:28} {value}")
+    click.echo(json.dumps(result))
+
+
+def main() -> None:
+    router()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Router configuration from a TOML file (tomllib). Keys come from a file or the environment,
+never from the configuration itself. Example: see README / `router_core.cli`.
+
+    listen = "127.0.0.1:8080"
+    key_file = "router.key"            # 0x-hex private key; or env MESH_ROUTER_KEY
+    data_dir = "var/router"            # SWAP accounts, cash-out queue, emitter spool
+    broker = "127.0.0.1:9092"          # metering + events to Kafka; omit to run without
+    chain_id = 31337
+    chain_rpc_url = ""                 # web3 head poller and chequebook solvency checks
+    ledger_sources = ["0x…"]           # trusted indexer keys: stakes and chain heads from mesh.ledger
+
+    [swap]
+    token = "0x…"
+    payment_threshold = 10_000_000_000_000_000
+    disconnect_threshold = 20_000_000_000_000_000
+    min_payment_threshold = 1_000_000_000_000_000
+
+    [cashout]
+    min_batch_value = 100_000_000_000_000_000
+    max_age_s = 3600
+
+    [[realms]]
+    name = "realm1"
+    keeper = "0x…"
+    price_per_message = 1_000_000_000_000
+    reservations = { "0xabc…" = 100 }  # static stakes (dev); messages per block
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from domain.events import DEFAULT_PRICE_PER_MESSAGE
+
+
+@dataclass(frozen=True)
+class RealmConfig:
+    name: str
+    keeper: str = ""
+    price_per_message: int = DEFAULT_PRICE_PER_MESSAGE
+    stake_per_mpb: int = 10**18
+    allow_anonymous: bool = False
+    enforce_bandwidth: bool = False
+    burst_messages: int = 0
+    reservations: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SwapConfig:
+    enabled: bool = True
+    token: str = "0x" + "00" * 20
+    payment_threshold: int = 100 * DEFAULT_PRICE_PER_MESSAGE * 1000
+    disconnect_threshold: int = 200 * DEFAULT_PRICE_PER_MESSAGE * 1000
+    min_payment_threshold: int = 0
+    flush_interval_ms: int = 200
+
+
+@dataclass(frozen=True)
+class CashoutConfig:
+    min_batch_value: int = 10**17
+    max_age_s: float = 3600.0
+    max_batch_cheques: int = 64
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    realms: list[RealmConfig]
+    listen: str = "127.0.0.1:8080"
+    key_file: str = ""
+    data_dir: str = "var/router"
+    broker: str = ""
+    chain_id: int = 31337
+    chain_rpc_url: str = ""
+    ledger_sources: list[str] = field(default_factory=list)
+    max_frame_bytes: int = 1 << 20
+    call_timeout_ms: int = 30_000
+    swap: SwapConfig = field(default_factory=SwapConfig)
+    cashout: CashoutConfig = field(default_factory=CashoutConfig)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    def private_key(self) -> bytes:
+        """From MESH_ROUTER_KEY or `key_file` (0x-hex); the key never sits in the config."""
+        text = os.environ.get("MESH_ROUTER_KEY", "")
+        if not text and self.key_file:
+            text = Path(self.key_file).read_text().strip()
+        if not text:
+            raise ValueError("no router key: set MESH_ROUTER_KEY or key_file")
+        key = bytes.fromhex(text.removeprefix("0x"))
+        if len(key) != 32:
+            raise ValueError("the router key must be 32 bytes of hex")
+        return key
+
+
+def _pick(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown keys in {where}: {sorted(unknown)}")
+    return data
+
+
+def parse_config(data: dict[str, Any]) -> RouterConfig:
+    data = dict(data)
+    realms = [RealmConfig(**_pick(RealmConfig, r, "[[realms]]")) for r in data.pop("realms", [])]
+    if not realms:
+        raise ValueError("the configuration defines no [[realms]]")
+    swap = SwapConfig(**_pick(SwapConfig, data.pop("swap", {}), "[swap]"))
+    cashout = CashoutConfig(**_pick(CashoutConfig, data.pop("cashout", {}), "[cashout]"))
+    return RouterConfig(
+        realms=realms, swap=swap, cashout=cashout, **_pick(RouterConfig, data, "top level")
+    )
+
+
+def load_config(path: Path) -> RouterConfig:
+    with open(path, "rb") as f:
+        return parse_config(tomllib.load(f))

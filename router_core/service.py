@@ -1,0 +1,162 @@
+"""Assembles a running router from a `RouterConfig`: key, emitter, clock, stakes, SWAP, cash-out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from domain.envelope import Signer
+from domain.swap import RouterTerms
+from router_core.cashout import CashoutPolicy, CashoutQueue, CashoutSink
+from router_core.chain_clock import ChainClock, HeadEventClock, ManualClock, Web3HeadPoller
+from router_core.config import RouterConfig
+from router_core.ledger_follower import LedgerFollower
+from router_core.metering import NullSink, UsageSink
+from router_core.router import Limits, RealmOptions, Router
+from router_core.stakes import LedgerStakes, StakeView, StaticStakes
+from router_core.swap import SolvencyCheck, SwapService, Web3Solvency
+
+log = logging.getLogger("router_core.service")
+
+
+class CombinedStakes:
+    """Static reservations (dev) plus those read from the ledger."""
+
+    def __init__(self, *views: StakeView) -> None:
+        self.views = views
+
+    def reserved_mpb(self, realm: str, address: str, block: int) -> int:
+        return max((v.reserved_mpb(realm, address, block) for v in self.views), default=0)
+
+    def has_reservation(self, realm: str, address: str, block: int) -> bool:
+        return self.reserved_mpb(realm, address, block) > 0
+
+
+@dataclass
+class RouterService:
+    config: RouterConfig
+    router: Router | None = None
+    emitter: Any = None
+    follower: LedgerFollower | None = None
+    cashout: CashoutQueue | None = None
+    cashout_sink: CashoutSink | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> Router:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        key = cfg.private_key()
+        signer = Signer(key)
+        data = Path(cfg.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        sink: UsageSink
+        if cfg.broker:
+            from ledger.emitter import Emitter, EmitterConfig
+
+            self.emitter = Emitter(
+                signer, EmitterConfig(bootstrap=cfg.broker, spool_dir=data / "spool")
+            )
+            sink = self.emitter
+        else:
+            log.warning("no broker configured: metering and SWAP events are not published")
+            sink = NullSink()
+        clock: ChainClock
+        if cfg.chain_rpc_url:
+            poller = Web3HeadPoller(cfg.chain_rpc_url)
+            poller.start()
+            clock = poller
+        elif cfg.broker and cfg.ledger_sources:
+            clock = HeadEventClock(loop, cfg.chain_id)
+        else:
+            clock = ManualClock()
+        static = StaticStakes({r.name: r.reservations for r in cfg.realms})
+        stakes: StakeView = static
+        if cfg.broker and cfg.ledger_sources:
+            ledger = LedgerStakes(
+                {r.name: r.keeper for r in cfg.realms},
+                {r.name: r.stake_per_mpb for r in cfg.realms},
+            )
+            self.follower = LedgerFollower(
+                cfg.broker,
+                cfg.ledger_sources,
+                ledger,
+                clock if isinstance(clock, HeadEventClock) else None,
+            )
+            self.follower.start()
+            stakes = CombinedStakes(static, ledger)
+        swap = None
+        if cfg.swap.enabled:
+            self.cashout = CashoutQueue(
+                data / "cashout.sqlite",
+                CashoutPolicy(
+                    cfg.cashout.min_batch_value,
+                    cfg.cashout.max_age_s,
+                    cfg.cashout.max_batch_cheques,
+                ),
+            )
+            solvency: SolvencyCheck | None = (
+                Web3Solvency(cfg.chain_rpc_url, cfg.chain_id) if cfg.chain_rpc_url else None
+            )
+            terms = {
+                r.name: RouterTerms(
+                    payment_threshold=cfg.swap.payment_threshold,
+                    disconnect_threshold=cfg.swap.disconnect_threshold,
+                    price_per_message=r.price_per_message,
+                    token=cfg.swap.token,
+                    chain_id=cfg.chain_id,
+                    min_payment_threshold=cfg.swap.min_payment_threshold,
+                )
+                for r in cfg.realms
+            }
+            swap = SwapService(
+                signer.address,
+                terms,
+                sink,
+                clock,
+                data / "swap.sqlite",
+                cfg.swap.flush_interval_ms,
+                solvency,
+                self.cashout.add,
+            )
+        realms = [
+            RealmOptions(r.name, r.allow_anonymous, r.enforce_bandwidth, r.burst_messages)
+            for r in cfg.realms
+        ]
+        limits = Limits(max_frame_bytes=cfg.max_frame_bytes, call_timeout_ms=cfg.call_timeout_ms)
+        self.router = Router(
+            signer.address, realms, stakes, clock, sink if cfg.broker else None, swap, limits
+        )
+        host, port = cfg.host_port
+        await self.router.start(host, port)
+        if self.cashout is not None and self.cashout_sink is not None:
+            self._tasks.append(loop.create_task(self._cashout_loop()))
+        return self.router
+
+    async def _cashout_loop(self) -> None:
+        assert self.cashout is not None and self.cashout_sink is not None
+        while True:
+            await asyncio.sleep(5)
+            try:
+                cashed = await asyncio.to_thread(self.cashout.run_once, self.cashout_sink)
+                if cashed:
+                    log.info("cashed out cheques worth %d", cashed)
+            except Exception:  # the batch stays queued; retried on the next round
+                log.exception("cash-out failed")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.router is not None:
+            await self.router.stop()
+        if self.follower is not None:
+            self.follower.stop()
+        if self.emitter is not None:
+            await asyncio.to_thread(self.emitter.close)
+        if self.cashout is not None:
+            self.cashout.close()
