@@ -1,0 +1,41 @@
+"""Reservation enforcement: within the reserved messages per block a peer is served, a burst
+beyond is held until the next block (throttled), and past the burst it is refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+from autobahn.wamp.exception import ApplicationError
+from autobahn.wamp.types import PublishOptions
+from router_harness import REALM, Harness, run
+
+from router_core.router import RealmOptions
+
+
+def test_peer_over_its_reservation_is_throttled_then_refused(harness: Harness) -> None:
+    async def body() -> None:
+        router = await harness.start(
+            swap=False, realm=RealmOptions(REALM, enforce_bandwidth=True, burst_messages=3)
+        )
+        got: list[int] = []
+        sub = await harness.connect(router, harness.peer(), swap=False)
+        await sub.subscribe(got.append, "com.example.metered")
+        pub = await harness.connect(router, harness.peer(mpb=4), swap=False)
+        sends = [
+            asyncio.ensure_future(
+                pub.publish("com.example.metered", i, options=PublishOptions(acknowledge=True))
+            )
+            for i in range(10)
+        ]
+        await asyncio.sleep(0.3)
+        assert sorted(got) == [0, 1, 2, 3]  # the reservation: 4 messages in this block
+        refused = [s for s in sends if s.done() and isinstance(s.exception(), ApplicationError)]
+        assert len(refused) == 3
+        assert all(s.exception().error == "mesh.error.bandwidth_exceeded" for s in refused)  # type: ignore[union-attr]
+        harness.clock.advance()  # next block: the 3 held messages go through
+        await asyncio.sleep(0.2)
+        assert sorted(got) == [0, 1, 2, 3, 4, 5, 6]
+        assert sum(1 for s in sends if s.done() and s.exception() is None) == 7
+        await router.stop()
+
+    run(body)
