@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from _submitter_chain import SETTLE_CHAIN_ID, fund_eth
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from infra.anvil import Anvil, start_anvil
+
+# the `_submitter_*` helper modules sit next to this file (there is no tests/__init__.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _submitter_chain import SETTLE_CHAIN_ID, fund_eth  # noqa: E402
 
 
 @pytest.fixture(scope="module")
