@@ -120,9 +120,11 @@ class RealmState:
     keeper: str
     params: RealmParams
     created_block: int
-    apis: list[tuple[str, str]] = field(default_factory=list)  # (prefix, vendor)
-    #: (realm-level) stake history: key (staker, role, target) -> sorted [(block, log_index, amount)]
-    stakes: dict[tuple[str, str, str], list[tuple[int, int, int]]] = field(default_factory=dict)
+    apis: list[tuple[str, str, str, int]] = field(default_factory=list)  # (prefix, vendor, source, seq)
+    #: stake history: (staker, role, target) -> sorted [(block, log_index, amount, source, seq)]
+    stakes: dict[tuple[str, str, str], list[tuple[int, int, int, str, int]]] = field(default_factory=dict)
+    #: parameter history [(source, seq, params)]: an epoch close uses what is under its marks
+    params_history: list[tuple[str, int, RealmParams]] = field(default_factory=list)
     closed_epoch: int = -1
     marks: dict[str, int] = field(default_factory=dict)
     carry: int = 0
@@ -138,8 +140,13 @@ class RealmState:
     def provision_key(self, router: str) -> tuple[str, str, str]:
         return (router, "router_operator", self.keeper)
 
-    def changes(self, key: tuple[str, str, str]) -> list[tuple[int, int]]:
-        return [(block, amount) for block, _, amount in self.stakes.get(key, [])]
+    def changes(self, key: tuple[str, str, str], marks: dict[str, int]) -> list[tuple[int, int]]:
+        """(block, amount) changes of one stake known under `marks` (deterministic on replay)."""
+        return [(b, amount) for b, _, amount, src, seq in self.stakes.get(key, []) if seq <= marks.get(src, 0)]
+
+    def params_under(self, marks: dict[str, int]) -> RealmParams:
+        known = [p for src, seq, p in self.params_history if seq <= marks.get(src, 0)]
+        return known[-1] if known else self.params
 
 
 class Projector:
@@ -157,6 +164,8 @@ class Projector:
         self.sources: dict[str, SourceState] = {}
         self.realms: dict[str, RealmState] = {}
         self.offsets: dict[tuple[str, int], int] = {}
+        #: offsets above a partition's low-water offset that are already decided (applied or rejected)
+        self.ahead: dict[tuple[str, int], set[int]] = defaultdict(set)
         self.rejected: Counter[str] = Counter()
         self._dirty_rejections = False
         self._rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
@@ -174,17 +183,21 @@ class Projector:
         con = self.con
         for topic, part, nxt in con.execute("SELECT topic, part, next_offset FROM offsets").fetchall():
             self.offsets[(topic, part)] = nxt
+        for topic, part, off in con.execute('SELECT topic, part, "offset" FROM applied_ahead').fetchall():
+            self.ahead[(topic, part)].add(off)
         for src, seq, h, wm, recs, evs in con.execute("SELECT * FROM sources").fetchall():
             self.sources[src] = SourceState(seq, h, wm, recs, evs)
         for row in con.execute("SELECT * FROM realms").fetchall():
             realm, keeper, *params, created = row
             self.realms[realm] = RealmState(keeper, RealmParams(*(int(p) for p in params)), created)
-        for realm, api, vendor, _ in con.execute("SELECT * FROM apis ORDER BY block").fetchall():
-            self.realms[realm].apis.append((api, vendor))
-        for realm, staker, role, target, amount, _, block, li, _, _ in con.execute(
+        for realm, source, seq, *params in con.execute("SELECT * FROM realm_params ORDER BY seq").fetchall():
+            self.realms[realm].params_history.append((source, seq, RealmParams(*(int(p) for p in params))))
+        for realm, api, vendor, _, source, seq in con.execute("SELECT * FROM apis ORDER BY seq").fetchall():
+            self.realms[realm].apis.append((api, vendor, source, seq))
+        for realm, staker, role, target, amount, _, block, li, source, seq in con.execute(
             "SELECT * FROM stakes ORDER BY block, log_index"
         ).fetchall():
-            self.realms[realm].stakes.setdefault((staker, role, target), []).append((block, li, int(amount)))
+            self.realms[realm].stakes.setdefault((staker, role, target), []).append((block, li, int(amount), source, seq))
         for realm, epoch, marks, remainder in con.execute(
             "SELECT realm, epoch, marks, remainder FROM epochs ORDER BY epoch"
         ).fetchall():
@@ -203,39 +216,50 @@ class Projector:
         return min(marks)
 
     # -- one record -----------------------------------------------------------------------------
-    def offer(self, value: bytes | None) -> tuple[Verdict, Record | None]:
-        """Decide on one record and stage its effects; nothing is written until commit()."""
+    @staticmethod
+    def prepare(value: bytes | None) -> Record | Verdict:
+        """Decode and verify the signature (once per record, however often it waits)."""
         if value is None:
-            return Verdict(Outcome.REJECTED, "undecodable", "empty record"), None
+            return Verdict(Outcome.REJECTED, "undecodable", "empty record")
         try:
             record = decode(value)
             record.verify()
         except RecordError as exc:
-            return Verdict(Outcome.REJECTED, exc.reason, exc.detail), None
+            return Verdict(Outcome.REJECTED, exc.reason, exc.detail)
+        return record
+
+    def offer(self, value: bytes | None) -> tuple[Verdict, Record | None]:
+        prepared = self.prepare(value)
+        if isinstance(prepared, Verdict):
+            return prepared, None
+        return self.offer_record(prepared), prepared
+
+    def offer_record(self, record: Record) -> Verdict:
+        """Decide on one verified record and stage its effects; nothing is written until commit()."""
         state = self.sources.get(record.source)
         last = state.last_seq if state else 0
         if record.last_seq <= last or record.seq <= last:
-            return Verdict(Outcome.REJECTED, "duplicate", f"seq {record.seq}..{record.last_seq} <= {last}"), record
+            return Verdict(Outcome.REJECTED, "duplicate", f"seq {record.seq}..{record.last_seq} <= {last}")
         if record.seq > last + 1:
-            return Verdict(Outcome.WAIT, "seq_gap", f"waiting for seq {last + 1} of {record.source}"), record
+            return Verdict(Outcome.WAIT, "seq_gap", f"waiting for seq {last + 1} of {record.source}")
         if state is not None and record.prev != state.last_hash:
-            return Verdict(Outcome.REJECTED, "broken_chain", f"prev {record.prev[:18]} != {state.last_hash[:18]}"), record
+            return Verdict(Outcome.REJECTED, "broken_chain", f"prev {record.prev[:18]} != {state.last_hash[:18]}")
         if state is None and record.prev != ZERO_HASH:
-            return Verdict(Outcome.REJECTED, "broken_chain", "first record of a source must have a zero prev"), record
+            return Verdict(Outcome.REJECTED, "broken_chain", "first record of a source must have a zero prev")
         verdict = self._authorize(record)
         if verdict.outcome is Outcome.APPLIED:
             verdict = self.epoch_close_ready(record)
         if verdict.outcome is Outcome.WAIT:
-            return verdict, record
+            return verdict
         self._advance(record)
         if verdict.outcome is Outcome.REJECTED:
-            return verdict, record
+            return verdict
         try:
             self._precheck(record)
         except _Refused as exc:
-            return Verdict(Outcome.REJECTED, exc.reason, exc.detail), record
+            return Verdict(Outcome.REJECTED, exc.reason, exc.detail)
         self._apply(record)
-        return APPLIED, record
+        return APPLIED
 
     def _precheck(self, record: Record) -> None:
         """Refuse a record as a whole before any of its events is applied."""
@@ -307,7 +331,7 @@ class Projector:
                 return Verdict(Outcome.REJECTED, "unknown_source", f"{record.source} is not a known source")
             return Verdict(Outcome.REJECTED, "unauthorized_router", f"no provision stake in {record.realm}")
         if realm.stake_at(key, first_block) <= 0 or any(
-            amount <= 0 for block, _, amount in history if first_block < block <= last_block
+            entry[2] <= 0 for entry in history if first_block < entry[0] <= last_block
         ):
             return Verdict(
                 Outcome.REJECTED, "unauthorized_router", f"no provision stake in {record.realm} at blocks {first_block}..{last_block}"
@@ -364,20 +388,29 @@ class Projector:
     def _realm_created(self, record: Record, seq: int, e: RealmCreated) -> None:
         self.realms[e.realm] = RealmState(e.keeper, e.params, e.block)
         self._realm_updates.append((e.realm, e.keeper, e.params, e.block))
+        self._params_row(record, seq, e.realm, e.params)
 
     def _params_changed(self, record: Record, seq: int, e: RealmParamsChanged) -> None:
         realm = self._realm(e.realm)
         realm.params = e.params
         self._realm_updates.append((e.realm, realm.keeper, e.params, realm.created_block))
+        self._params_row(record, seq, e.realm, e.params)
+
+    def _params_row(self, record: Record, seq: int, realm: str, p: RealmParams) -> None:
+        self.realms[realm].params_history.append((record.source, seq, p))
+        self._rows["realm_params"].append(
+            (realm, record.source, seq, p.rfr_bps, p.stake_per_mpb, p.epoch_blocks, p.funding_period_blocks,
+             p.weight_router_bps, p.weight_service_bps, p.weight_vendor_bps, p.price_per_message)
+        )
 
     def _api_enabled(self, record: Record, seq: int, e: ApiEnabled) -> None:
-        self._realm(e.realm).apis.append((e.api, e.vendor))
-        self._rows["apis"].append((e.realm, e.api, e.vendor, e.block))
+        self._realm(e.realm).apis.append((e.api, e.vendor, record.source, seq))
+        self._rows["apis"].append((e.realm, e.api, e.vendor, e.block, record.source, seq))
 
     def _stake_changed(self, record: Record, seq: int, e: StakeChanged) -> None:
         realm = self._realm(e.realm)
         history = realm.stakes.setdefault((e.staker, e.role, e.target), [])
-        bisect.insort(history, (e.block, e.log_index, e.amount))
+        bisect.insort(history, (e.block, e.log_index, e.amount, record.source, seq))
         self._rows["stakes"].append(
             (e.realm, e.staker, e.role, e.target, e.amount, e.tx_hash, e.block, e.log_index, record.source, seq)
         )
@@ -465,23 +498,24 @@ class Projector:
         vendors: Counter[str] = Counter()
         vendors_late: Counter[str] = Counter()
         for uri, n in used.pop("api", Counter()).items():
-            vendor = self._vendor(realm, uri)
+            vendor = self._vendor(realm, uri, marks)
             if vendor:
                 vendors[vendor] += n
                 vendors_late[vendor] += late["api"].get(uri, 0)
         used["vendor"] = vendors
         late["vendor"] = vendors_late
-        spm = realm.params.stake_per_mpb
+        params = realm.params_under(marks)
+        spm = params.stake_per_mpb
         provided = {
-            "router": {a: capacity_messages(realm.changes((a, "router_operator", realm.keeper)), first, last, spm) for a in used["router"]},
-            "service": {a: capacity_messages(realm.changes((a, "service_operator", realm.keeper)), first, last, spm) for a in used["service"]},
+            cls: {a: capacity_messages(realm.changes((a, role, realm.keeper), marks), first, last, spm) for a in used[cls]}
+            for cls, role in (("router", "router_operator"), ("service", "service_operator"))
         }
         reservation = sum(
-            stake_block_sum(realm.changes(key), first, last)
+            stake_block_sum(realm.changes(key, marks), first, last)
             for key in realm.stakes
             if key[1] in ("user", "service_operator") and key[2] == realm.keeper
         )
-        result = compute_payouts(realm.params, reservation, realm.carry, used, provided)
+        result = compute_payouts(params, reservation, realm.carry, used, provided)
         digest = payout_digest(e.realm, e.epoch, result.payouts)
         for cls in ("router", "service", "vendor"):
             for account, n in used[cls].items():
@@ -523,11 +557,11 @@ class Projector:
             self._after_commit.append(lambda: callback(event))
 
     @staticmethod
-    def _vendor(realm: RealmState, uri: str) -> str:
+    def _vendor(realm: RealmState, uri: str, marks: dict[str, int]) -> str:
         best = ""
         vendor = ""
-        for prefix, who in realm.apis:
-            if uri.startswith(prefix) and len(prefix) > len(best):
+        for prefix, who, source, seq in realm.apis:
+            if seq <= marks.get(source, 0) and uri.startswith(prefix) and len(prefix) > len(best):
                 best, vendor = prefix, who
         return vendor
 
@@ -548,8 +582,10 @@ class Projector:
         self.rejected[reason] += 1
         self._dirty_rejections = True
 
-    def set_offset(self, topic: str, part: int, next_offset: int) -> None:
+    def set_offset(self, topic: str, part: int, next_offset: int, ahead: set[int] | None = None) -> None:
+        """Everything below `next_offset` is decided, and so are the `ahead` offsets above it."""
         self.offsets[(topic, part)] = next_offset
+        self.ahead[(topic, part)] = {o for o in (ahead or ()) if o >= next_offset}
         self._dirty_offsets.add((topic, part))
 
     def commit(self) -> None:
@@ -583,6 +619,8 @@ class Projector:
                 store.append_rows(con, "rejected", sorted(self.rejected.items()))
             for topic, part in self._dirty_offsets:
                 con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)", [topic, part, self.offsets[(topic, part)]])
+                con.execute("DELETE FROM applied_ahead WHERE topic = ? AND part = ?", [topic, part])
+                store.append_rows(con, "applied_ahead", [(topic, part, o) for o in sorted(self.ahead[(topic, part)])])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

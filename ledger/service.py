@@ -25,7 +25,8 @@ import orjson
 from domain.events import EpochClosed, PayoutsComputed
 from ledger import store
 from ledger.emitter import DEAD_TOPIC, LEDGER_TOPIC, USAGE_TOPIC, Emitter
-from ledger.projector import Outcome, Projector, Trust
+from domain.envelope import Record
+from ledger.projector import Outcome, Projector, Trust, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,14 @@ class LedgerService:
         self._requested_close: dict[str, int] = {}
         self._dead_producer: Any = None
         self._consumer: Any = None
-        self._buffers: dict[Any, deque[Any]] = {}
+        self._buffers: dict[Any, deque[list[Any]]] = {}
         self._paused: set[Any] = set()
         self._stalled_since: float | None = None
         #: replay stops each partition at these offsets (exclusive); live has none
         self.limits: dict[tuple[str, int], int] = {}
+        self._fetched: dict[Any, int] = {}
+        self._staged = 0
+        self._wait_verdicts: dict[Any, list[Any]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start_query_server(self) -> int:
@@ -119,6 +123,7 @@ class LedgerService:
             offset = self.projector.offsets.get((tp.topic, tp.partition), 0)
             consumer.seek(tp, offset)
             self._buffers[tp] = deque()
+            self._fetched[tp] = offset
         self._consumer = consumer
 
     def end_offsets(self) -> dict[tuple[str, int], int]:
@@ -139,6 +144,7 @@ class LedgerService:
             changed = self._process()
             if changed:
                 self.projector.commit()
+                self._staged = 0
                 if on_progress:
                     on_progress(self.progress)
             self._close_due_epochs()
@@ -149,7 +155,9 @@ class LedgerService:
         consumer = self._consumer
         batches = consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=100_000)
         for tp, records in batches.items():
-            self._buffers[tp].extend(records)
+            done = self.projector.ahead.get((tp.topic, tp.partition), set())
+            self._buffers[tp].extend([msg, None] for msg in records if msg.offset not in done)
+            self._fetched[tp] = records[-1].offset + 1
         for tp, buf in self._buffers.items():
             if len(buf) >= self.config.max_buffered_records and tp not in self._paused:
                 consumer.pause(tp)
@@ -159,49 +167,70 @@ class LedgerService:
                 self._paused.discard(tp)
 
     def _process(self) -> bool:
-        projector = self.projector
+        """Offer every buffered record; a waiting record stays and only holds back its own source
+        (a later record of that source waits on its seq). Passes repeat while anything moves."""
         changed = False
         progressed = True
-        staged = 0
-        waits: dict[Any, Any] = {}
         while progressed:
             progressed = False
-            waits.clear()
             for tp, buf in self._buffers.items():
-                limit = self.limits.get((tp.topic, tp.partition))
-                while buf:
-                    msg = buf[0]
-                    if limit is not None and msg.offset >= limit:
-                        break
-                    verdict, record = projector.offer(msg.value)
-                    if verdict.outcome is Outcome.WAIT:
-                        waits[tp] = (verdict, record)
-                        break
-                    buf.popleft()
-                    if verdict.outcome is Outcome.REJECTED:
-                        projector.reject(verdict.reason)
-                        self.progress.rejected += 1
-                        self._dead_letter(msg, verdict.reason, verdict.detail)
-                    else:
-                        self.progress.records += 1
-                        self.progress.events += record.count if record else 0
-                    projector.set_offset(tp.topic, tp.partition, msg.offset + 1)
+                if self._process_partition(tp, buf):
                     progressed = changed = True
-                    staged += 1
-                    if staged >= self.config.commit_every_records:
-                        projector.commit()
-                        staged = 0
-        self.progress.waits = {f"{tp.topic}/{tp.partition}": v[0].reason for tp, v in waits.items()}
+        waits = [v for verdicts in self._wait_verdicts.values() for v in verdicts]
+        self.progress.waits = {}
+        for verdict in waits:
+            self.progress.waits[verdict.reason] = self.progress.waits.get(verdict.reason, 0) + 1
         if not waits or changed:
             self._stalled_since = None
             return changed
-        return self._resolve_gaps(waits)
+        return self._resolve_gaps()
 
-    def _resolve_gaps(self, waits: dict[Any, Any]) -> bool:
-        """Declare a seq gap once nothing else can progress for gap_timeout_ms."""
-        if any(buf for tp, buf in self._buffers.items() if tp not in waits):
-            return False
-        if not self.caught_up(exclude=set(waits)):
+    def _process_partition(self, tp: Any, buf: deque[list[Any]]) -> bool:
+        projector = self.projector
+        limit = self.limits.get((tp.topic, tp.partition))
+        remaining: deque[list[Any]] = deque()
+        decided: set[int] = set(projector.ahead.get((tp.topic, tp.partition), ()))
+        moved = False
+        while buf:
+            entry = buf.popleft()
+            msg = entry[0]
+            if limit is not None and msg.offset >= limit:
+                remaining.append(entry)
+                remaining.extend(buf)
+                buf.clear()
+                break
+            prepared = entry[1] if isinstance(entry[1], Record) else projector.prepare(msg.value)
+            verdict = prepared if isinstance(prepared, Verdict) else projector.offer_record(prepared)
+            if verdict.outcome is Outcome.WAIT:  # keep the verified record for the next pass
+                remaining.append([msg, prepared, verdict])
+                continue
+            if verdict.outcome is Outcome.REJECTED:
+                projector.reject(verdict.reason)
+                self.progress.rejected += 1
+                self._dead_letter(msg, verdict.reason, verdict.detail)
+            else:
+                assert isinstance(prepared, Record)
+                self.progress.records += 1
+                self.progress.events += prepared.count
+            decided.add(msg.offset)
+            moved = True
+        buf.extend([m, p] for m, p, *_ in remaining)
+        if moved:
+            low = remaining[0][0].offset if remaining else self._fetched.get(tp, 0)
+            if limit is not None and not remaining:
+                low = min(low, limit)
+            projector.set_offset(tp.topic, tp.partition, low, decided)
+            self._staged += 1
+            if self._staged >= self.config.commit_every_records:
+                projector.commit()
+                self._staged = 0
+        self._wait_verdicts[tp] = [v for _, _, v in remaining] if remaining else []
+        return moved
+
+    def _resolve_gaps(self) -> bool:
+        """Declare a seq gap once nothing can progress and every partition is fully fetched for
+        gap_timeout_ms; only a gap that no held record of the same source can fill."""
+        if not self.caught_up():
             self._stalled_since = None
             return False
         now = time.monotonic()
@@ -209,16 +238,17 @@ class LedgerService:
             self._stalled_since = now
         if (now - self._stalled_since) * 1000 < self.config.gap_timeout_ms:
             return False
-        # a gap is real only if no other held record of that source could fill it
-        held = {(rec.source, rec.seq) for _, rec in waits.values() if rec is not None}
+        held = [(entry[1], verdict) for tp, buf in self._buffers.items() for entry, verdict in zip(buf, self._wait_verdicts.get(tp, []), strict=False)]
+        seqs = {(rec.source, rec.seq) for rec, _ in held if isinstance(rec, Record)}
         gaps = [
-            (rec.source, rec.seq, rec)
-            for verdict, rec in waits.values()
-            if verdict.reason == "seq_gap" and not any(s == rec.source and q < rec.seq for s, q in held)
+            rec
+            for rec, verdict in held
+            if isinstance(rec, Record) and verdict.reason == "seq_gap"
+            and not any(src == rec.source and q < rec.seq for src, q in seqs)
         ]
         if not gaps:
             return False
-        _, _, record = min(gaps, key=lambda g: (g[0], g[1]))
+        record = min(gaps, key=lambda r: (r.source, r.seq))
         log.warning("declaring seq gap for %s before seq %d", record.source, record.seq)
         self.projector.declare_gap(record)
         self._stalled_since = None
@@ -233,10 +263,10 @@ class LedgerService:
                 continue
             limit = self.limits.get((tp.topic, tp.partition))
             if limit is not None:
-                if self.projector.offsets.get((tp.topic, tp.partition), 0) < min(end, limit):
+                if self._fetched.get(tp, 0) < min(end, limit):
                     return False
                 continue
-            if self._buffers[tp] or consumer.position(tp) < end:
+            if consumer.position(tp) < end:
                 return False
         return True
 

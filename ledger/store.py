@@ -16,7 +16,11 @@ CREATE TABLE IF NOT EXISTS sources (source VARCHAR PRIMARY KEY, last_seq BIGINT,
 CREATE TABLE IF NOT EXISTS realms (realm VARCHAR PRIMARY KEY, keeper VARCHAR, rfr_bps BIGINT,
     stake_per_mpb HUGEINT, epoch_blocks BIGINT, funding_period_blocks BIGINT, weight_router_bps BIGINT,
     weight_service_bps BIGINT, weight_vendor_bps BIGINT, price_per_message HUGEINT, created_block BIGINT);
-CREATE TABLE IF NOT EXISTS apis (realm VARCHAR, api VARCHAR, vendor VARCHAR, block BIGINT);
+CREATE TABLE IF NOT EXISTS realm_params (realm VARCHAR, source VARCHAR, seq BIGINT, rfr_bps BIGINT,
+    stake_per_mpb HUGEINT, epoch_blocks BIGINT, funding_period_blocks BIGINT, weight_router_bps BIGINT,
+    weight_service_bps BIGINT, weight_vendor_bps BIGINT, price_per_message HUGEINT);
+CREATE TABLE IF NOT EXISTS apis (realm VARCHAR, api VARCHAR, vendor VARCHAR, block BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS applied_ahead (topic VARCHAR, part INTEGER, "offset" BIGINT);
 CREATE TABLE IF NOT EXISTS stakes (realm VARCHAR, staker VARCHAR, role VARCHAR, target VARCHAR,
     amount HUGEINT, tx_hash VARCHAR, block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
 CREATE TABLE IF NOT EXISTS usage_blocks (realm VARCHAR, block BIGINT, source VARCHAR, messages BIGINT, bytes BIGINT);
@@ -75,6 +79,7 @@ ORDER BY b.realm, b.block;
 AUDITED_TABLES = (
     "sources",
     "realms",
+    "realm_params",
     "apis",
     "stakes",
     "usage_blocks",

@@ -1,0 +1,273 @@
+"""The `meshledger` command line. Commands of other packages (router, settle, bench router,
+bench settlement) plug in through the `meshledger.commands` entry-point group."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console()
+DEFAULT_DB = Path("var/ledger.duckdb")
+
+
+def _addresses(values: tuple[str, ...], env: str) -> list[str]:
+    out = [v for value in values for v in value.split(",") if v]
+    out += [v for v in os.environ.get(env, "").split(",") if v]
+    return out
+
+
+def _trust_options(fn: Any) -> Any:
+    fn = click.option("--ledger-source", "ledger_sources", multiple=True, metavar="ADDR",
+                      help="Address of a ledger key (epoch closes, payouts). Env MESHLEDGER_LEDGER_SOURCES.")(fn)
+    fn = click.option("--indexer-source", "indexer_sources", multiple=True, metavar="ADDR",
+                      help="Address of an indexer key (realms, stakes, chain heads). Env MESHLEDGER_INDEXER_SOURCES.")(fn)
+    fn = click.option("--settlement-source", "settlement_sources", multiple=True, metavar="ADDR",
+                      help="Address of a settlement job key. Env MESHLEDGER_SETTLEMENT_SOURCES.")(fn)
+    return fn
+
+
+def _trust(ledger_sources: tuple[str, ...], indexer_sources: tuple[str, ...], settlement_sources: tuple[str, ...]) -> Any:
+    from ledger.service import trust_from
+
+    return trust_from(
+        _addresses(ledger_sources, "MESHLEDGER_LEDGER_SOURCES"),
+        _addresses(indexer_sources, "MESHLEDGER_INDEXER_SOURCES"),
+        _addresses(settlement_sources, "MESHLEDGER_SETTLEMENT_SOURCES"),
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """meshledger: the event-sourced ledger of a decentralized WAMP service mesh.
+
+    Routers, the indexer and settlement jobs write signed events to Kafka; the projector turns
+    them into DuckDB tables (bandwidth, usage, epoch payouts); the audit replays the log and must
+    reproduce them. Start with `meshledger demo`.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+@cli.group()
+def broker() -> None:
+    """The local Kafka-compatible broker (Tansu, memory storage) for development."""
+
+
+@broker.command("start")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (loopback in dev).")
+@click.option("--port", type=int, default=None, help="Port (default: a free one).")
+@click.option("--partitions", type=int, default=1, show_default=True, help="Partitions per topic.")
+def broker_start(host: str, port: int | None, partitions: int) -> None:
+    """Start the broker, create the topics, and keep it running until Ctrl-C."""
+    from infra.broker import start_broker
+
+    node = start_broker(host, port, partitions=partitions)
+    console.print(f"broker ready: bootstrap [bold]{node.bootstrap}[/] (pid {node.pid}); Ctrl-C stops it")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.stop()
+
+
+@cli.command()
+@click.option("--bootstrap", envvar="MESHLEDGER_BOOTSTRAP", required=True, help="Kafka bootstrap host:port.")
+@click.option("--db", "db_path", type=click.Path(path_type=Path), default=DEFAULT_DB, show_default=True, help="DuckDB file.")
+@click.option("--key-file", type=click.Path(path_type=Path), envvar="MESHLEDGER_KEY_FILE",
+              help="The ledger's key (signs epoch closes and payouts); without it no epochs are closed.")
+@_trust_options
+@click.option("--grace-blocks", type=int, default=5, show_default=True, help="Blocks past an epoch before it closes.")
+@click.option("--gap-timeout-ms", type=int, default=5000, show_default=True, help="Wait before a seq gap is declared.")
+@click.option("--query-port", type=int, default=0, help="Port of the loopback query endpoint (0: a free one).")
+def project(bootstrap: str, db_path: Path, key_file: Path | None, ledger_sources: tuple[str, ...],
+            indexer_sources: tuple[str, ...], settlement_sources: tuple[str, ...], grace_blocks: int,
+            gap_timeout_ms: int, query_port: int) -> None:
+    """Run the projector: consume mesh.usage and mesh.ledger into DuckDB, close epochs, serve queries.
+
+    The query endpoint's URL is written to DB.query so `meshledger query` finds it.
+    """
+    from ledger.emitter import EmitterConfig
+    from ledger.keys import load_signer
+    from ledger.service import LedgerService, ServiceConfig
+
+    emitter = None
+    if key_file:
+        from ledger.emitter import Emitter
+
+        signer = load_signer(key_file)
+        emitter = Emitter(signer, EmitterConfig(bootstrap=bootstrap, spool_dir=db_path.parent / "spool" / signer.address))
+        ledger_sources = (*ledger_sources, signer.address)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    trust = _trust(ledger_sources, indexer_sources, settlement_sources)
+    service = LedgerService(
+        ServiceConfig(bootstrap=bootstrap, db_path=db_path, trust=trust, grace_blocks=grace_blocks,
+                      gap_timeout_ms=gap_timeout_ms, query_port=query_port),
+        emitter=emitter,
+    )
+    port = service.start_query_server()
+    url = f"http://127.0.0.1:{port}"
+    Path(f"{db_path}.query").write_text(url)
+    console.print(f"projector: {bootstrap} -> {db_path}; queries at [bold]{url}[/]")
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    try:
+        service.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
+        if emitter:
+            emitter.close(timeout_s=5)
+
+
+QUERY_NAMES = ["realms", "bandwidth", "usage", "epochs", "payouts", "dead", "sources"]
+
+
+@cli.command()
+@click.argument("what", type=click.Choice(QUERY_NAMES))
+@click.option("--realm", default=None, help="Only this realm.")
+@click.option("--epoch", type=int, default=None, help="Only this epoch (usage, payouts).")
+@click.option("--url", envvar="MESHLEDGER_QUERY_URL", default=None, help="Query endpoint (default: from DB.query).")
+@click.option("--db", "db_path", type=click.Path(path_type=Path), default=DEFAULT_DB, show_default=True,
+              help="DuckDB file; read directly when no projector is running.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+def query(what: str, realm: str | None, epoch: int | None, url: str | None, db_path: Path, as_json: bool) -> None:
+    """Query the ledger: realms | bandwidth | usage | epochs | payouts | dead | sources.
+
+    Works while the projector runs (through its query endpoint) and without it (from the file).
+    """
+    from ledger.query import QueryClient, QueryError
+    from ledger.render import print_query
+
+    url = url or _query_url(db_path)
+    rows: list[dict[str, Any]]
+    if url:
+        try:
+            rows = QueryClient(url).rows(what, realm=realm, epoch=epoch)
+        except QueryError as exc:
+            raise click.ClickException(str(exc)) from exc
+    elif db_path.exists():
+        from ledger import store
+        from ledger.query import run_query
+
+        con = store.connect(db_path, read_only=True)
+        data = run_query(con, what, {"realm": realm, "epoch": epoch})
+        rows = [dict(zip(data["columns"], r, strict=True)) for r in data["rows"]]
+    else:
+        raise click.ClickException(f"no projector endpoint and no database at {db_path}")
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, default=str))
+    else:
+        print_query(console, what, rows)
+
+
+def _query_url(db_path: Path) -> str | None:
+    marker = Path(f"{db_path}.query")
+    if not marker.exists():
+        return None
+    url = marker.read_text().strip()
+    from ledger.query import QueryClient, QueryError
+
+    try:
+        QueryClient(url, timeout_s=2).get("dead")
+        return url
+    except QueryError:
+        return None
+
+
+@cli.command()
+@click.option("--bootstrap", envvar="MESHLEDGER_BOOTSTRAP", required=True, help="Kafka bootstrap host:port.")
+@click.option("--url", envvar="MESHLEDGER_QUERY_URL", default=None, help="Live projector's query endpoint.")
+@click.option("--db", "db_path", type=click.Path(path_type=Path), default=DEFAULT_DB, show_default=True,
+              help="Live DuckDB file (used when no endpoint answers).")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None, help="Where the replay database goes.")
+@_trust_options
+def audit(bootstrap: str, url: str | None, db_path: Path, work_dir: Path | None, ledger_sources: tuple[str, ...],
+          indexer_sources: tuple[str, ...], settlement_sources: tuple[str, ...]) -> None:
+    """Replay the topics from offset 0 into a fresh DuckDB and compare every table with the live one.
+
+    Verifies every signature and hash chain and reports seq gaps and duplicates. Exit codes:
+    0 all tables match; 1 a table differs (the diff is printed); 3 tables match but the log has
+    seq gaps (records missing).
+    """
+    from ledger.audit import LiveSide, run_audit
+    from ledger.render import print_audit
+
+    url = url or _query_url(db_path)
+    live = LiveSide(url=url) if url else LiveSide(db_path=db_path)
+    trust = _trust(ledger_sources, indexer_sources, settlement_sources)
+    with Progress(TextColumn("replay"), BarColumn(), TextColumn("{task.completed:,} events"), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("replay", total=None)
+        report = run_audit(bootstrap, trust, live, work_dir or Path(tempfile.mkdtemp(prefix="meshledger-audit-")),
+                           on_progress=lambda p: bar.update(task, completed=p.events))
+    live.close()
+    print_audit(console, report)
+    sys.exit(report.exit_code)
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks; each prints one JSON line last."""
+
+
+@bench.command("ingest")
+@click.option("--events", type=int, default=2_000_000, show_default=True, help="Metered messages to send.")
+@click.option("--baseline-events", type=int, default=100_000, show_default=True, help="Messages for the baseline.")
+@click.option("--json", "as_json", is_flag=True, help="Only the JSON line.")
+def bench_ingest(events: int, baseline_events: int, as_json: bool) -> None:
+    """End-to-end metered messages/s (emitter -> broker -> DuckDB, separate processes), a
+    one-record-per-message kafka-python baseline, and audit replay speed."""
+    from ledger.bench import run_ingest_bench
+
+    result = run_ingest_bench(events, baseline_events, console=None if as_json else console)
+    click.echo(json.dumps(result))
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Keep the demo's files here.")
+@click.option("--blocks", type=int, default=600, show_default=True, help="Blocks of simulated traffic.")
+def demo(data_dir: Path | None, blocks: int) -> None:
+    """Broker, indexer, routers in two realms, projector and epoch closer, then the tables and an audit.
+
+    Includes a stake change, skewed traffic, a late record, a duplicate and a forged record.
+    Exits non-zero unless the audit reproduces the live tables.
+    """
+    from ledger.demo import run_demo
+
+    sys.exit(run_demo(data_dir, blocks))
+
+
+def _load_plugins() -> None:
+    for ep in entry_points(group="meshledger.commands"):
+        command = ep.load()
+        parent = bench if ep.name.startswith("bench-") else cli
+        name = ep.name.removeprefix("bench-")
+        parent.add_command(command, name)
+
+
+def main() -> None:
+    _load_plugins()
+    cli()
+
+
+if __name__ == "__main__":
+    main()
