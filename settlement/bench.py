@@ -93,6 +93,34 @@ class _Bench:
         receipt = transact(self.w3, call, self.caller)
         return _gas(receipt), _input_bytes(self.w3, receipt), _gas(post)
 
+    def push_plain_token(self, payees: list[str], amounts: list[int]) -> int:
+        """Gas of one pushBatch on a token without IBatchTransfer (one transfer per entry), the
+        payees already holding that token."""
+        token = deploy(self.w3, "PlainERC20", 10**30, sender=self.owner)
+        settlement = deploy(
+            self.w3, "EpochSettlement", token.address, self.owner, sender=self.owner
+        )
+        for spender in (settlement.address, self.disperse.address):
+            transact(self.w3, token.functions.approve(spender, 2**256 - 1), self.owner)
+        hold = self.disperse.functions.disperseToken(token.address, payees, [1] * len(payees))
+        transact(self.w3, hold, self.owner)
+        realm = realm_id("bench-plain")
+        tree = PayoutTree(
+            BENCH_CHAIN_ID,
+            settlement.address,
+            realm,
+            1,
+            claims=[(p, 1) for p in _payees("inactive-plain", CLAIM_TREE_LEAVES)],
+            batches=[list(zip(payees, amounts, strict=True))],
+        )
+        total = sum(amounts) + CLAIM_TREE_LEAVES
+        transact(self.w3, settlement.functions.fund(realm, total), self.owner)
+        transact(self.w3, settlement.functions.postEpoch(realm, 1, tree.root, total), self.owner)
+        call = settlement.functions.pushBatch(
+            realm, 1, 0, tree.packed_batch(0), tree.batch_proof(0)
+        )
+        return _gas(transact(self.w3, call, self.caller))
+
     def disperse_token(self, payees: list[str], amounts: list[int]) -> tuple[int, int]:
         """(gas, calldata bytes) of one disperseToken paying every payee."""
         call = self.disperse.functions.disperseToken(self.token.address, payees, amounts)
@@ -175,6 +203,9 @@ def measure(w3: Web3) -> dict[str, Any]:
         result[f"disperse_calldata_bytes_per_payee_{size}"] = round(disperse_bytes / size, 2)
         result["post_root_gas"] = post_gas
     largest, smallest = PUSH_SIZES[-1], PUSH_SIZES[0]
+    plain_payees = _payees("plain", largest)
+    plain_gas = bench.push_plain_token(plain_payees, _amounts(largest))
+    result[f"plain_token_push_gas_per_payee_{largest}"] = _per_payee(plain_gas, largest)
     claim_payees = _payees("claim", CLAIM_TREE_LEAVES)
     _hold_one_unit(w3, bench.stack, claim_payees)
     claim_gas, distributor_gas = bench.claims(claim_payees, _amounts(CLAIM_TREE_LEAVES))
