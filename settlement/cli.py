@@ -34,6 +34,7 @@ from settlement.job import (
     PayoutSource,
     Recorder,
     SettlementJob,
+    SourceUnavailable,
 )
 from settlement.journal import Journal
 from settlement.submitter import (
@@ -47,6 +48,7 @@ from settlement.submitter import (
 log = logging.getLogger(__name__)
 
 KEY_FILE_ENV = "MESHLEDGER_SETTLEMENT_KEY_FILE"
+LEDGER_SOURCES_ENV = "MESHLEDGER_LEDGER_SOURCES"
 DEFAULT_JOURNAL = "~/.meshledger/settlement-journal.sqlite"
 RECORD_FLUSH_TIMEOUT_S = 30.0
 
@@ -69,8 +71,8 @@ Exit codes:
   3  not due (no PayoutsComputed on the log), payouts do not match the logged digest, or the
      epoch is posted on chain with another root: do not retry blindly, investigate
   4  realm underfunded (and --fund off, or the key holds too little): nothing was sent
-  5  chain error (node unreachable, fee cap, stuck or reverted transaction, sender busy):
-     retry later, the journal resumes where it stopped
+  5  chain or ledger error (node or ledger unreachable, fee cap, stuck or reverted
+     transaction, sender busy): retry later, the journal resumes where it stopped
   6  wrong chain id, or no / wrong contract code at --contract: refused before signing
   7  paid on chain but the events could not be recorded: rerun to record them
 """
@@ -87,17 +89,26 @@ class LedgerPayouts:
         self.trusted_sources = trusted_sources
 
     def due_epochs(self, realm: str | None) -> list[tuple[str, int]]:
-        rows = self.query.epochs(realm)
+        try:
+            rows = self.query.epochs(realm)
+        except Exception as err:  # noqa: BLE001 - QueryError, malformed answers
+            raise SourceUnavailable(f"ledger query API: {err}") from err
         due = [(str(r["realm"]), int(r["epoch"])) for r in rows if int(r.get("payees") or 0) > 0]
         return sorted(due, key=lambda k: (k[1], k[0]))
 
     def payouts(self, realm: str, epoch: int) -> list[Payout]:
-        return list(self.query.payouts(realm, epoch))
+        try:
+            return list(self.query.payouts(realm, epoch))
+        except Exception as err:  # noqa: BLE001
+            raise SourceUnavailable(f"ledger query API: {err}") from err
 
     def logged_digest(self, realm: str, epoch: int) -> str | None:
-        from ledger.logreader import payouts_computed  # type: ignore[import-not-found]
+        try:
+            from ledger.logreader import payouts_computed  # type: ignore[import-not-found]
 
-        event = payouts_computed(self.bootstrap, realm, epoch, self.trusted_sources)
+            event = payouts_computed(self.bootstrap, realm, epoch, self.trusted_sources)
+        except Exception as err:  # noqa: BLE001 - broker down, reader missing
+            raise SourceUnavailable(f"PayoutsComputed from the log: {err}") from err
         return None if event is None else str(event.digest)
 
 
@@ -244,9 +255,14 @@ def settle(
         push_min_amount=push_min_amount,
         batch_max_entries=batch_max_entries,
     )
-    source = ledger_payouts(query_url, bootstrap, trusted)
+    trusted_sources = tuple(
+        a
+        for value in (*trusted, os.environ.get(LEDGER_SOURCES_ENV, ""))
+        for a in value.split(",")
+        if a
+    )
+    source = ledger_payouts(query_url, bootstrap, trusted_sources)
     console = Console()
-    err_console = Console(stderr=True)
     code = EXIT_OK
     try:
         if dry_run:
@@ -269,16 +285,15 @@ def settle(
                 (bootstrap, Path(spool_dir).expanduser()),
                 realm,
                 epoch,
-                console,
             )
     except JobError as err:
-        err_console.print(f"error: {err}", markup=False)
+        click.echo(f"error: {err}", err=True)
         code = err.exit_code
     except WrongChain as err:
-        err_console.print(f"error: {err}", markup=False)
+        click.echo(f"error: {err}", err=True)
         code = EXIT_WRONG_DEPLOYMENT
     except (SubmitError, OSError, ConnectionError) as err:
-        err_console.print(f"error: chain: {err}", markup=False)
+        click.echo(f"error: chain: {err}", err=True)
         code = EXIT_CHAIN
     sys.exit(code)
 
@@ -298,7 +313,6 @@ def _run(
     emitter_args: tuple[str, Path],
     realm: str | None,
     epoch: int | None,
-    console: Console,
 ) -> int:
     # checks that need no lock and sign nothing come first
     SettlementJob(w3, source, _NoRecorder(), config, sender=account.address).preflight()
@@ -320,14 +334,13 @@ def _run(
         except Exception as err:  # noqa: BLE001
             log.warning("emitter close: %s", err)
     for result in results:
-        console.print(
+        # one plain line per epoch, never wrapped: schedulers parse it
+        click.echo(
             f"{result.status} realm={result.realm} epoch={result.epoch} root={result.root} "
-            f"total={result.total} post_tx={result.post_tx}",
-            markup=False,
-            highlight=False,
+            f"total={result.total} post_tx={result.post_tx}"
         )
     if not results:
-        console.print("nothing due", markup=False)
+        click.echo("nothing due")
     return EXIT_OK
 
 
@@ -349,13 +362,11 @@ def _dry_run(job: SettlementJob, realm: str | None, epoch: int | None, console: 
             table.add_row(step.name, step.request.to, str(len(step.request.data)), state)
         console.print(table)
         pushed = sum(len(b) for b in plan.tree.batches)
-        console.print(
+        click.echo(
             f"payees pushed={pushed} in {len(plan.tree.batches)} batches of <= "
             f"{plan.batch_max_entries}; claim leaves={len(plan.plan.claims)}; "
             f"realm shortfall={shortfall}"
-            + ("" if shortfall == 0 or job.config.fund else " (underfunded: --fund is off)"),
-            markup=False,
-            highlight=False,
+            + ("" if shortfall == 0 or job.config.fund else " (underfunded: --fund is off)")
         )
     return EXIT_OK
 

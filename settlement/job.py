@@ -98,6 +98,12 @@ class WrongDeployment(JobError):
     exit_code = EXIT_WRONG_DEPLOYMENT
 
 
+class SourceUnavailable(JobError):
+    """The ledger (query API or log) could not be read: retry later."""
+
+    exit_code = EXIT_CHAIN
+
+
 class RecordingFailed(JobError):
     """The chain work is done but its events could not be recorded: rerun to record them."""
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _submitter_chain import SETTLE_CHAIN_ID
 from _submitter_settle import (
     balances,
     deploy,
@@ -17,10 +19,12 @@ from _submitter_settle import (
     payees,
     payouts_for,
 )
+from click.testing import CliRunner, Result
 from web3 import Web3
 
 from domain.economics import Payout
 from domain.events import SettlementConfirmed, SettlementSubmitted
+from settlement import cli
 from settlement.contracts import Stack
 from settlement.job import (
     EXIT_NOT_DUE,
@@ -223,3 +227,112 @@ def test_payouts_of_one_account_in_several_classes_add_up() -> None:
     account = "0x" + "12" * 20
     amounts = per_account([Payout(account, "router", 5), Payout(account, "vendor", 7)])
     assert amounts == {Web3.to_checksum_address(account): 12}
+
+
+# -- the `settle` command ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(
+    w3: Web3, stack: Stack, realm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """`settle` wired to an in-memory ledger (payouts, digest, recorder) and a real anvil."""
+    accounts = payees(3)
+    source = MemoryPayouts()
+    source.add(realm, 2, payouts_for(accounts))
+    recorder = ListRecorder()
+    monkeypatch.setattr(cli, "ledger_payouts", lambda *args: source)
+    monkeypatch.setattr(cli, "ledger_recorder", lambda *args: (recorder, _Closable()))
+    key = job_key(w3, stack)
+    key_file = tmp_path / "settlement.key"
+    key_file.write_text("0x" + bytes(key.key).hex())
+    key_file.chmod(0o600)
+    args = [
+        "--rpc-url", str(w3.provider.endpoint_uri),  # type: ignore[attr-defined]
+        "--chain-id", str(SETTLE_CHAIN_ID),
+        "--contract", stack.settlement.address,
+        "--journal", str(tmp_path / "journal.sqlite"),
+        "--confirmations", "2",
+    ]  # fmt: skip
+    return {"args": args, "key_file": key_file, "accounts": accounts, "recorder": recorder}
+
+
+class _Closable:
+    def close(self) -> None:
+        pass
+
+
+def run_settle(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli.settle, list(args), env=env)
+
+
+def test_help_documents_the_exit_codes() -> None:
+    result = run_settle("--help")
+    assert result.exit_code == 0
+    for line in (
+        "0  settled",
+        "3  not due",
+        "4  realm underfunded",
+        "5  chain",
+        "6  wrong chain id",
+    ):
+        assert line in result.output
+
+
+def test_dry_run_shows_the_steps_and_signs_nothing(
+    cli_env: dict[str, Any], w3: Web3, stack: Stack, realm: str, tmp_path: Path
+) -> None:
+    fund_realm(w3, stack, realm, 10_000)
+    result = run_settle(*cli_env["args"], "--realm", realm, "--epoch", "2", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "post" in result.output and "push 0" in result.output and "to send" in result.output
+    assert "payees pushed=3 in 1 batches" in result.output
+    assert not (tmp_path / "journal.sqlite").exists()
+    assert balances(stack, cli_env["accounts"]) == dict.fromkeys(cli_env["accounts"], 0)
+
+
+def test_settle_then_settle_again(
+    cli_env: dict[str, Any], w3: Web3, stack: Stack, realm: str
+) -> None:
+    fund_realm(w3, stack, realm, 10_000)
+    env = {"MESHLEDGER_SETTLEMENT_KEY_FILE": str(cli_env["key_file"])}
+    first = run_settle(*cli_env["args"], "--realm", realm, "--epoch", "2", env=env)
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith(f"settled realm={realm} epoch=2 root=0x")
+    second = run_settle(*cli_env["args"], "--all-due", "--realm", realm, env=env)
+    assert second.exit_code == 0, second.output
+    assert second.output.startswith(f"already_settled realm={realm} epoch=2")
+    assert balances(stack, cli_env["accounts"]) == {
+        p.account: p.amount for p in payouts_for(cli_env["accounts"])
+    }
+    assert [e.TYPE for e in cli_env["recorder"].events] == [
+        "SettlementSubmitted",
+        "SettlementConfirmed",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--epoch", "2"], 2, "--epoch needs --realm"),
+        ([], 2, "either --epoch"),
+        (["--epoch", "7", "--realm", "{realm}"], 3, "no PayoutsComputed"),
+        (["--epoch", "2", "--realm", "{realm}"], 4, "underfunded"),
+        (["--epoch", "2", "--realm", "{realm}", "--chain-id", "10"], 6, "chain id"),
+    ],
+)
+def test_exit_codes_a_scheduler_can_act_on(
+    cli_env: dict[str, Any], realm: str, extra: list[str], code: int, message: str
+) -> None:
+    args = [*cli_env["args"], "--key-file", str(cli_env["key_file"])]
+    result = run_settle(*args, *[a.replace("{realm}", realm) for a in extra])
+    assert result.exit_code == code, result.output
+    assert message in result.output
+
+
+def test_key_file_readable_by_others_is_refused(cli_env: dict[str, Any], realm: str) -> None:
+    cli_env["key_file"].chmod(0o644)
+    args = [*cli_env["args"], "--key-file", str(cli_env["key_file"])]
+    result = run_settle(*args, "--realm", realm, "--epoch", "2")
+    assert result.exit_code == 2
+    assert "chmod 600" in result.output
