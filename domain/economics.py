@@ -74,7 +74,9 @@ def stake_block_sum(changes: Iterable[tuple[int, int]], first_block: int, last_b
     return total
 
 
-def capacity_messages(changes: Iterable[tuple[int, int]], first_block: int, last_block: int, stake_per_mpb: int) -> int:
+def capacity_messages(
+    changes: Iterable[tuple[int, int]], first_block: int, last_block: int, stake_per_mpb: int
+) -> int:
     """Messages a provision stake entitles over blocks first..last: sum of floor(stake/spm) a block."""
     per_block = [(block, amount // stake_per_mpb) for block, amount in changes]
     return stake_block_sum(per_block, first_block, last_block)
@@ -90,7 +92,9 @@ def split_pool(pool: int, credits: Mapping[str, int]) -> dict[str, int]:
     total_credit = sum(credits.values())
     if pool == 0 or total_credit == 0:
         return {}
-    return {account: pool * credit // total_credit for account, credit in credits.items() if credit > 0}
+    return {
+        account: pool * credit // total_credit for account, credit in credits.items() if credit > 0
+    }
 
 
 def compute_payouts(
@@ -126,7 +130,9 @@ def compute_payouts(
             if amount > 0:
                 payouts.append(Payout(account, payee_class, amount))
     paid = sum(p.amount for p in payouts)
-    return EpochPayouts(funding=funding, carry_in=carry_in, payouts=tuple(payouts), remainder=pot - paid)
+    return EpochPayouts(
+        funding=funding, carry_in=carry_in, payouts=tuple(payouts), remainder=pot - paid
+    )
 
 
 def payout_digest(realm: str, epoch: int, payouts: Sequence[Payout]) -> str:

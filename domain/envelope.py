@@ -73,7 +73,9 @@ def recover_source(record_hash: bytes, signature: bytes) -> str:
         raise RecordError("bad_signature", f"v={v}")
     try:
         sig = keys.Signature(signature[:64] + bytes([v - 27]))
-        return str(sig.recover_public_key_from_msg_hash(eip191_digest(record_hash)).to_checksum_address())
+        return str(
+            sig.recover_public_key_from_msg_hash(eip191_digest(record_hash)).to_checksum_address()
+        )
     except (BadSignature, ValueError) as exc:
         raise RecordError("bad_signature", str(exc)) from exc
 
@@ -128,12 +130,21 @@ class MeteredColumns:
 
     def validate(self) -> None:
         n = len(self.block)
-        columns = (self.from_idx, self.to_idx, self.kind_idx, self.uri_idx, self.payload_bytes, self.block)
+        columns = (
+            self.from_idx,
+            self.to_idx,
+            self.kind_idx,
+            self.uri_idx,
+            self.payload_bytes,
+            self.block,
+        )
         if not all(isinstance(c, list) and len(c) == n for c in columns):
             raise RecordError("schema", "metered columns differ in length or are not lists")
         if not (isinstance(self.peers, list) and isinstance(self.uris, list)):
             raise RecordError("schema", "metered dictionaries are not lists")
-        if not all(isinstance(p, str) for p in self.peers) or not all(isinstance(u, str) for u in self.uris):
+        if not all(isinstance(p, str) for p in self.peers) or not all(
+            isinstance(u, str) for u in self.uris
+        ):
             raise RecordError("schema", "metered dictionaries must hold strings")
         if n == 0:
             raise RecordError("schema", "empty metered batch")
@@ -162,7 +173,16 @@ class MeteredColumns:
 class MeteredBuilder:
     """Accumulates metered messages into columns, interning peers and URIs."""
 
-    __slots__ = ("_peers", "_uris", "from_idx", "to_idx", "kind_idx", "uri_idx", "payload_bytes", "block")
+    __slots__ = (
+        "_peers",
+        "_uris",
+        "from_idx",
+        "to_idx",
+        "kind_idx",
+        "uri_idx",
+        "payload_bytes",
+        "block",
+    )
 
     def __init__(self) -> None:
         self._peers: dict[str, int] = {}
@@ -177,7 +197,9 @@ class MeteredBuilder:
     def __len__(self) -> int:
         return len(self.block)
 
-    def add(self, from_peer: str, to_peer: str, kind: str, uri: str, payload_bytes: int, block: int) -> None:
+    def add(
+        self, from_peer: str, to_peer: str, kind: str, uri: str, payload_bytes: int, block: int
+    ) -> None:
         peers = self._peers
         f = peers.get(from_peer)
         if f is None:
@@ -243,15 +265,18 @@ class Record:
             return
         m = self.metered
         for i in range(len(m)):
-            yield self.seq + i, MessageMetered(
-                realm=self.realm,
-                router=self.source,
-                from_peer=m.peers[m.from_idx[i]],
-                to_peer=m.peers[m.to_idx[i]],
-                kind=METER_KINDS[m.kind_idx[i]],
-                uri=m.uris[m.uri_idx[i]],
-                payload_bytes=m.payload_bytes[i],
-                block=m.block[i],
+            yield (
+                self.seq + i,
+                MessageMetered(
+                    realm=self.realm,
+                    router=self.source,
+                    from_peer=m.peers[m.from_idx[i]],
+                    to_peer=m.peers[m.to_idx[i]],
+                    kind=METER_KINDS[m.kind_idx[i]],
+                    uri=m.uris[m.uri_idx[i]],
+                    payload_bytes=m.payload_bytes[i],
+                    block=m.block[i],
+                ),
             )
 
 
@@ -269,7 +294,13 @@ def seal(
             raise ValueError("a record carries events or metered messages")
         raise ValueError("a record carries events or metered messages, not both")
     count = len(metered) if metered is not None else len(events)
-    body_obj: dict[str, Any] = {"src": signer.address, "seq": seq, "n": count, "prev": prev, "realm": realm}
+    body_obj: dict[str, Any] = {
+        "src": signer.address,
+        "seq": seq,
+        "n": count,
+        "prev": prev,
+        "realm": realm,
+    }
     if metered is not None:
         body_obj["metered"] = metered.to_dict()
     else:
@@ -304,7 +335,13 @@ def decode(wire: bytes) -> Record:
     if not isinstance(obj, dict):
         raise RecordError("schema", "body is not an object")
     try:
-        source, seq, count, prev, realm = obj["src"], obj["seq"], obj["n"], obj["prev"], obj["realm"]
+        source, seq, count, prev, realm = (
+            obj["src"],
+            obj["seq"],
+            obj["n"],
+            obj["prev"],
+            obj["realm"],
+        )
     except KeyError as exc:
         raise RecordError("schema", f"missing {exc}") from exc
     if not (isinstance(source, str) and isinstance(prev, str) and isinstance(realm, str)):

@@ -71,7 +71,9 @@ class RealmParams:
         for name in (f.name for f in dataclasses.fields(self)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"realm parameter {name} must be a non-negative int, got {value!r}")
+                raise ValueError(
+                    f"realm parameter {name} must be a non-negative int, got {value!r}"
+                )
         weights = self.weight_router_bps + self.weight_service_bps + self.weight_vendor_bps
         if weights != 10_000:
             raise ValueError(f"payout weights must sum to 10000 bps, got {weights}")
@@ -315,18 +317,24 @@ def _amounts_from_str(data: dict[str, Any], where: str) -> dict[str, Any]:
     for key in AMOUNT_FIELDS.intersection(data):
         value = data[key]
         if not (isinstance(value, str) and value.isascii() and value.isdigit()):
-            raise EventDecodeError("schema", f"{where}.{key} must be a decimal string, got {value!r}")
+            raise EventDecodeError(
+                "schema", f"{where}.{key} must be a decimal string, got {value!r}"
+            )
         out[key] = int(value)
     return out
 
 
-_NESTED: dict[str, Callable[[Any], Any]] = {"params": lambda d: RealmParams(**_amounts_from_str(d, "params"))}
+_NESTED: dict[str, Callable[[Any], Any]] = {
+    "params": lambda d: RealmParams(**_amounts_from_str(d, "params"))
+}
 
 
 def upcast(cls: type[Event], state: dict[str, Any], version: int) -> dict[str, Any]:
     """Bring an encoded event of `version` up to `cls.class_version`, step by step."""
     if version > cls.class_version:
-        raise EventDecodeError("unknown_version", f"{cls.TYPE} v{version} is newer than v{cls.class_version}")
+        raise EventDecodeError(
+            "unknown_version", f"{cls.TYPE} v{version} is newer than v{cls.class_version}"
+        )
     while version < cls.class_version:
         step = getattr(cls, f"upcast_v{version}_v{version + 1}", None)
         if step is None:
@@ -377,9 +385,12 @@ def _check_types(event: Event) -> None:
         if expected is None:
             continue
         if not isinstance(value, expected) or isinstance(value, bool):
-            raise EventDecodeError("schema", f"{event.TYPE}.{f.name} must be {f.type}, got {type(value).__name__}")
+            raise EventDecodeError(
+                "schema", f"{event.TYPE}.{f.name} must be {f.type}, got {type(value).__name__}"
+            )
     if isinstance(event, EpochClosed) and not all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in event.marks.items()
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in event.marks.items()
     ):
         raise EventDecodeError("schema", "EpochClosed.marks must map source to int seq")
 

@@ -74,7 +74,9 @@ def start_anvil(
     if block_time_s is not None:
         args += ["--block-time", str(block_time_s)]
     args += list(extra_args)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    )
     node = Anvil(host=host, port=port, chain_id=chain_id, pid=proc.pid, _proc=proc)
     try:
         wait_until(lambda: _answers(node.url), timeout_s, "anvil", proc)

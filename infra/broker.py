@@ -7,6 +7,7 @@ except how the process is started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -52,10 +53,8 @@ class Broker:
         """Stop abruptly (SIGKILL): the memory log is gone with it."""
         import signal
 
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         if self._proc is not None:
             self._proc.wait(timeout=10)
 

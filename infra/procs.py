@@ -18,7 +18,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen | None = None
+) -> None:
     """Poll `check` until it is true; raise with `what` on timeout or when `proc` dies."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

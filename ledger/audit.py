@@ -93,7 +93,9 @@ def run_audit(
     snap = live.snapshot()
     targets = {(t, int(p)): int(o) for t, p, o in snap["offsets"]}
     work_dir.mkdir(parents=True, exist_ok=True)
-    service = replay(bootstrap, work_dir / "audit.duckdb", trust, targets=targets, on_progress=on_progress)
+    service = replay(
+        bootstrap, work_dir / "audit.duckdb", trust, targets=targets, on_progress=on_progress
+    )
     try:
         con = service.con
         diffs = []
@@ -114,7 +116,10 @@ def run_audit(
                     [list(r) for r in replay_rows if r not in live_set][:max_diff_rows],
                 )
             )
-        gaps = [(s, int(a), int(b)) for s, a, b in con.execute("SELECT * FROM seq_gaps ORDER BY ALL").fetchall()]
+        gaps = [
+            (s, int(a), int(b))
+            for s, a, b in con.execute("SELECT * FROM seq_gaps ORDER BY ALL").fetchall()
+        ]
         return AuditReport(
             records=service.progress.records + service.progress.rejected,
             events=service.progress.events,

@@ -29,16 +29,35 @@ def _addresses(values: tuple[str, ...], env: str) -> list[str]:
 
 
 def _trust_options(fn: Any) -> Any:
-    fn = click.option("--ledger-source", "ledger_sources", multiple=True, metavar="ADDR",
-                      help="Address of a ledger key (epoch closes, payouts). Env MESHLEDGER_LEDGER_SOURCES.")(fn)
-    fn = click.option("--indexer-source", "indexer_sources", multiple=True, metavar="ADDR",
-                      help="Address of an indexer key (realms, stakes, chain heads). Env MESHLEDGER_INDEXER_SOURCES.")(fn)
-    fn = click.option("--settlement-source", "settlement_sources", multiple=True, metavar="ADDR",
-                      help="Address of a settlement job key. Env MESHLEDGER_SETTLEMENT_SOURCES.")(fn)
+    fn = click.option(
+        "--ledger-source",
+        "ledger_sources",
+        multiple=True,
+        metavar="ADDR",
+        help="Address of a ledger key (epoch closes, payouts). Env MESHLEDGER_LEDGER_SOURCES.",
+    )(fn)
+    fn = click.option(
+        "--indexer-source",
+        "indexer_sources",
+        multiple=True,
+        metavar="ADDR",
+        help="Address of an indexer key (realms, stakes, chain heads). Env MESHLEDGER_INDEXER_SOURCES.",
+    )(fn)
+    fn = click.option(
+        "--settlement-source",
+        "settlement_sources",
+        multiple=True,
+        metavar="ADDR",
+        help="Address of a settlement job key. Env MESHLEDGER_SETTLEMENT_SOURCES.",
+    )(fn)
     return fn
 
 
-def _trust(ledger_sources: tuple[str, ...], indexer_sources: tuple[str, ...], settlement_sources: tuple[str, ...]) -> Any:
+def _trust(
+    ledger_sources: tuple[str, ...],
+    indexer_sources: tuple[str, ...],
+    settlement_sources: tuple[str, ...],
+) -> Any:
     from ledger.service import trust_from
 
     return trust_from(
@@ -58,7 +77,9 @@ def cli(verbose: int) -> None:
     reproduce them. Start with `meshledger demo`.
     """
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if verbose < 2:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
@@ -69,7 +90,9 @@ def broker() -> None:
 
 
 @broker.command("start")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (loopback in dev).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Listen address (loopback in dev)."
+)
 @click.option("--port", type=int, default=None, help="Port (default: a free one).")
 @click.option("--partitions", type=int, default=1, show_default=True, help="Partitions per topic.")
 def broker_start(host: str, port: int | None, partitions: int) -> None:
@@ -77,7 +100,9 @@ def broker_start(host: str, port: int | None, partitions: int) -> None:
     from infra.broker import start_broker
 
     node = start_broker(host, port, partitions=partitions)
-    console.print(f"broker ready: bootstrap [bold]{node.bootstrap}[/] (pid {node.pid}); Ctrl-C stops it")
+    console.print(
+        f"broker ready: bootstrap [bold]{node.bootstrap}[/] (pid {node.pid}); Ctrl-C stops it"
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -89,17 +114,52 @@ def broker_start(host: str, port: int | None, partitions: int) -> None:
 
 
 @cli.command()
-@click.option("--bootstrap", envvar="MESHLEDGER_BOOTSTRAP", required=True, help="Kafka bootstrap host:port.")
-@click.option("--db", "db_path", type=click.Path(path_type=Path), default=DEFAULT_DB, show_default=True, help="DuckDB file.")
-@click.option("--key-file", type=click.Path(path_type=Path), envvar="MESHLEDGER_KEY_FILE",
-              help="The ledger's key (signs epoch closes and payouts); without it no epochs are closed.")
+@click.option(
+    "--bootstrap", envvar="MESHLEDGER_BOOTSTRAP", required=True, help="Kafka bootstrap host:port."
+)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DB,
+    show_default=True,
+    help="DuckDB file.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path),
+    envvar="MESHLEDGER_KEY_FILE",
+    help="The ledger's key (signs epoch closes and payouts); without it no epochs are closed.",
+)
 @_trust_options
-@click.option("--grace-blocks", type=int, default=5, show_default=True, help="Blocks past an epoch before it closes.")
-@click.option("--gap-timeout-ms", type=int, default=5000, show_default=True, help="Wait before a seq gap is declared.")
-@click.option("--query-port", type=int, default=0, help="Port of the loopback query endpoint (0: a free one).")
-def project(bootstrap: str, db_path: Path, key_file: Path | None, ledger_sources: tuple[str, ...],
-            indexer_sources: tuple[str, ...], settlement_sources: tuple[str, ...], grace_blocks: int,
-            gap_timeout_ms: int, query_port: int) -> None:
+@click.option(
+    "--grace-blocks",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Blocks past an epoch before it closes.",
+)
+@click.option(
+    "--gap-timeout-ms",
+    type=int,
+    default=5000,
+    show_default=True,
+    help="Wait before a seq gap is declared.",
+)
+@click.option(
+    "--query-port", type=int, default=0, help="Port of the loopback query endpoint (0: a free one)."
+)
+def project(
+    bootstrap: str,
+    db_path: Path,
+    key_file: Path | None,
+    ledger_sources: tuple[str, ...],
+    indexer_sources: tuple[str, ...],
+    settlement_sources: tuple[str, ...],
+    grace_blocks: int,
+    gap_timeout_ms: int,
+    query_port: int,
+) -> None:
     """Run the projector: consume mesh.usage and mesh.ledger into DuckDB, close epochs, serve queries.
 
     The query endpoint's URL is written to DB.query so `meshledger query` finds it.
@@ -113,13 +173,22 @@ def project(bootstrap: str, db_path: Path, key_file: Path | None, ledger_sources
         from ledger.emitter import Emitter
 
         signer = load_signer(key_file)
-        emitter = Emitter(signer, EmitterConfig(bootstrap=bootstrap, spool_dir=db_path.parent / "spool" / signer.address))
+        emitter = Emitter(
+            signer,
+            EmitterConfig(bootstrap=bootstrap, spool_dir=db_path.parent / "spool" / signer.address),
+        )
         ledger_sources = (*ledger_sources, signer.address)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     trust = _trust(ledger_sources, indexer_sources, settlement_sources)
     service = LedgerService(
-        ServiceConfig(bootstrap=bootstrap, db_path=db_path, trust=trust, grace_blocks=grace_blocks,
-                      gap_timeout_ms=gap_timeout_ms, query_port=query_port),
+        ServiceConfig(
+            bootstrap=bootstrap,
+            db_path=db_path,
+            trust=trust,
+            grace_blocks=grace_blocks,
+            gap_timeout_ms=gap_timeout_ms,
+            query_port=query_port,
+        ),
         emitter=emitter,
     )
     port = service.start_query_server()
@@ -144,11 +213,24 @@ QUERY_NAMES = ["realms", "bandwidth", "usage", "epochs", "payouts", "dead", "sou
 @click.argument("what", type=click.Choice(QUERY_NAMES))
 @click.option("--realm", default=None, help="Only this realm.")
 @click.option("--epoch", type=int, default=None, help="Only this epoch (usage, payouts).")
-@click.option("--url", envvar="MESHLEDGER_QUERY_URL", default=None, help="Query endpoint (default: from DB.query).")
-@click.option("--db", "db_path", type=click.Path(path_type=Path), default=DEFAULT_DB, show_default=True,
-              help="DuckDB file; read directly when no projector is running.")
+@click.option(
+    "--url",
+    envvar="MESHLEDGER_QUERY_URL",
+    default=None,
+    help="Query endpoint (default: from DB.query).",
+)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DB,
+    show_default=True,
+    help="DuckDB file; read directly when no projector is running.",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
-def query(what: str, realm: str | None, epoch: int | None, url: str | None, db_path: Path, as_json: bool) -> None:
+def query(
+    what: str, realm: str | None, epoch: int | None, url: str | None, db_path: Path, as_json: bool
+) -> None:
     """Query the ledger: realms | bandwidth | usage | epochs | payouts | dead | sources.
 
     Works while the projector runs (through its query endpoint) and without it (from the file).
@@ -194,14 +276,36 @@ def _query_url(db_path: Path) -> str | None:
 
 
 @cli.command()
-@click.option("--bootstrap", envvar="MESHLEDGER_BOOTSTRAP", required=True, help="Kafka bootstrap host:port.")
-@click.option("--url", envvar="MESHLEDGER_QUERY_URL", default=None, help="Live projector's query endpoint.")
-@click.option("--db", "db_path", type=click.Path(path_type=Path), default=DEFAULT_DB, show_default=True,
-              help="Live DuckDB file (used when no endpoint answers).")
-@click.option("--work-dir", type=click.Path(path_type=Path), default=None, help="Where the replay database goes.")
+@click.option(
+    "--bootstrap", envvar="MESHLEDGER_BOOTSTRAP", required=True, help="Kafka bootstrap host:port."
+)
+@click.option(
+    "--url", envvar="MESHLEDGER_QUERY_URL", default=None, help="Live projector's query endpoint."
+)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DB,
+    show_default=True,
+    help="Live DuckDB file (used when no endpoint answers).",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the replay database goes.",
+)
 @_trust_options
-def audit(bootstrap: str, url: str | None, db_path: Path, work_dir: Path | None, ledger_sources: tuple[str, ...],
-          indexer_sources: tuple[str, ...], settlement_sources: tuple[str, ...]) -> None:
+def audit(
+    bootstrap: str,
+    url: str | None,
+    db_path: Path,
+    work_dir: Path | None,
+    ledger_sources: tuple[str, ...],
+    indexer_sources: tuple[str, ...],
+    settlement_sources: tuple[str, ...],
+) -> None:
     """Replay the topics from offset 0 into a fresh DuckDB and compare every table with the live one.
 
     Verifies every signature and hash chain and reports seq gaps and duplicates. Exit codes:
@@ -214,11 +318,22 @@ def audit(bootstrap: str, url: str | None, db_path: Path, work_dir: Path | None,
     url = url or _query_url(db_path)
     live = LiveSide(url=url) if url else LiveSide(db_path=db_path)
     trust = _trust(ledger_sources, indexer_sources, settlement_sources)
-    with Progress(TextColumn("replay"), BarColumn(), TextColumn("{task.completed:,} events"), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("replay"),
+        BarColumn(),
+        TextColumn("{task.completed:,} events"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("replay", total=None)
-        report = run_audit(bootstrap, trust, live, work_dir or Path(tempfile.mkdtemp(prefix="meshledger-audit-")),
-                           on_progress=lambda p: bar.update(task, completed=p.events))
+        report = run_audit(
+            bootstrap,
+            trust,
+            live,
+            work_dir or Path(tempfile.mkdtemp(prefix="meshledger-audit-")),
+            on_progress=lambda p: bar.update(task, completed=p.events),
+        )
     live.close()
     print_audit(console, report)
     sys.exit(report.exit_code)
@@ -230,8 +345,16 @@ def bench() -> None:
 
 
 @bench.command("ingest")
-@click.option("--events", type=int, default=2_000_000, show_default=True, help="Metered messages to send.")
-@click.option("--baseline-events", type=int, default=100_000, show_default=True, help="Messages for the baseline.")
+@click.option(
+    "--events", type=int, default=2_000_000, show_default=True, help="Metered messages to send."
+)
+@click.option(
+    "--baseline-events",
+    type=int,
+    default=100_000,
+    show_default=True,
+    help="Messages for the baseline.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Only the JSON line.")
 def bench_ingest(events: int, baseline_events: int, as_json: bool) -> None:
     """End-to-end metered messages/s (emitter -> broker -> DuckDB, separate processes), a
@@ -243,8 +366,12 @@ def bench_ingest(events: int, baseline_events: int, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Keep the demo's files here.")
-@click.option("--blocks", type=int, default=600, show_default=True, help="Blocks of simulated traffic.")
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None, help="Keep the demo's files here."
+)
+@click.option(
+    "--blocks", type=int, default=600, show_default=True, help="Blocks of simulated traffic."
+)
 def demo(data_dir: Path | None, blocks: int) -> None:
     """Broker, indexer, routers in two realms, projector and epoch closer, then the tables and an audit.
 

@@ -12,15 +12,23 @@ from pathlib import Path
 from kafka import KafkaProducer
 from rich.console import Console
 
-from domain.envelope import ZERO_HASH, MeteredBuilder, seal
+from domain.envelope import ZERO_HASH, MeteredBuilder, Signer, seal
 from domain.events import RealmParams
 from infra.broker import start_broker
 from ledger.audit import LiveSide, run_audit
-from ledger.emitter import USAGE_TOPIC
+from ledger.emitter import USAGE_TOPIC, Emitter
 from ledger.query import QueryClient
 from ledger.render import print_audit, print_query
 from ledger.service import LedgerService, ServiceConfig, trust_from
-from ledger.simulate import TOKEN, IndexerSim, RealmSetup, emitter, heartbeat, new_signer, skewed_traffic
+from ledger.simulate import (
+    TOKEN,
+    IndexerSim,
+    RealmSetup,
+    emitter,
+    heartbeat,
+    new_signer,
+    skewed_traffic,
+)
 
 console = Console()
 
@@ -60,7 +68,10 @@ def _run(bootstrap: str, work: Path, rng: random.Random, blocks: int) -> int:
             users=[(new_signer().address, 1000 * TOKEN)],
             routers=[(routers[1], 20 * TOKEN), (routers[2], 20 * TOKEN), (routers[3], 2 * TOKEN)],
             services=[(new_signer().address, 50 * TOKEN), (new_signer().address, 5 * TOKEN)],
-            apis=[("io.crossbar.market.quotes", new_signer().address), ("io.crossbar.market.orders", new_signer().address)],
+            apis=[
+                ("io.crossbar.market.quotes", new_signer().address),
+                ("io.crossbar.market.orders", new_signer().address),
+            ],
         ),
     ]
     for realm in realms:
@@ -69,7 +80,13 @@ def _run(bootstrap: str, work: Path, rng: random.Random, blocks: int) -> int:
 
     ledger_emitter = emitter(ledger_key, bootstrap, spool)
     service = LedgerService(
-        ServiceConfig(bootstrap=bootstrap, db_path=work / "ledger.duckdb", trust=trust, grace_blocks=3, gap_timeout_ms=2000),
+        ServiceConfig(
+            bootstrap=bootstrap,
+            db_path=work / "ledger.duckdb",
+            trust=trust,
+            grace_blocks=3,
+            gap_timeout_ms=2000,
+        ),
         emitter=ledger_emitter,
     )
     url = f"http://127.0.0.1:{service.start_query_server()}"
@@ -91,7 +108,9 @@ def _run(bootstrap: str, work: Path, rng: random.Random, blocks: int) -> int:
                     services = [a for a, _ in realm.services]
                     uris = [api + ".call" for api, _ in realm.apis]
                     per_block = 1 + int(4 * rng.random() ** 2) + (6 if router is routers[0] else 0)
-                    metered += skewed_traffic(em, realm.name, clients, services, uris, window, per_block, rng)
+                    metered += skewed_traffic(
+                        em, realm.name, clients, services, uris, window, per_block, rng
+                    )
                     heartbeat(em, realm.name, start + 10)
             if start == 300:  # a stake change mid-way: a user doubles its reservation
                 indexer.stake(realms[0], realms[0].users[1][0], "user", 200 * TOKEN, block=start)
@@ -104,8 +123,15 @@ def _run(bootstrap: str, work: Path, rng: random.Random, blocks: int) -> int:
         # the late record: blocks of the closed epoch 0 arrive now and count in a later epoch, flagged late
         late_em = router_emitters[late_router.address]
         for _ in range(25):
-            late_em.meter(realms[1].name, realms[1].users[0][0], realms[1].services[0][0], "invocation",
-                          "io.crossbar.market.quotes.get", 120, held_back_block)
+            late_em.meter(
+                realms[1].name,
+                realms[1].users[0][0],
+                realms[1].services[0][0],
+                "invocation",
+                "io.crossbar.market.quotes.get",
+                120,
+                held_back_block,
+            )
         metered += 25
         late_em.flush()
         _inject_bad_records(bootstrap, router_emitters, routers[0], realms[0].name)
@@ -122,11 +148,21 @@ def _run(bootstrap: str, work: Path, rng: random.Random, blocks: int) -> int:
         _wait(lambda: all(v >= last_epoch for v in service.closed_epochs().values()), 120)
         _wait(lambda: _confirmed(url), 60)
         _wait(lambda: service.caught_up(), 60)
-    console.print(f"metered [bold]{metered:,}[/] messages from {len(routers)} routers in {len(realms)} realms")
+    console.print(
+        f"metered [bold]{metered:,}[/] messages from {len(routers)} routers in {len(realms)} realms"
+    )
 
     client = QueryClient(url)
-    print_query(console, "bandwidth (every 50th block)", [r for r in client.rows("bandwidth") if r["block"] % 50 == 0])
-    print_query(console, "usage per operator per epoch (first two epochs)", [r for r in client.rows("usage") if r["epoch"] < 2])
+    print_query(
+        console,
+        "bandwidth (every 50th block)",
+        [r for r in client.rows("bandwidth") if r["block"] % 50 == 0],
+    )
+    print_query(
+        console,
+        "usage per operator per epoch (first two epochs)",
+        [r for r in client.rows("usage") if r["epoch"] < 2],
+    )
     print_query(console, "epochs", client.rows("epochs"), drop=("marks",))
     print_query(console, "payouts (last epoch)", client.rows("payouts", epoch=last_epoch))
     print_query(console, "rejected records", client.rows("dead"))
@@ -151,7 +187,9 @@ def _confirmed(url: str) -> bool:
     return bool(rows) and all(r["confirmed_digest"] == r["digest"] for r in rows)
 
 
-def _inject_bad_records(bootstrap: str, emitters: dict, router: object, realm: str) -> None:
+def _inject_bad_records(
+    bootstrap: str, emitters: dict[str, Emitter], router: Signer, realm: str
+) -> None:
     """A duplicate (a record re-sent as is) and a forged record (a router's address, another key)."""
     from kafka import KafkaConsumer, TopicPartition
 
@@ -168,7 +206,9 @@ def _inject_bad_records(bootstrap: str, emitters: dict, router: object, realm: s
     cols = MeteredBuilder()
     cols.add("0xattacker", "0xattacker", "event", "mesh.demo.topic", 10**6, 50)
     wire, _ = seal(forger, 1, ZERO_HASH, realm, metered=cols.build())
-    forged = wire[:4] + wire[4:69] + wire[69:].replace(forger.address.encode(), router.address.encode())  # type: ignore[attr-defined]
+    forged = (
+        wire[:4] + wire[4:69] + wire[69:].replace(forger.address.encode(), router.address.encode())
+    )
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     producer.send(USAGE_TOPIC, key=first.key, value=first.value)
     producer.send(USAGE_TOPIC, key=realm.encode(), value=forged)

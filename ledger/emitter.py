@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from domain.envelope import ZERO_HASH, MeteredBuilder, Signer, seal
 from domain.events import Event, event_to_dict
-
 from ledger.spool import Frame, Spool
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,17 @@ class Emitter:
         self._closed = False
         self._wake = threading.Event()
         self._idle = threading.Condition()
-        self.counters = {"sealed_records": 0, "sealed_events": 0, "acked_records": 0, "send_errors": 0, "blocked_ms": 0}
+        self.counters = {
+            "sealed_records": 0,
+            "sealed_events": 0,
+            "acked_records": 0,
+            "send_errors": 0,
+            "blocked_ms": 0,
+        }
         self.broker_reachable = True
-        self._sender = threading.Thread(target=self._send_loop, name=f"emitter-{self.source[:8]}", daemon=True)
+        self._sender = threading.Thread(
+            target=self._send_loop, name=f"emitter-{self.source[:8]}", daemon=True
+        )
         self._sender.start()
 
     def _recover_tip(self) -> tuple[int, str]:
@@ -103,7 +111,16 @@ class Emitter:
         return seq, tip
 
     # -- producing side ---------------------------------------------------------------------------
-    def meter(self, realm: str, from_peer: str, to_peer: str, kind: str, uri: str, payload_bytes: int, block: int) -> None:
+    def meter(
+        self,
+        realm: str,
+        from_peer: str,
+        to_peer: str,
+        kind: str,
+        uri: str,
+        payload_bytes: int,
+        block: int,
+    ) -> None:
         """Record one routed message (thread-safe; blocks only under spool back-pressure)."""
         with self._lock:
             batch = self._batches.get(realm)
@@ -128,7 +145,10 @@ class Emitter:
                     batch = self._batches[event.realm] = _Batch()
                 batch.events.append(event)
                 batch.event_bytes += 256
-                if len(batch.events) >= self.config.batch_max_events or batch.event_bytes >= self.config.batch_max_bytes:
+                if (
+                    len(batch.events) >= self.config.batch_max_events
+                    or batch.event_bytes >= self.config.batch_max_bytes
+                ):
                     self._seal_events(event.realm, batch)
 
     def _seal_metered(self, realm: str, batch: _Batch) -> None:
@@ -154,7 +174,10 @@ class Emitter:
         wire, record = seal(self.signer, self._last_seq + 1, self._last_hash, realm, **content)
         frame = self._spool.append(topic, realm.encode(), wire)
         self._last_seq, self._last_hash = record.last_seq, record.hash_hex
-        self._spool.checkpoint.last_seq, self._spool.checkpoint.last_hash = self._last_seq, self._last_hash
+        self._spool.checkpoint.last_seq, self._spool.checkpoint.last_hash = (
+            self._last_seq,
+            self._last_hash,
+        )
         self._outbox.append(frame)
         self._unacked_bytes += frame.size
         self.counters["sealed_records"] += 1
@@ -188,7 +211,9 @@ class Emitter:
             while self.pending_records():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"{self.pending_records()} records not acknowledged after {timeout_s}s")
+                    raise TimeoutError(
+                        f"{self.pending_records()} records not acknowledged after {timeout_s}s"
+                    )
                 self._idle.wait(timeout=min(remaining, 0.2))
 
     def pending_records(self) -> int:
@@ -255,7 +280,12 @@ class Emitter:
             except Exception as exc:  # any send failure: resend from the first unacked frame
                 self.counters["send_errors"] += 1
                 self.broker_reachable = False
-                log.warning("emitter %s: broker send failed (%s); retrying in %d ms", self.source, exc, backoff_ms)
+                log.warning(
+                    "emitter %s: broker send failed (%s); retrying in %d ms",
+                    self.source,
+                    exc,
+                    backoff_ms,
+                )
                 if producer is not None:
                     with contextlib.suppress(Exception):
                         producer.close(timeout=1)
@@ -274,9 +304,13 @@ class Emitter:
         index = 0
         while True:
             with self._lock:
-                frames = list(self._outbox)[index : index + self.config.max_in_flight - len(in_flight)]
+                frames = list(self._outbox)[
+                    index : index + self.config.max_in_flight - len(in_flight)
+                ]
             for frame in frames:
-                in_flight.append((frame, producer.send(frame.topic, key=frame.key, value=frame.value)))
+                in_flight.append(
+                    (frame, producer.send(frame.topic, key=frame.key, value=frame.value))
+                )
             index += len(frames)
             if not in_flight:
                 return

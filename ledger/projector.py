@@ -29,7 +29,14 @@ from typing import Any
 import duckdb
 import orjson
 
-from domain.economics import Payout, capacity_messages, compute_payouts, epoch_bounds, payout_digest, stake_block_sum
+from domain.economics import (
+    Payout,
+    capacity_messages,
+    compute_payouts,
+    epoch_bounds,
+    payout_digest,
+    stake_block_sum,
+)
 from domain.envelope import ZERO_HASH, Record, RecordError, decode
 from domain.events import (
     METER_KINDS,
@@ -120,9 +127,13 @@ class RealmState:
     keeper: str
     params: RealmParams
     created_block: int
-    apis: list[tuple[str, str, str, int]] = field(default_factory=list)  # (prefix, vendor, source, seq)
+    apis: list[tuple[str, str, str, int]] = field(
+        default_factory=list
+    )  # (prefix, vendor, source, seq)
     #: stake history: (staker, role, target) -> sorted [(block, log_index, amount, source, seq)]
-    stakes: dict[tuple[str, str, str], list[tuple[int, int, int, str, int]]] = field(default_factory=dict)
+    stakes: dict[tuple[str, str, str], list[tuple[int, int, int, str, int]]] = field(
+        default_factory=dict
+    )
     #: parameter history [(source, seq, params)]: an epoch close uses what is under its marks
     params_history: list[tuple[str, int, RealmParams]] = field(default_factory=list)
     closed_epoch: int = -1
@@ -142,7 +153,11 @@ class RealmState:
 
     def changes(self, key: tuple[str, str, str], marks: dict[str, int]) -> list[tuple[int, int]]:
         """(block, amount) changes of one stake known under `marks` (deterministic on replay)."""
-        return [(b, amount) for b, _, amount, src, seq in self.stakes.get(key, []) if seq <= marks.get(src, 0)]
+        return [
+            (b, amount)
+            for b, _, amount, src, seq in self.stakes.get(key, [])
+            if seq <= marks.get(src, 0)
+        ]
 
     def params_under(self, marks: dict[str, int]) -> RealmParams:
         known = [p for src, seq, p in self.params_history if seq <= marks.get(src, 0)]
@@ -181,29 +196,47 @@ class Projector:
     # -- state --------------------------------------------------------------------------------------
     def load(self) -> None:
         con = self.con
-        for topic, part, nxt in con.execute("SELECT topic, part, next_offset FROM offsets").fetchall():
+        for topic, part, nxt in con.execute(
+            "SELECT topic, part, next_offset FROM offsets"
+        ).fetchall():
             self.offsets[(topic, part)] = nxt
-        for topic, part, off in con.execute('SELECT topic, part, "offset" FROM applied_ahead').fetchall():
+        for topic, part, off in con.execute(
+            'SELECT topic, part, "offset" FROM applied_ahead'
+        ).fetchall():
             self.ahead[(topic, part)].add(off)
         for src, seq, h, wm, recs, evs in con.execute("SELECT * FROM sources").fetchall():
             self.sources[src] = SourceState(seq, h, wm, recs, evs)
         for row in con.execute("SELECT * FROM realms").fetchall():
             realm, keeper, *params, created = row
             self.realms[realm] = RealmState(keeper, RealmParams(*(int(p) for p in params)), created)
-        for realm, source, seq, *params in con.execute("SELECT * FROM realm_params ORDER BY seq").fetchall():
-            self.realms[realm].params_history.append((source, seq, RealmParams(*(int(p) for p in params))))
-        for realm, api, vendor, _, source, seq in con.execute("SELECT * FROM apis ORDER BY seq").fetchall():
+        for realm, source, seq, *params in con.execute(
+            "SELECT * FROM realm_params ORDER BY seq"
+        ).fetchall():
+            self.realms[realm].params_history.append(
+                (source, seq, RealmParams(*(int(p) for p in params)))
+            )
+        for realm, api, vendor, _, source, seq in con.execute(
+            "SELECT * FROM apis ORDER BY seq"
+        ).fetchall():
             self.realms[realm].apis.append((api, vendor, source, seq))
         for realm, staker, role, target, amount, _, block, li, source, seq in con.execute(
             "SELECT * FROM stakes ORDER BY block, log_index"
         ).fetchall():
-            self.realms[realm].stakes.setdefault((staker, role, target), []).append((block, li, int(amount), source, seq))
+            self.realms[realm].stakes.setdefault((staker, role, target), []).append(
+                (block, li, int(amount), source, seq)
+            )
         for realm, epoch, marks, remainder in con.execute(
             "SELECT realm, epoch, marks, remainder FROM epochs ORDER BY epoch"
         ).fetchall():
             state = self.realms[realm]
-            state.closed_epoch, state.marks, state.carry = epoch, orjson.loads(marks), int(remainder)
-        for realm, source in con.execute("SELECT DISTINCT realm, source FROM usage_blocks").fetchall():
+            state.closed_epoch, state.marks, state.carry = (
+                epoch,
+                orjson.loads(marks),
+                int(remainder),
+            )
+        for realm, source in con.execute(
+            "SELECT DISTINCT realm, source FROM usage_blocks"
+        ).fetchall():
             self.realms[realm].sources.add(source)
         for reason, n in con.execute("SELECT reason, records FROM rejected").fetchall():
             self.rejected[reason] = n
@@ -239,13 +272,23 @@ class Projector:
         state = self.sources.get(record.source)
         last = state.last_seq if state else 0
         if record.last_seq <= last or record.seq <= last:
-            return Verdict(Outcome.REJECTED, "duplicate", f"seq {record.seq}..{record.last_seq} <= {last}")
+            return Verdict(
+                Outcome.REJECTED, "duplicate", f"seq {record.seq}..{record.last_seq} <= {last}"
+            )
         if record.seq > last + 1:
-            return Verdict(Outcome.WAIT, "seq_gap", f"waiting for seq {last + 1} of {record.source}")
+            return Verdict(
+                Outcome.WAIT, "seq_gap", f"waiting for seq {last + 1} of {record.source}"
+            )
         if state is not None and record.prev != state.last_hash:
-            return Verdict(Outcome.REJECTED, "broken_chain", f"prev {record.prev[:18]} != {state.last_hash[:18]}")
+            return Verdict(
+                Outcome.REJECTED,
+                "broken_chain",
+                f"prev {record.prev[:18]} != {state.last_hash[:18]}",
+            )
         if state is None and record.prev != ZERO_HASH:
-            return Verdict(Outcome.REJECTED, "broken_chain", "first record of a source must have a zero prev")
+            return Verdict(
+                Outcome.REJECTED, "broken_chain", "first record of a source must have a zero prev"
+            )
         verdict = self._authorize(record)
         if verdict.outcome is Outcome.APPLIED:
             verdict = self.epoch_close_ready(record)
@@ -296,15 +339,21 @@ class Projector:
         role = self.trust.role(record.source)
         if record.metered is not None:
             if role != "router":
-                return Verdict(Outcome.REJECTED, "unauthorized_event", f"{role} source sent metered messages")
+                return Verdict(
+                    Outcome.REJECTED, "unauthorized_event", f"{role} source sent metered messages"
+                )
             blocks = record.metered.block
             return self._authorize_router(record, min(blocks), max(blocks))
         allowed = ALLOWED[role]
         for event in record.events:
             if not isinstance(event, allowed):
                 if role == "router" and not self._ever_staked(record.source):
-                    return Verdict(Outcome.REJECTED, "unknown_source", f"{record.source} is not a known source")
-                return Verdict(Outcome.REJECTED, "unauthorized_event", f"{role} may not emit {event.TYPE}")
+                    return Verdict(
+                        Outcome.REJECTED, "unknown_source", f"{record.source} is not a known source"
+                    )
+                return Verdict(
+                    Outcome.REJECTED, "unauthorized_event", f"{role} may not emit {event.TYPE}"
+                )
         if role != "router":
             return APPLIED
         blocks = [getattr(e, "block", 0) for e in record.events]
@@ -312,29 +361,45 @@ class Projector:
 
     def _ever_staked(self, source: str) -> bool:
         return any(
-            key[0] == source and key[1] == "router_operator" for realm in self.realms.values() for key in realm.stakes
+            key[0] == source and key[1] == "router_operator"
+            for realm in self.realms.values()
+            for key in realm.stakes
         )
 
     def _authorize_router(self, record: Record, first_block: int, last_block: int) -> Verdict:
         """A router must hold a provision stake in the realm at every block it reports."""
         if self.chain_watermark() < last_block:
-            return Verdict(Outcome.WAIT, "chain_behind", f"chain known to {self.chain_watermark()}, record at {last_block}")
+            return Verdict(
+                Outcome.WAIT,
+                "chain_behind",
+                f"chain known to {self.chain_watermark()}, record at {last_block}",
+            )
         realm = self.realms.get(record.realm)
         if realm is None:
             if not self._ever_staked(record.source):
-                return Verdict(Outcome.REJECTED, "unknown_source", f"{record.source} is not a known source")
-            return Verdict(Outcome.REJECTED, "unknown_realm", f"realm {record.realm!r} does not exist")
+                return Verdict(
+                    Outcome.REJECTED, "unknown_source", f"{record.source} is not a known source"
+                )
+            return Verdict(
+                Outcome.REJECTED, "unknown_realm", f"realm {record.realm!r} does not exist"
+            )
         key = realm.provision_key(record.source)
         history = realm.stakes.get(key)
         if not history:
             if not self._ever_staked(record.source):
-                return Verdict(Outcome.REJECTED, "unknown_source", f"{record.source} is not a known source")
-            return Verdict(Outcome.REJECTED, "unauthorized_router", f"no provision stake in {record.realm}")
+                return Verdict(
+                    Outcome.REJECTED, "unknown_source", f"{record.source} is not a known source"
+                )
+            return Verdict(
+                Outcome.REJECTED, "unauthorized_router", f"no provision stake in {record.realm}"
+            )
         if realm.stake_at(key, first_block) <= 0 or any(
             entry[2] <= 0 for entry in history if first_block < entry[0] <= last_block
         ):
             return Verdict(
-                Outcome.REJECTED, "unauthorized_router", f"no provision stake in {record.realm} at blocks {first_block}..{last_block}"
+                Outcome.REJECTED,
+                "unauthorized_router",
+                f"no provision stake in {record.realm} at blocks {first_block}..{last_block}",
             )
         return APPLIED
 
@@ -377,7 +442,18 @@ class Projector:
             credit_bytes[(epoch, "api", m.uris[m.uri_idx[i]])] += size
         usage = self._rows["usage_records"]
         for (epoch, cls, account), n in credit.items():
-            usage.append((record.realm, record.source, record.last_seq, epoch, cls, account, n, credit_bytes[(epoch, cls, account)]))
+            usage.append(
+                (
+                    record.realm,
+                    record.source,
+                    record.last_seq,
+                    epoch,
+                    cls,
+                    account,
+                    n,
+                    credit_bytes[(epoch, cls, account)],
+                )
+            )
         self._watermark(record.source, max(blocks))
 
     def _watermark(self, source: str, block: int) -> None:
@@ -399,8 +475,19 @@ class Projector:
     def _params_row(self, record: Record, seq: int, realm: str, p: RealmParams) -> None:
         self.realms[realm].params_history.append((record.source, seq, p))
         self._rows["realm_params"].append(
-            (realm, record.source, seq, p.rfr_bps, p.stake_per_mpb, p.epoch_blocks, p.funding_period_blocks,
-             p.weight_router_bps, p.weight_service_bps, p.weight_vendor_bps, p.price_per_message)
+            (
+                realm,
+                record.source,
+                seq,
+                p.rfr_bps,
+                p.stake_per_mpb,
+                p.epoch_blocks,
+                p.funding_period_blocks,
+                p.weight_router_bps,
+                p.weight_service_bps,
+                p.weight_vendor_bps,
+                p.price_per_message,
+            )
         )
 
     def _api_enabled(self, record: Record, seq: int, e: ApiEnabled) -> None:
@@ -412,7 +499,18 @@ class Projector:
         history = realm.stakes.setdefault((e.staker, e.role, e.target), [])
         bisect.insort(history, (e.block, e.log_index, e.amount, record.source, seq))
         self._rows["stakes"].append(
-            (e.realm, e.staker, e.role, e.target, e.amount, e.tx_hash, e.block, e.log_index, record.source, seq)
+            (
+                e.realm,
+                e.staker,
+                e.role,
+                e.target,
+                e.amount,
+                e.tx_hash,
+                e.block,
+                e.log_index,
+                record.source,
+                seq,
+            )
         )
 
     def _chain_head(self, record: Record, seq: int, e: ChainHead) -> None:
@@ -435,12 +533,26 @@ class Projector:
         )
         self._watermark(record.source, getattr(e, "block", 0))
 
-    def _settlement(self, record: Record, seq: int, e: SettlementSubmitted | SettlementConfirmed) -> None:
+    def _settlement(
+        self, record: Record, seq: int, e: SettlementSubmitted | SettlementConfirmed
+    ) -> None:
         root = getattr(e, "root", "")
         total = getattr(e, "total", 0)
         block = getattr(e, "block", 0)
         self._rows["settlements"].append(
-            (e.realm, e.epoch, e.TYPE, e.chain_id, e.contract, e.tx_hash, root, total, block, record.source, seq)
+            (
+                e.realm,
+                e.epoch,
+                e.TYPE,
+                e.chain_id,
+                e.contract,
+                e.tx_hash,
+                root,
+                total,
+                block,
+                record.source,
+                seq,
+            )
         )
 
     def _realm(self, name: str) -> RealmState:
@@ -456,7 +568,9 @@ class Projector:
             if isinstance(event, EpochClosed):
                 for source, mark in event.marks.items():
                     if self.sources.get(source, SourceState()).last_seq < mark:
-                        return Verdict(Outcome.WAIT, "marks_not_reached", f"{source} below seq {mark}")
+                        return Verdict(
+                            Outcome.WAIT, "marks_not_reached", f"{source} below seq {mark}"
+                        )
         return APPLIED
 
     def _check_epoch_close(self, e: EpochClosed) -> None:
@@ -464,7 +578,9 @@ class Projector:
         if e.epoch <= realm.closed_epoch:
             raise _Refused("epoch_already_closed", f"{e.realm} epoch {e.epoch} closed before")
         if e.epoch != realm.closed_epoch + 1 and realm.closed_epoch >= 0:
-            raise _Refused("epoch_out_of_order", f"{e.realm} epoch {e.epoch} after {realm.closed_epoch}")
+            raise _Refused(
+                "epoch_out_of_order", f"{e.realm} epoch {e.epoch} after {realm.closed_epoch}"
+            )
         if epoch_bounds(e.epoch, realm.params.epoch_blocks) != (e.first_block, e.last_block):
             raise _Refused("schema", f"epoch {e.epoch} bounds {e.first_block}..{e.last_block}")
 
@@ -477,7 +593,9 @@ class Projector:
         rows = self.con.execute(
             "SELECT source, last_seq, epoch, payee_class, account, messages FROM usage_records WHERE realm = ? AND epoch <= ?",
             [e.realm, e.epoch],
-        ).fetchall() + [r[1:7] for r in self._rows["usage_records"] if r[0] == e.realm and r[3] <= e.epoch]
+        ).fetchall() + [
+            r[1:7] for r in self._rows["usage_records"] if r[0] == e.realm and r[3] <= e.epoch
+        ]
         used: dict[str, Counter[str]] = defaultdict(Counter)
         late: dict[str, Counter[str]] = defaultdict(Counter)
         late_records: Counter[tuple[str, int, int]] = Counter()
@@ -507,7 +625,12 @@ class Projector:
         params = realm.params_under(marks)
         spm = params.stake_per_mpb
         provided = {
-            cls: {a: capacity_messages(realm.changes((a, role, realm.keeper), marks), first, last, spm) for a in used[cls]}
+            cls: {
+                a: capacity_messages(
+                    realm.changes((a, role, realm.keeper), marks), first, last, spm
+                )
+                for a in used[cls]
+            }
             for cls, role in (("router", "router_operator"), ("service", "service_operator"))
         }
         reservation = sum(
@@ -520,7 +643,9 @@ class Projector:
         for cls in ("router", "service", "vendor"):
             for account, n in used[cls].items():
                 cap = provided.get(cls, {}).get(account, n)
-                self._rows["usage"].append((e.realm, e.epoch, cls, account, n, late[cls].get(account, 0), cap, min(n, cap)))
+                self._rows["usage"].append(
+                    (e.realm, e.epoch, cls, account, n, late[cls].get(account, 0), cap, min(n, cap))
+                )
         for p in result.payouts:
             self._rows["payouts"].append((e.realm, e.epoch, p.account, p.payee_class, p.amount))
         for (source, last_seq, block_epoch), n in late_records.items():
@@ -569,20 +694,27 @@ class Projector:
         self._digest_confirmations.append((e.realm, e.epoch, e.digest))
 
     def _check_payouts(self, e: PayoutsComputed) -> None:
-        row = self.con.execute("SELECT digest FROM epochs WHERE realm = ? AND epoch = ?", [e.realm, e.epoch]).fetchone()
+        row = self.con.execute(
+            "SELECT digest FROM epochs WHERE realm = ? AND epoch = ?", [e.realm, e.epoch]
+        ).fetchone()
         staged = [r[10] for r in self._epoch_rows if r[0] == e.realm and r[1] == e.epoch]
         ours = staged[0] if staged else (row[0] if row else None)
         if ours is None:
             raise _Refused("payouts_for_open_epoch", f"{e.realm} epoch {e.epoch} is not closed")
         if ours != e.digest:
-            raise _Refused("payout_digest_mismatch", f"{e.realm} epoch {e.epoch}: log {e.digest}, computed {ours}")
+            raise _Refused(
+                "payout_digest_mismatch",
+                f"{e.realm} epoch {e.epoch}: log {e.digest}, computed {ours}",
+            )
 
     # -- commit ---------------------------------------------------------------------------------------
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1
         self._dirty_rejections = True
 
-    def set_offset(self, topic: str, part: int, next_offset: int, ahead: set[int] | None = None) -> None:
+    def set_offset(
+        self, topic: str, part: int, next_offset: int, ahead: set[int] | None = None
+    ) -> None:
         """Everything below `next_offset` is decided, and so are the `ahead` offsets above it."""
         self.offsets[(topic, part)] = next_offset
         self.ahead[(topic, part)] = {o for o in (ahead or ()) if o >= next_offset}
@@ -597,30 +729,57 @@ class Projector:
                 p = params
                 con.execute(
                     "INSERT OR REPLACE INTO realms VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    [realm, keeper, p.rfr_bps, p.stake_per_mpb, p.epoch_blocks, p.funding_period_blocks,
-                     p.weight_router_bps, p.weight_service_bps, p.weight_vendor_bps, p.price_per_message, created],
+                    [
+                        realm,
+                        keeper,
+                        p.rfr_bps,
+                        p.stake_per_mpb,
+                        p.epoch_blocks,
+                        p.funding_period_blocks,
+                        p.weight_router_bps,
+                        p.weight_service_bps,
+                        p.weight_vendor_bps,
+                        p.price_per_message,
+                        created,
+                    ],
                 )
             for table, rows in self._rows.items():
                 store.append_rows(con, table, rows)
             store.append_rows(con, "epochs", self._epoch_rows)
             for realm, epoch, digest in self._digest_confirmations:
-                con.execute("UPDATE epochs SET confirmed_digest = ? WHERE realm = ? AND epoch = ?", [digest, realm, epoch])
+                con.execute(
+                    "UPDATE epochs SET confirmed_digest = ? WHERE realm = ? AND epoch = ?",
+                    [digest, realm, epoch],
+                )
             store.append_rows(con, "seq_gaps", self._gaps)
             if self._dirty_sources:
-                con.execute("DELETE FROM sources WHERE source IN (SELECT unnest(?::VARCHAR[]))", [sorted(self._dirty_sources)])
+                con.execute(
+                    "DELETE FROM sources WHERE source IN (SELECT unnest(?::VARCHAR[]))",
+                    [sorted(self._dirty_sources)],
+                )
                 store.append_rows(
                     con,
                     "sources",
-                    [(s, st.last_seq, st.last_hash, st.watermark, st.records, st.events)
-                     for s in sorted(self._dirty_sources) for st in (self.sources[s],)],
+                    [
+                        (s, st.last_seq, st.last_hash, st.watermark, st.records, st.events)
+                        for s in sorted(self._dirty_sources)
+                        for st in (self.sources[s],)
+                    ],
                 )
             if self._dirty_rejections:
                 con.execute("DELETE FROM rejected")
                 store.append_rows(con, "rejected", sorted(self.rejected.items()))
             for topic, part in self._dirty_offsets:
-                con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)", [topic, part, self.offsets[(topic, part)]])
+                con.execute(
+                    "INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)",
+                    [topic, part, self.offsets[(topic, part)]],
+                )
                 con.execute("DELETE FROM applied_ahead WHERE topic = ? AND part = ?", [topic, part])
-                store.append_rows(con, "applied_ahead", [(topic, part, o) for o in sorted(self.ahead[(topic, part)])])
+                store.append_rows(
+                    con,
+                    "applied_ahead",
+                    [(topic, part, o) for o in sorted(self.ahead[(topic, part)])],
+                )
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -643,17 +802,29 @@ class Projector:
         due = []
         chain = self.chain_watermark()
         for name, realm in sorted(self.realms.items()):
-            epoch = realm.closed_epoch + 1 if realm.closed_epoch >= 0 else realm.created_block // realm.params.epoch_blocks
+            epoch = (
+                realm.closed_epoch + 1
+                if realm.closed_epoch >= 0
+                else realm.created_block // realm.params.epoch_blocks
+            )
             first, last = epoch_bounds(epoch, realm.params.epoch_blocks)
             if chain < last + grace_blocks:
                 continue
-            active = [
-                s for s in realm.sources if realm.stake_at(realm.provision_key(s), last) > 0
-            ]
-            if any(self.sources[s].watermark < last + grace_blocks for s in active if s in self.sources):
+            active = [s for s in realm.sources if realm.stake_at(realm.provision_key(s), last) > 0]
+            if any(
+                self.sources[s].watermark < last + grace_blocks for s in active if s in self.sources
+            ):
                 continue
-            marks = {s: self.sources[s].last_seq for s in sorted(realm.sources | set(self.trust.indexer)) if s in self.sources}
-            due.append(EpochClosed(realm=name, epoch=epoch, first_block=first, last_block=last, marks=marks))
+            marks = {
+                s: self.sources[s].last_seq
+                for s in sorted(realm.sources | set(self.trust.indexer))
+                if s in self.sources
+            }
+            due.append(
+                EpochClosed(
+                    realm=name, epoch=epoch, first_block=first, last_block=last, marks=marks
+                )
+            )
         return due
 
 

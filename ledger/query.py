@@ -22,13 +22,19 @@ from ledger import store
 QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "realms": ("SELECT * FROM realms ORDER BY realm", ()),
     "sources": ("SELECT * FROM sources ORDER BY source", ()),
-    "bandwidth": ("SELECT * FROM bandwidth WHERE realm = coalesce($realm, realm) ORDER BY realm, block", ("realm",)),
+    "bandwidth": (
+        "SELECT * FROM bandwidth WHERE realm = coalesce($realm, realm) ORDER BY realm, block",
+        ("realm",),
+    ),
     "usage": (
         "SELECT * FROM usage WHERE realm = coalesce($realm, realm) AND epoch = coalesce($epoch, epoch)"
         " ORDER BY realm, epoch, payee_class, account",
         ("realm", "epoch"),
     ),
-    "epochs": ("SELECT * FROM epochs WHERE realm = coalesce($realm, realm) ORDER BY realm, epoch", ("realm",)),
+    "epochs": (
+        "SELECT * FROM epochs WHERE realm = coalesce($realm, realm) ORDER BY realm, epoch",
+        ("realm",),
+    ),
     "payouts": (
         "SELECT * FROM payouts WHERE realm = coalesce($realm, realm) AND epoch = coalesce($epoch, epoch)"
         " ORDER BY realm, epoch, payee_class, account",
@@ -41,8 +47,9 @@ QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
 def run_query(con: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> dict[str, Any]:
     sql, names = QUERIES[name]
     args = {n: params.get(n) for n in names}
-    if args.get("epoch") is not None:
-        args["epoch"] = int(args["epoch"])
+    epoch = args.get("epoch")
+    if epoch is not None:
+        args["epoch"] = int(epoch)
     cur = con.execute(sql, args) if names else con.execute(sql)
     cols = [d[0] for d in cur.description]
     return {"columns": cols, "rows": [list(r) for r in cur.fetchall()]}
@@ -76,11 +83,20 @@ class _Handler(BaseHTTPRequestHandler):
                 body: Any = snapshot(cursor)
             elif name.startswith("table/") and name[6:] in store.AUDITED_TABLES:
                 table = name[6:]
-                body = {"columns": store.columns(cursor, table), "rows": [list(r) for r in store.table_rows(cursor, table)]}
+                body = {
+                    "columns": store.columns(cursor, table),
+                    "rows": [list(r) for r in store.table_rows(cursor, table)],
+                }
             elif name in QUERIES:
                 body = run_query(cursor, name, params)
             else:
-                self._send(404, {"error": f"no endpoint {url.path}", "endpoints": sorted(QUERIES) + ["snapshot", "table/NAME"]})
+                self._send(
+                    404,
+                    {
+                        "error": f"no endpoint {url.path}",
+                        "endpoints": sorted(QUERIES) + ["snapshot", "table/NAME"],
+                    },
+                )
                 return
             self._send(200, body)
         except (duckdb.Error, ValueError) as exc:
@@ -101,7 +117,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve(con: duckdb.DuckDBPyConnection, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+def serve(
+    con: duckdb.DuckDBPyConnection, host: str = "127.0.0.1", port: int = 0
+) -> ThreadingHTTPServer:
     handler = type("Handler", (_Handler,), {"con": con})
     server = ThreadingHTTPServer((host, port), handler)
     threading.Thread(target=server.serve_forever, name="ledger-query", daemon=True).start()
@@ -140,4 +158,7 @@ class QueryClient:
         return out
 
     def payouts(self, realm: str, epoch: int) -> list[Payout]:
-        return [Payout(r["account"], r["payee_class"], int(r["amount"])) for r in self.rows("payouts", realm=realm, epoch=epoch)]
+        return [
+            Payout(r["account"], r["payee_class"], int(r["amount"]))
+            for r in self.rows("payouts", realm=realm, epoch=epoch)
+        ]

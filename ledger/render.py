@@ -17,7 +17,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def print_query(console: Console, title: str, rows: Sequence[dict[str, Any]], drop: Iterable[str] = ()) -> None:
+def print_query(
+    console: Console, title: str, rows: Sequence[dict[str, Any]], drop: Iterable[str] = ()
+) -> None:
     dropped = set(drop)
     table = Table(title=title, title_justify="left", show_lines=False)
     if not rows:
@@ -37,8 +39,13 @@ def print_audit(console: Console, report: AuditReport) -> None:
         f"every signature and hash chain verified; {report.tables} tables compared"
     )
     if report.rejected:
-        console.print("rejected on replay: " + ", ".join(f"{k}={v}" for k, v in sorted(report.rejected.items())))
-    console.print(f"duplicates: {report.rejected.get('duplicate', 0)}; seq gaps: {len(report.gaps)}")
+        console.print(
+            "rejected on replay: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(report.rejected.items()))
+        )
+    console.print(
+        f"duplicates: {report.rejected.get('duplicate', 0)}; seq gaps: {len(report.gaps)}"
+    )
     for source, first, last in report.gaps:
         console.print(f"  [yellow]gap[/] {source}: seq {first}..{last} missing from the log")
     for diff in report.diffs:

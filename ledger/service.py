@@ -22,10 +22,10 @@ from typing import Any
 
 import orjson
 
+from domain.envelope import Record
 from domain.events import EpochClosed, PayoutsComputed
 from ledger import store
 from ledger.emitter import DEAD_TOPIC, LEDGER_TOPIC, USAGE_TOPIC, Emitter
-from domain.envelope import Record
 from ledger.projector import Outcome, Projector, Trust, Verdict
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,9 @@ class LedgerService:
                 buf.clear()
                 break
             prepared = entry[1] if isinstance(entry[1], Record) else projector.prepare(msg.value)
-            verdict = prepared if isinstance(prepared, Verdict) else projector.offer_record(prepared)
+            verdict = (
+                prepared if isinstance(prepared, Verdict) else projector.offer_record(prepared)
+            )
             if verdict.outcome is Outcome.WAIT:  # keep the verified record for the next pass
                 remaining.append([msg, prepared, verdict])
                 continue
@@ -238,12 +240,17 @@ class LedgerService:
             self._stalled_since = now
         if (now - self._stalled_since) * 1000 < self.config.gap_timeout_ms:
             return False
-        held = [(entry[1], verdict) for tp, buf in self._buffers.items() for entry, verdict in zip(buf, self._wait_verdicts.get(tp, []), strict=False)]
+        held = [
+            (entry[1], verdict)
+            for tp, buf in self._buffers.items()
+            for entry, verdict in zip(buf, self._wait_verdicts.get(tp, []), strict=False)
+        ]
         seqs = {(rec.source, rec.seq) for rec, _ in held if isinstance(rec, Record)}
         gaps = [
             rec
             for rec, verdict in held
-            if isinstance(rec, Record) and verdict.reason == "seq_gap"
+            if isinstance(rec, Record)
+            and verdict.reason == "seq_gap"
             and not any(src == rec.source and q < rec.seq for src, q in seqs)
         ]
         if not gaps:
@@ -323,7 +330,14 @@ def replay(
     if db_path.exists():
         db_path.unlink()
     service = LedgerService(
-        ServiceConfig(bootstrap=bootstrap, db_path=db_path, trust=trust, gap_timeout_ms=0, query_port=None, dead_letters=False)
+        ServiceConfig(
+            bootstrap=bootstrap,
+            db_path=db_path,
+            trust=trust,
+            gap_timeout_ms=0,
+            query_port=None,
+            dead_letters=False,
+        )
     )
     service._connect()
     goal = targets if targets is not None else service.end_offsets()

@@ -21,7 +21,9 @@ def new_signer() -> Signer:
 
 
 def emitter(signer: Signer, bootstrap: str, spool_dir: Path, **overrides: object) -> Emitter:
-    cfg = EmitterConfig(bootstrap=bootstrap, spool_dir=spool_dir / signer.address, linger_ms=20, fsync=False)
+    cfg = EmitterConfig(
+        bootstrap=bootstrap, spool_dir=spool_dir / signer.address, linger_ms=20, fsync=False
+    )
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return Emitter(signer, cfg)
@@ -31,7 +33,9 @@ def emitter(signer: Signer, bootstrap: str, spool_dir: Path, **overrides: object
 class RealmSetup:
     name: str
     keeper: Signer = field(default_factory=new_signer)
-    params: RealmParams = field(default_factory=lambda: RealmParams(epoch_blocks=100, funding_period_blocks=100))
+    params: RealmParams = field(
+        default_factory=lambda: RealmParams(epoch_blocks=100, funding_period_blocks=100)
+    )
     users: list[tuple[str, int]] = field(default_factory=list)  # (address, stake)
     routers: list[tuple[Signer, int]] = field(default_factory=list)  # (router key, provision stake)
     services: list[tuple[str, int]] = field(default_factory=list)
@@ -47,7 +51,11 @@ class IndexerSim:
         self.log_index = 0
 
     def create_realm(self, realm: RealmSetup, block: int) -> None:
-        self.em.emit(RealmCreated(realm=realm.name, keeper=realm.keeper.address, params=realm.params, block=block))
+        self.em.emit(
+            RealmCreated(
+                realm=realm.name, keeper=realm.keeper.address, params=realm.params, block=block
+            )
+        )
         for api, vendor in realm.apis:
             self.em.emit(ApiEnabled(realm=realm.name, api=api, vendor=vendor, block=block))
         for address, amount in realm.users:
@@ -73,7 +81,11 @@ class IndexerSim:
         )
 
     def head(self, block: int) -> None:
-        self.em.emit(ChainHead(realm="", chain_id=CHAIN_ID, block=block, block_hash="0x" + os.urandom(32).hex()))
+        self.em.emit(
+            ChainHead(
+                realm="", chain_id=CHAIN_ID, block=block, block_hash="0x" + os.urandom(32).hex()
+            )
+        )
 
 
 def skewed_traffic(
@@ -94,11 +106,29 @@ def skewed_traffic(
             sender = rng.choices(clients, weights)[0]
             if services and rng.random() < 0.4:
                 callee = rng.choice(services)
-                em.meter(realm, sender, callee, "invocation", rng.choice(uris), rng.randint(20, 400), block)
-                em.meter(realm, callee, sender, "result", rng.choice(uris), rng.randint(20, 400), block)
+                em.meter(
+                    realm,
+                    sender,
+                    callee,
+                    "invocation",
+                    rng.choice(uris),
+                    rng.randint(20, 400),
+                    block,
+                )
+                em.meter(
+                    realm, callee, sender, "result", rng.choice(uris), rng.randint(20, 400), block
+                )
                 n += 2
             else:
-                em.meter(realm, sender, rng.choice(clients), "event", "mesh.demo.topic", rng.randint(20, 400), block)
+                em.meter(
+                    realm,
+                    sender,
+                    rng.choice(clients),
+                    "event",
+                    "mesh.demo.topic",
+                    rng.randint(20, 400),
+                    block,
+                )
                 n += 1
     return n
 

@@ -129,7 +129,9 @@ class Spool:
             if zlib.crc32(body) != crc:
                 return
             keylen = int.from_bytes(body[1:3], "big")
-            yield Frame(segment, stop, TOPIC_NAMES[body[0]], body[3 : 3 + keylen], body[3 + keylen :])
+            yield Frame(
+                segment, stop, TOPIC_NAMES[body[0]], body[3 : 3 + keylen], body[3 + keylen :]
+            )
             pos = stop
 
     def unacked(self) -> Iterator[Frame]:

@@ -116,9 +116,15 @@ def append_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Seque
     if not rows:
         return
     cols = columns(con, table)
-    types = dict(con.execute(f"SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}'").fetchall())
+    types = dict(
+        con.execute(
+            f"SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}'"
+        ).fetchall()
+    )
     select = ", ".join(f"unnest(${i + 1}::{types[c]}[])" for i, c in enumerate(cols))
-    con.execute(f"INSERT INTO {table} SELECT {select}", [list(col) for col in zip(*rows, strict=True)])
+    con.execute(
+        f"INSERT INTO {table} SELECT {select}", [list(col) for col in zip(*rows, strict=True)]
+    )
 
 
 def fingerprint(con: duckdb.DuckDBPyConnection, table: str) -> tuple[int, str]:
@@ -133,4 +139,7 @@ def fingerprint(con: duckdb.DuckDBPyConnection, table: str) -> tuple[int, str]:
 
 def table_rows(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[Any, ...]]:
     cols = columns(con, table)
-    return [tuple(r) for r in con.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY ALL").fetchall()]
+    return [
+        tuple(r)
+        for r in con.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY ALL").fetchall()
+    ]
