@@ -268,6 +268,13 @@ class SettlementJob:
                 f"code at {self.settlement.address} (keccak 0x{keccak(code).hex()}) is not "
                 "EpochSettlement's"
             )
+        if (
+            self.submitter is not None
+            and not self.settlement.functions.isPoster(self.sender).call()
+        ):
+            raise WrongDeployment(
+                f"key {self.sender} may not post roots on {self.settlement.address} (setPoster)"
+            )
 
     @property
     def token(self) -> Contract:
@@ -298,11 +305,7 @@ class SettlementJob:
         """The tree of (realm, epoch): claimable cumulatives replayed over the realm's earlier
         epochs with the same push rule, so every rerun (and every machine) builds the same root."""
         payouts = self.verified_payouts(realm, epoch)
-        claimable: dict[str, int] = {}
-        earlier = sorted(e for r, e in self.source.due_epochs(realm) if r == realm and e < epoch)
-        for e in earlier:
-            amounts = per_account(self.verified_payouts(realm, e))
-            claimable = plan_epoch(amounts, claimable, self._push_set(amounts), 1).claimable_after
+        claimable = self._claimable_before(realm, epoch)
         amounts = per_account(payouts)
         batch_max = self._batch_max_entries(realm, epoch)
         plan = plan_epoch(amounts, claimable, self._push_set(amounts), batch_max)
@@ -310,6 +313,34 @@ class SettlementJob:
             self.config.chain_id, self.settlement.address, realm_id(realm), epoch, plan
         )
         return SettlementPlan(realm, epoch, payouts, plan, tree, batch_max)
+
+    def _claimable_before(self, realm: str, epoch: int) -> dict[str, int]:
+        """Every account's cumulative claimable after the realm's epochs before `epoch`.
+
+        Replays the verified payouts of earlier epochs; results are kept in the journal (keyed by
+        the push rule) so a long-lived realm replays only the epochs since the last run."""
+        earlier = sorted(e for r, e in self.source.due_epochs(realm) if r == realm and e < epoch)
+        journal = self.journal
+        claimable: dict[str, int] = {}
+        start = 0
+        for i in range(len(earlier) - 1, -1, -1):
+            kept = (
+                journal.record_detail(self._claimable_key(realm, earlier[i])) if journal else None
+            )
+            if kept is not None:
+                claimable = {a: int(v) for a, v in json.loads(kept).items()}
+                start = i + 1
+                break
+        for e in earlier[start:]:
+            amounts = per_account(self.verified_payouts(realm, e))
+            claimable = plan_epoch(amounts, claimable, self._push_set(amounts), 1).claimable_after
+            if journal is not None:
+                journal.mark_recorded(self._claimable_key(realm, e), json.dumps(claimable))
+        return claimable
+
+    def _claimable_key(self, realm: str, epoch: int) -> str:
+        rule = f"push>={self.config.push_min_amount}"
+        return self._record_key("claimable", realm, epoch) + f":{rule}"
 
     def _push_set(self, amounts: dict[str, int]) -> set[str]:
         return {a for a, amount in amounts.items() if amount >= self.config.push_min_amount}

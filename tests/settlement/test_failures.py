@@ -20,7 +20,7 @@ from web3 import Web3
 
 from domain.events import SettlementConfirmed
 from infra.anvil import Anvil
-from settlement.contracts import Stack
+from settlement.contracts import Stack, transact
 from settlement.job import (
     EXIT_WRONG_DEPLOYMENT,
     ListRecorder,
@@ -212,7 +212,7 @@ def test_underfunded_contract_pays_nothing_and_records_nothing(
     assert balances(stack, accounts) == expected(accounts)
 
 
-@pytest.mark.parametrize("what", ["chain id", "contract code", "no code"])
+@pytest.mark.parametrize("what", ["chain id", "contract code", "no code", "not a poster"])
 def test_wrong_chain_or_contract_is_refused_before_signing(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path, what: str
 ) -> None:
@@ -220,9 +220,12 @@ def test_wrong_chain_or_contract_is_refused_before_signing(
     source.add(realm, 4, payouts_for(payees(2)))
     fund_realm(w3, stack, realm, 10_000)
     key = job_key(w3, stack)
+    if what == "not a poster":
+        transact(w3, stack.settlement.functions.setPoster(key.address, False), stack.deployer)
     chain_id = 1 if what == "chain id" else SETTLE_CHAIN_ID
     contract = {
         "chain id": stack.settlement.address,
+        "not a poster": stack.settlement.address,
         "contract code": stack.chequebook.address,
         "no code": str(Account.create().address),
     }[what]

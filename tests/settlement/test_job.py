@@ -161,6 +161,10 @@ def test_small_payouts_accumulate_as_claims_across_epochs(
 
     plan = job.plan(realm, 1)
     assert dict(plan.plan.claims) == {Web3.to_checksum_address(small): 75}  # 40 + 30 + 5
+    fresh = make_job(
+        w3, stack, job_key(w3, stack), tmp_path / "other.sqlite", source, push_min_amount=1000
+    )
+    assert fresh.plan(realm, 1).root_hex == plan.root_hex  # replayed without the kept cumulatives
     tx_hash = stack.settlement.functions.claim(
         realm_id(realm), 1, small, 75, plan.tree.claim_proof(small)
     ).transact({"from": w3.eth.accounts[1]})  # anyone may claim for the payee
