@@ -46,6 +46,7 @@ CRASH_ENV = "MESHLEDGER_CRASH_AT"
 CRASH_POINTS = ("after_sign", "after_broadcast", "waiting_confirmations")
 CANCEL_GAS = 21_000
 BPS = 10_000
+MIN_BUMP_BPS = 1_000  # what geth and anvil require of a replacement
 
 IsDone = Callable[[], bool]
 Observer = Callable[[str, JournaledTx], None]
@@ -303,25 +304,12 @@ class Submitter:
         return lineages[0] if lineages else None
 
     def _fresh_fees(self) -> tuple[int, int]:
-        base = self._base_fee()
-        cap = self.config.fees.max_fee_cap_wei
-        if base >= cap:
-            raise FeeCapExceeded(base, cap)
-        tip = self.config.fees.priority_fee_wei
-        max_fee = min(cap, 2 * base + tip)
-        return max_fee, min(tip, max_fee - base)
+        return fresh_fees(self._base_fee(), self.config.fees)
 
     def _bumped_fees(self, lineage: list[JournaledTx]) -> tuple[int, int] | None:
-        """Fees for a replacement, or None when the cap leaves no room for a valid bump."""
-        top = max(lineage, key=lambda r: r.max_fee_wei)
-        factor = BPS + self.config.fees.bump_bps
-        tip = -(-top.priority_fee_wei * factor // BPS) + 1
-        max_fee = max(-(-top.max_fee_wei * factor // BPS) + 1, 2 * self._base_fee() + tip)
-        cap = self.config.fees.max_fee_cap_wei
-        max_fee = min(max_fee, cap)
-        if max_fee * BPS < top.max_fee_wei * (BPS + 1000) or tip > max_fee:
-            return None
-        return max_fee, tip
+        prev_max = max(r.max_fee_wei for r in lineage)
+        prev_tip = max(r.priority_fee_wei for r in lineage)
+        return bumped_fees(prev_max, prev_tip, self._base_fee(), self.config.fees)
 
     def _base_fee(self) -> int:
         block = self.w3.eth.get_block("latest")
@@ -668,6 +656,29 @@ class Submitter:
         log.info("%s %s nonce=%d %s", row.work_key, stage, row.nonce, row.tx_hash)
         if self.observer is not None:
             self.observer(stage, row)
+
+
+def fresh_fees(base_fee_wei: int, policy: FeePolicy) -> tuple[int, int]:
+    """(max fee, priority fee) per gas of a new transaction: ``min(cap, 2·base + tip)``."""
+    cap = policy.max_fee_cap_wei
+    if base_fee_wei >= cap:
+        raise FeeCapExceeded(base_fee_wei, cap)
+    max_fee = min(cap, 2 * base_fee_wei + policy.priority_fee_wei)
+    return max_fee, min(policy.priority_fee_wei, max_fee - base_fee_wei)
+
+
+def bumped_fees(
+    prev_max_fee_wei: int, prev_tip_wei: int, base_fee_wei: int, policy: FeePolicy
+) -> tuple[int, int] | None:
+    """Fees of a replacement: both fields raised by at least ``bump_bps`` (nodes want >= 10%),
+    the max fee also covering twice the current base fee; None when the cap leaves no room."""
+    factor = BPS + policy.bump_bps
+    tip = -(-prev_tip_wei * factor // BPS) + 1
+    max_fee = max(-(-prev_max_fee_wei * factor // BPS) + 1, 2 * base_fee_wei + tip)
+    max_fee = min(max_fee, policy.max_fee_cap_wei)
+    if max_fee * BPS < prev_max_fee_wei * (BPS + MIN_BUMP_BPS) or tip > max_fee:
+        return None
+    return max_fee, tip
 
 
 def check_chain_id(w3: Web3, expected: int) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _submitter_chain import SETTLE_CHAIN_ID, fund_eth, make_submitter, rpc
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from hypothesis import given
+from hypothesis import strategies as st
 from web3 import Web3
 
 from domain.cheque import Cheque
@@ -25,6 +28,8 @@ from settlement.submitter import (
     TxReverted,
     WouldRevert,
     WrongChain,
+    bumped_fees,
+    fresh_fees,
 )
 
 pytestmark = pytest.mark.integration
@@ -274,3 +279,91 @@ def test_cheque_batch_is_cashed_once_and_a_bounce_is_cashed_later(
 
 def balances_of(stack: Stack, *accounts: str) -> tuple[int, ...]:
     return tuple(int(stack.token.functions.balanceOf(a).call()) for a in accounts)
+
+
+# -- fee arithmetic (pure) ------------------------------------------------------------------------
+
+wei = st.integers(min_value=1, max_value=10**13)
+
+
+@given(base=wei, tip=wei, cap=wei)
+def test_fresh_fees_respect_the_cap_and_cover_the_base_fee(base: int, tip: int, cap: int) -> None:
+    policy = FeePolicy(max_fee_cap_wei=cap, priority_fee_wei=tip)
+    if base >= cap:
+        with pytest.raises(FeeCapExceeded):
+            fresh_fees(base, policy)
+        return
+    max_fee, priority = fresh_fees(base, policy)
+    assert base < max_fee <= cap
+    assert 0 <= priority <= tip and base + priority <= max_fee
+
+
+@given(prev_max=wei, prev_tip=wei, base=wei, cap=wei, bump=st.integers(1000, 5000))
+def test_bumped_fees_are_a_valid_replacement_or_none(
+    prev_max: int, prev_tip: int, base: int, cap: int, bump: int
+) -> None:
+    policy = FeePolicy(max_fee_cap_wei=cap, priority_fee_wei=1, bump_bps=bump)
+    fees = bumped_fees(prev_max, prev_tip, base, policy)
+    if fees is None:  # only when the cap forbids a 10% bump
+        assert cap * 10 < prev_max * 11 or cap < prev_tip * 11 // 10
+        return
+    max_fee, tip = fees
+    assert max_fee <= cap and tip <= max_fee
+    assert max_fee * 10 >= prev_max * 11 and tip * 10 >= prev_tip * 11
+
+
+# -- resuming what a crashed run left in the journal ------------------------------------------------
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(stage_to_crash: str) -> Any:
+    def observe(stage: str, row: JournaledTx) -> None:
+        if stage == stage_to_crash:
+            raise Crash(stage)
+
+    return observe
+
+
+def test_signed_but_unsent_transaction_is_resumed_not_resigned(
+    w3: Web3, sender: LocalAccount, tmp_path: Path
+) -> None:
+    payee = new_payee()
+    with (
+        make_submitter(w3, sender, tmp_path / "j.sqlite", crash_after("signed")) as sub,
+        pytest.raises(Crash),
+    ):
+        sub.submit(transfer(payee, 4), lambda: balance_reached(w3, payee, 4))
+    (signed,) = Journal(tmp_path / "j.sqlite").all()
+    assert signed.state == TxState.SIGNED and w3.eth.get_balance(payee) == 0  # type: ignore[arg-type]
+
+    with make_submitter(w3, sender, tmp_path / "j.sqlite") as sub:
+        outcome = sub.submit(transfer(payee, 4), lambda: balance_reached(w3, payee, 4))
+    assert outcome.tx_hash == signed.tx_hash  # the journaled bytes went out, nothing new signed
+    assert [r.state for r in Journal(tmp_path / "j.sqlite").all()] == [TxState.CONFIRMED]
+    assert w3.eth.get_balance(payee) == 4  # type: ignore[arg-type]
+
+
+def test_other_work_left_unsent_is_cancelled_before_new_work(
+    w3: Web3, sender: LocalAccount, tmp_path: Path
+) -> None:
+    abandoned, payee = new_payee(), new_payee()
+    with (
+        make_submitter(w3, sender, tmp_path / "j.sqlite", crash_after("signed")) as sub,
+        pytest.raises(Crash),
+    ):
+        sub.submit(transfer(abandoned, 4), lambda: False)
+
+    with make_submitter(w3, sender, tmp_path / "j.sqlite") as sub:
+        outcome = sub.submit(transfer(payee, 6), lambda: balance_reached(w3, payee, 6))
+    assert outcome.status == "confirmed"
+    rows = Journal(tmp_path / "j.sqlite").all()
+    assert [(r.kind, r.nonce, r.state) for r in rows] == [
+        ("work", 0, TxState.SUPERSEDED),  # its nonce was filled by the cancellation
+        ("cancel", 0, TxState.CONFIRMED),
+        ("work", 1, TxState.CONFIRMED),
+    ]
+    assert w3.eth.get_balance(abandoned) == 0  # type: ignore[arg-type]
+    assert w3.eth.get_balance(payee) == 6  # type: ignore[arg-type]
