@@ -74,6 +74,7 @@ class LedgerService:
         #: replay stops each partition at these offsets (exclusive); live has none
         self.limits: dict[tuple[str, int], int] = {}
         self._fetched: dict[Any, int] = {}
+        self.idle_polls = 0
         self._staged = 0
         self._wait_verdicts: dict[Any, list[Any]] = {}
 
@@ -154,6 +155,7 @@ class LedgerService:
     def _fetch(self) -> None:
         consumer = self._consumer
         batches = consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=100_000)
+        self.idle_polls = 0 if batches else self.idle_polls + 1
         for tp, records in batches.items():
             done = self.projector.ahead.get((tp.topic, tp.partition), set())
             self._buffers[tp].extend([msg, None] for msg in records if msg.offset not in done)
@@ -194,9 +196,8 @@ class LedgerService:
         while buf:
             entry = buf.popleft()
             msg = entry[0]
-            if limit is not None and msg.offset >= limit:
-                remaining.append(entry)
-                remaining.extend(buf)
+            if limit is not None and msg.offset >= limit:  # replay: beyond the audited position
+                remaining.extend([m, p, None] for m, p in (entry, *buf))
                 buf.clear()
                 break
             prepared = entry[1] if isinstance(entry[1], Record) else projector.prepare(msg.value)
@@ -226,7 +227,7 @@ class LedgerService:
             if self._staged >= self.config.commit_every_records:
                 projector.commit()
                 self._staged = 0
-        self._wait_verdicts[tp] = [v for _, _, v in remaining] if remaining else []
+        self._wait_verdicts[tp] = [v for _, _, v in remaining if v is not None]
         return moved
 
     def _resolve_gaps(self) -> bool:
@@ -340,13 +341,16 @@ def replay(
         )
     )
     service._connect()
-    goal = targets if targets is not None else service.end_offsets()
-    service.limits = dict(goal)
+    # Tansu reports a partition's end as its last batch's base offset + 1, so without targets the
+    # replay runs until the log stops yielding records rather than trusting end offsets
+    service.limits = dict(targets or {})
 
     def done(svc: LedgerService) -> bool:
-        offsets = svc.projector.offsets
-        reached = all(offsets.get(tp, 0) >= end for tp, end in goal.items())
-        return reached or svc.caught_up()
+        if targets is not None:
+            offsets = svc.projector.offsets
+            if all(offsets.get(tp, 0) >= end for tp, end in targets.items()):
+                return True
+        return svc.idle_polls >= 3 and svc.caught_up()
 
     with contextlib.suppress(KeyboardInterrupt):
         service.run(until=done, on_progress=on_progress)
