@@ -25,23 +25,47 @@ def _long_stream(world: World, tmp_path: Path, records: int = 120) -> int:
     em = emitter(world.router, world.bootstrap, tmp_path / "spool", batch_max_events=50)
     rng = random.Random(3)
     for i in range(records * 50):
-        em.meter("r1", world.user, f"0xpeer{rng.randint(0, 5)}", rng.choice(["event", "invocation"]), "t", rng.randint(1, 500), i // 40)
+        em.meter(
+            "r1",
+            world.user,
+            f"0xpeer{rng.randint(0, 5)}",
+            rng.choice(["event", "invocation"]),
+            "t",
+            rng.randint(1, 500),
+            i // 40,
+        )
     em.flush()
     em.close()
     return records * 50
 
 
-def test_sigkilled_projector_restarts_to_the_tables_of_a_clean_replay(fresh_broker: Broker, tmp_path: Path) -> None:
+def test_sigkilled_projector_restarts_to_the_tables_of_a_clean_replay(
+    fresh_broker: Broker, tmp_path: Path
+) -> None:
     world = World(fresh_broker.bootstrap, tmp_path, head=10_000)
     sent = _long_stream(world, tmp_path)
     db = tmp_path / "killed.duckdb"
-    cmd = [sys.executable, "-m", "ledger.cli", "project", "--bootstrap", fresh_broker.bootstrap, "--db", str(db),
-           "--indexer-source", world.indexer_key.address, "--commit-every", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ledger.cli",
+        "project",
+        "--bootstrap",
+        fresh_broker.bootstrap,
+        "--db",
+        str(db),
+        "--indexer-source",
+        world.indexer_key.address,
+        "--commit-every",
+        "3",
+    ]
     rng = random.Random(11)
     kills = 0
     for _ in range(5):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.2, 2.5))  # start-up takes about a second: kill somewhere in the stream
+        time.sleep(
+            rng.uniform(1.2, 2.5)
+        )  # start-up takes about a second: kill somewhere in the stream
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
@@ -57,9 +81,17 @@ def test_sigkilled_projector_restarts_to_the_tables_of_a_clean_replay(fresh_brok
     clean.close()
 
 
-def test_broker_stopped_while_emitting_every_event_arrives_exactly_once(fresh_broker: Broker, tmp_path: Path) -> None:
+def test_broker_stopped_while_emitting_every_event_arrives_exactly_once(
+    fresh_broker: Broker, tmp_path: Path
+) -> None:
     world = World(fresh_broker.bootstrap, tmp_path, head=10_000)
-    em = emitter(world.router, fresh_broker.bootstrap, tmp_path / "spool", batch_max_events=100, request_timeout_ms=1000)
+    em = emitter(
+        world.router,
+        fresh_broker.bootstrap,
+        tmp_path / "spool",
+        batch_max_events=100,
+        request_timeout_ms=1000,
+    )
     sent = 0
     for i in range(3000):
         em.meter("r1", world.user, "0xpeer", "event", "t", 10, i // 100)
@@ -78,14 +110,21 @@ def test_broker_stopped_while_emitting_every_event_arrives_exactly_once(fresh_br
     service = world.service()
     run_until(service, caught_up, 60)
     service.projector.commit()
-    assert table(service, "SELECT sum(messages)::BIGINT FROM usage_blocks WHERE source = ?".replace("?", f"'{world.router.address}'")) == [(sent,)]
+    assert table(
+        service,
+        "SELECT sum(messages)::BIGINT FROM usage_blocks WHERE source = ?".replace(
+            "?", f"'{world.router.address}'"
+        ),
+    ) == [(sent,)]
     assert service.projector.sources[world.router.address].last_seq == sent
     assert table(service, "SELECT count(*) FROM seq_gaps") == [(0,)]
     service.close()
     em.close()
 
 
-def test_audit_detects_a_tampered_row_and_a_missing_record(fresh_broker: Broker, tmp_path: Path) -> None:
+def test_audit_detects_a_tampered_row_and_a_missing_record(
+    fresh_broker: Broker, tmp_path: Path
+) -> None:
     world = World(fresh_broker.bootstrap, tmp_path, head=10_000)
     for block in (1, 2, 3):
         world.send_raw(world.crafted_metered(4, block=block))
@@ -93,7 +132,12 @@ def test_audit_detects_a_tampered_row_and_a_missing_record(fresh_broker: Broker,
     run_until(service, caught_up)
     service.projector.commit()
     service.close()
-    clean = run_audit(fresh_broker.bootstrap, world.trust, LiveSide(db_path=tmp_path / "live.duckdb"), tmp_path / "a1")
+    clean = run_audit(
+        fresh_broker.bootstrap,
+        world.trust,
+        LiveSide(db_path=tmp_path / "live.duckdb"),
+        tmp_path / "a1",
+    )
     assert clean.matches and clean.exit_code == 0
 
     import duckdb
@@ -101,7 +145,12 @@ def test_audit_detects_a_tampered_row_and_a_missing_record(fresh_broker: Broker,
     con = duckdb.connect(str(tmp_path / "live.duckdb"))
     con.execute("UPDATE usage_blocks SET messages = messages + 1 WHERE block = 2")
     con.close()
-    tampered = run_audit(fresh_broker.bootstrap, world.trust, LiveSide(db_path=tmp_path / "live.duckdb"), tmp_path / "a2")
+    tampered = run_audit(
+        fresh_broker.bootstrap,
+        world.trust,
+        LiveSide(db_path=tmp_path / "live.duckdb"),
+        tmp_path / "a2",
+    )
     assert tampered.exit_code == EXIT_MISMATCH
     assert [d.table for d in tampered.diffs] == ["usage_blocks"]
     assert len(tampered.diffs[0].only_live) == 1 and len(tampered.diffs[0].only_replayed) == 1
@@ -110,10 +159,21 @@ def test_audit_detects_a_tampered_row_and_a_missing_record(fresh_broker: Broker,
     world.crafted_seq += 4
     world.send_raw(world.crafted_metered(2, block=4))
     fresh = world.service("fresh.duckdb", gap_timeout_ms=0)
-    run_until(fresh, lambda s: caught_up(s) and s.projector.sources[world.crafted.address].last_seq == world.crafted_seq)
+    run_until(
+        fresh,
+        lambda s: (
+            caught_up(s)
+            and s.projector.sources[world.crafted.address].last_seq == world.crafted_seq
+        ),
+    )
     fresh.projector.commit()
     fresh.close()
-    gaps = run_audit(fresh_broker.bootstrap, world.trust, LiveSide(db_path=tmp_path / "fresh.duckdb"), tmp_path / "a3")
+    gaps = run_audit(
+        fresh_broker.bootstrap,
+        world.trust,
+        LiveSide(db_path=tmp_path / "fresh.duckdb"),
+        tmp_path / "a3",
+    )
     assert gaps.matches and gaps.exit_code == EXIT_GAPS
     assert gaps.gaps == [(world.crafted.address, 13, 16)]
     assert decode  # records are decoded by the replay itself
