@@ -670,13 +670,20 @@ def fresh_fees(base_fee_wei: int, policy: FeePolicy) -> tuple[int, int]:
 def bumped_fees(
     prev_max_fee_wei: int, prev_tip_wei: int, base_fee_wei: int, policy: FeePolicy
 ) -> tuple[int, int] | None:
-    """Fees of a replacement: both fields raised by at least ``bump_bps`` (nodes want >= 10%),
-    the max fee also covering twice the current base fee; None when the cap leaves no room."""
-    factor = BPS + policy.bump_bps
-    tip = -(-prev_tip_wei * factor // BPS) + 1
-    max_fee = max(-(-prev_max_fee_wei * factor // BPS) + 1, 2 * base_fee_wei + tip)
-    max_fee = min(max_fee, policy.max_fee_cap_wei)
-    if max_fee * BPS < prev_max_fee_wei * (BPS + MIN_BUMP_BPS) or tip > max_fee:
+    """Fees of a replacement: both fields raised by ``bump_bps`` (at least the 10% nodes
+    require), the max fee also covering twice the current base fee, never above the cap; the
+    bump shrinks towards 10% under the cap; None when not even that fits."""
+
+    def raised(value: int, bps: int) -> int:
+        return -(-value * (BPS + bps) // BPS)
+
+    min_max_fee = raised(prev_max_fee_wei, MIN_BUMP_BPS)
+    min_tip = raised(prev_tip_wei, MIN_BUMP_BPS)
+    wanted_tip = max(raised(prev_tip_wei, policy.bump_bps), min_tip)
+    wanted_max = max(raised(prev_max_fee_wei, policy.bump_bps), 2 * base_fee_wei + wanted_tip)
+    max_fee = min(wanted_max, policy.max_fee_cap_wei)
+    tip = min(wanted_tip, max_fee)
+    if max_fee < min_max_fee or tip < min_tip:
         return None
     return max_fee, tip
 

@@ -23,6 +23,17 @@ def rpc(w3: Web3, method: str, *params: Any) -> Any:
     return response.get("result")
 
 
+def reorg_depth(w3: Web3, block: int, margin: int = 3) -> int:
+    """An `anvil_reorg` depth that reaches back past `block` even if the interval miner adds a
+    block or two before the reorg call lands (the extra blocks are empty)."""
+    return min(int(w3.eth.block_number), int(w3.eth.block_number) - block + 1 + margin)
+
+
+def bury_setup(w3: Web3, blocks: int = 8) -> None:
+    """Mine empty blocks so a test's `reorg_depth` reorg cannot reach its setup."""
+    rpc(w3, "anvil_mine", hex(blocks))
+
+
 def fund_eth(w3: Web3, address: str, wei: int = 10**20) -> None:
     rpc(w3, "anvil_setBalance", address, hex(wei))
 

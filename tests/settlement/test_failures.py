@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _submitter_chain import SETTLE_CHAIN_ID, rpc
+from _submitter_chain import SETTLE_CHAIN_ID, bury_setup, reorg_depth, rpc
 from _submitter_settle import balances, deploy, fund_realm, job_key, make_job, payees, payouts_for
 from eth_account import Account
 from web3 import Web3
@@ -160,7 +160,7 @@ def test_reorg_dropping_the_settlement_is_detected_and_sent_again(
     def reorg_once(stage: str, row: JournaledTx) -> None:
         if stage == "mined" and row.work_key.startswith("post:") and not reorged:
             assert row.block_number is not None
-            rpc(w3, "anvil_reorg", int(w3.eth.block_number) - row.block_number + 1, [])
+            rpc(w3, "anvil_reorg", reorg_depth(w3, row.block_number), [])
             reorged.append(row.tx_hash)
 
     stages: list[str] = []
@@ -174,6 +174,7 @@ def test_reorg_dropping_the_settlement_is_detected_and_sent_again(
         recorder,
         observer=lambda stage, row: (stages.append(stage), reorg_once(stage, row)),
     )
+    bury_setup(w3)
     with job.submitter:  # type: ignore[union-attr]
         job.settle(realm, 4)
 
