@@ -285,7 +285,9 @@ def test_cheque_batch_is_cashed_once_and_a_bounce_is_cashed_later(
         sink.cash_out([queued(alice, 100), queued(bob, 200)])  # all cashed: nothing is sent
         assert [o.status for o in sink.outcomes] == ["already_done"]  # type: ignore[attr-defined]
     states = [r.state for r in Journal(tmp_path / "j.sqlite").all()]
-    assert states == [TxState.CONFIRMED] * 2  # the batch, then the rest of the bounced cheque
+    # the batch, then the rest of the bounced cheque; under load a slow confirmation may have been
+    # replaced with bumped fees (the superseded attempt paid nothing, the balances above show it)
+    assert [s for s in states if s is not TxState.SUPERSEDED] == [TxState.CONFIRMED] * 2
 
 
 def balances_of(stack: Stack, *accounts: str) -> tuple[int, ...]:
