@@ -52,6 +52,13 @@ def payouts_for(accounts: list[str], base: int = 1000) -> list[Payout]:
     return [Payout(a, "router", base + i) for i, a in enumerate(accounts)]
 
 
+def one_epoch(realm: str, epoch: int, accounts: list[str]) -> MemoryPayouts:
+    """A ledger that computed one epoch: `payouts_for(accounts)` with their logged digest."""
+    source = MemoryPayouts()
+    source.add(realm, epoch, payouts_for(accounts))
+    return source
+
+
 def balances(stack: Stack, accounts: list[str]) -> dict[str, int]:
     return {a: int(stack.token.functions.balanceOf(a).call()) for a in accounts}
 

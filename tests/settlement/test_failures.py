@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 from _submitter_chain import SETTLE_CHAIN_ID, bury_setup, reorg_depth, rpc
-from _submitter_settle import balances, deploy, fund_realm, job_key, make_job, payees, payouts_for
+from _submitter_settle import (
+    balances,
+    deploy,
+    fund_realm,
+    job_key,
+    make_job,
+    one_epoch,
+    payees,
+    payouts_for,
+)
 from eth_account import Account
 from web3 import Web3
 
@@ -24,7 +33,6 @@ from settlement.contracts import Stack, transact
 from settlement.job import (
     EXIT_WRONG_DEPLOYMENT,
     ListRecorder,
-    MemoryPayouts,
     Underfunded,
     WrongDeployment,
 )
@@ -152,8 +160,7 @@ def test_reorg_dropping_the_settlement_is_detected_and_sent_again(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
     accounts = payees(2)
-    source = MemoryPayouts()
-    source.add(realm, 4, payouts_for(accounts))
+    source = one_epoch(realm, 4, accounts)
     fund_realm(w3, stack, realm, 10_000)
     reorged: list[str] = []
 
@@ -192,8 +199,7 @@ def test_underfunded_contract_pays_nothing_and_records_nothing(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
     accounts = payees(3)
-    source = MemoryPayouts()
-    source.add(realm, 4, payouts_for(accounts))
+    source = one_epoch(realm, 4, accounts)
     fund_realm(w3, stack, realm, 1000)
     recorder = ListRecorder()
     key = job_key(w3, stack)
@@ -217,8 +223,7 @@ def test_underfunded_contract_pays_nothing_and_records_nothing(
 def test_wrong_chain_or_contract_is_refused_before_signing(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path, what: str
 ) -> None:
-    source = MemoryPayouts()
-    source.add(realm, 4, payouts_for(payees(2)))
+    source = one_epoch(realm, 4, payees(2))
     fund_realm(w3, stack, realm, 10_000)
     key = job_key(w3, stack)
     if what == "not a poster":

@@ -16,6 +16,7 @@ from _submitter_settle import (
     job_key,
     make_job,
     mint,
+    one_epoch,
     payees,
     payouts_for,
 )
@@ -60,8 +61,7 @@ def test_settles_an_epoch_and_records_it(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
     accounts = payees(5)
-    source = MemoryPayouts()
-    source.add(realm, 3, payouts_for(accounts))
+    source = one_epoch(realm, 3, accounts)
     fund_realm(w3, stack, realm, 10_000)
     recorder = ListRecorder()
     job = make_job(w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", source, recorder)
@@ -86,8 +86,7 @@ def test_rerun_finds_it_done_and_records_nothing_new(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
     accounts = payees(3)
-    source = MemoryPayouts()
-    source.add(realm, 1, payouts_for(accounts))
+    source = one_epoch(realm, 1, accounts)
     fund_realm(w3, stack, realm, 10_000)
     recorder = ListRecorder()
     key = job_key(w3, stack)
@@ -106,8 +105,7 @@ def test_batches_are_bounded_and_all_pushed(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
     accounts = payees(7)
-    source = MemoryPayouts()
-    source.add(realm, 0, payouts_for(accounts))
+    source = one_epoch(realm, 0, accounts)
     fund_realm(w3, stack, realm, 10_000)
     job = make_job(
         w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", source, batch_max_entries=3
@@ -125,8 +123,7 @@ def test_batches_are_bounded_and_all_pushed(
 def test_batch_size_fits_the_block_gas_limit(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
-    source = MemoryPayouts()
-    source.add(realm, 0, payouts_for(payees(2)))
+    source = one_epoch(realm, 0, payees(2))
     job = make_job(
         w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", source, batch_max_entries=10**6
     )
@@ -176,8 +173,7 @@ def test_job_funds_the_realm_when_configured(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
     accounts = payees(2)
-    source = MemoryPayouts()
-    source.add(realm, 0, payouts_for(accounts))
+    source = one_epoch(realm, 0, accounts)
     key = job_key(w3, stack)
     mint(w3, stack, key.address, 5_000)
     job = make_job(w3, stack, key, tmp_path / "j.sqlite", source, fund=True)
@@ -192,8 +188,7 @@ def test_job_funds_the_realm_when_configured(
 def test_underfunded_without_funding_is_refused_before_signing(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
-    source = MemoryPayouts()
-    source.add(realm, 0, payouts_for(payees(2)))
+    source = one_epoch(realm, 0, payees(2))
     fund_realm(w3, stack, realm, 100)
     job = make_job(w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", source)
     with (
@@ -242,8 +237,7 @@ def cli_env(
 ) -> dict[str, Any]:
     """`settle` wired to an in-memory ledger (payouts, digest, recorder) and a real anvil."""
     accounts = payees(3)
-    source = MemoryPayouts()
-    source.add(realm, 2, payouts_for(accounts))
+    source = one_epoch(realm, 2, accounts)
     recorder = ListRecorder()
     monkeypatch.setattr(cli, "ledger_payouts", lambda *args: source)
     monkeypatch.setattr(cli, "ledger_recorder", lambda *args: (recorder, _Closable()))
