@@ -58,6 +58,11 @@ class Signer:
         self._key = keys.PrivateKey(private_key)
         self.address: str = self._key.public_key.to_checksum_address()
 
+    @property
+    def private_key(self) -> bytes:
+        """The raw key, for handing to a child process that signs as this source."""
+        return bytes(self._key.to_bytes())
+
     def sign_hash(self, record_hash: bytes) -> bytes:
         sig = self._key.sign_msg_hash(eip191_digest(record_hash))
         r, s, v = sig.r, sig.s, sig.v

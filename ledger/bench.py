@@ -117,8 +117,8 @@ def run_ingest_bench(
         started = time.perf_counter()
         proc = ctx.Process(
             target=_emit_worker,
-            args=(broker.bootstrap, router._key.to_bytes(), events, str(work / "em")),
-        )  # noqa: SLF001
+            args=(broker.bootstrap, router.private_key, events, str(work / "em")),
+        )
         proc.start()
         service.run(until=lambda s: s.progress.events - base_events >= events)
         metered_s = time.perf_counter() - started

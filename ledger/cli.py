@@ -28,6 +28,22 @@ def _addresses(values: tuple[str, ...], env: str) -> list[str]:
     return out
 
 
+_bootstrap_option = click.option(
+    "--bootstrap", envvar="MESHLEDGER_BOOTSTRAP", required=True, help="Kafka bootstrap host:port."
+)
+
+
+def _db_option(help_text: str) -> Any:
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(path_type=Path),
+        default=DEFAULT_DB,
+        show_default=True,
+        help=help_text,
+    )
+
+
 def _trust_options(fn: Any) -> Any:
     fn = click.option(
         "--ledger-source",
@@ -114,17 +130,8 @@ def broker_start(host: str, port: int | None, partitions: int) -> None:
 
 
 @cli.command()
-@click.option(
-    "--bootstrap", envvar="MESHLEDGER_BOOTSTRAP", required=True, help="Kafka bootstrap host:port."
-)
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_DB,
-    show_default=True,
-    help="DuckDB file.",
-)
+@_bootstrap_option
+@_db_option("DuckDB file.")
 @click.option(
     "--key-file",
     type=click.Path(path_type=Path),
@@ -219,14 +226,7 @@ QUERY_NAMES = ["realms", "bandwidth", "usage", "epochs", "payouts", "dead", "sou
     default=None,
     help="Query endpoint (default: from DB.query).",
 )
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_DB,
-    show_default=True,
-    help="DuckDB file; read directly when no projector is running.",
-)
+@_db_option("DuckDB file; read directly when no projector is running.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def query(
     what: str, realm: str | None, epoch: int | None, url: str | None, db_path: Path, as_json: bool
@@ -276,20 +276,11 @@ def _query_url(db_path: Path) -> str | None:
 
 
 @cli.command()
-@click.option(
-    "--bootstrap", envvar="MESHLEDGER_BOOTSTRAP", required=True, help="Kafka bootstrap host:port."
-)
+@_bootstrap_option
 @click.option(
     "--url", envvar="MESHLEDGER_QUERY_URL", default=None, help="Live projector's query endpoint."
 )
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_DB,
-    show_default=True,
-    help="Live DuckDB file (used when no endpoint answers).",
-)
+@_db_option("Live DuckDB file (used when no endpoint answers).")
 @click.option(
     "--work-dir",
     type=click.Path(path_type=Path),

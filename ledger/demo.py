@@ -16,7 +16,7 @@ from domain.envelope import ZERO_HASH, MeteredBuilder, Signer, seal
 from domain.events import RealmParams
 from infra.broker import start_broker
 from ledger.audit import LiveSide, run_audit
-from ledger.emitter import USAGE_TOPIC, Emitter
+from ledger.emitter import USAGE_TOPIC
 from ledger.query import QueryClient
 from ledger.render import print_audit, print_query
 from ledger.service import LedgerService, ServiceConfig, trust_from
@@ -134,7 +134,7 @@ def _run(bootstrap: str, work: Path, rng: random.Random, blocks: int) -> int:
             )
         metered += 25
         late_em.flush()
-        _inject_bad_records(bootstrap, router_emitters, routers[0], realms[0].name)
+        _inject_bad_records(bootstrap, routers[0], realms[0].name)
         for start in range(blocks, blocks + 200, 10):
             for realm in realms:
                 for router, _ in realm.routers:
@@ -187,9 +187,7 @@ def _confirmed(url: str) -> bool:
     return bool(rows) and all(r["confirmed_digest"] == r["digest"] for r in rows)
 
 
-def _inject_bad_records(
-    bootstrap: str, emitters: dict[str, Emitter], router: Signer, realm: str
-) -> None:
+def _inject_bad_records(bootstrap: str, router: Signer, realm: str) -> None:
     """A duplicate (a record re-sent as is) and a forged record (a router's address, another key)."""
     from kafka import KafkaConsumer, TopicPartition
 

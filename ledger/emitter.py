@@ -19,6 +19,7 @@ broker acknowledged it. Hence:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -304,9 +305,9 @@ class Emitter:
         index = 0
         while True:
             with self._lock:
-                frames = list(self._outbox)[
-                    index : index + self.config.max_in_flight - len(in_flight)
-                ]
+                # only the next few frames: the outbox may hold a full spool's worth
+                stop = index + self.config.max_in_flight - len(in_flight)
+                frames = list(itertools.islice(self._outbox, index, stop))
             for frame in frames:
                 in_flight.append(
                     (frame, producer.send(frame.topic, key=frame.key, value=frame.value))

@@ -261,12 +261,6 @@ class Projector:
             return Verdict(Outcome.REJECTED, exc.reason, exc.detail)
         return record
 
-    def offer(self, value: bytes | None) -> tuple[Verdict, Record | None]:
-        prepared = self.prepare(value)
-        if isinstance(prepared, Verdict):
-            return prepared, None
-        return self.offer_record(prepared), prepared
-
     def offer_record(self, record: Record) -> Verdict:
         """Decide on one verified record and stage its effects; nothing is written until commit()."""
         state = self.sources.get(record.source)

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from domain.envelope import Record
-from domain.events import EpochClosed, PayoutsComputed
+from domain.events import PayoutsComputed
 from ledger import store
 from ledger.emitter import DEAD_TOPIC, LEDGER_TOPIC, USAGE_TOPIC, Emitter
 from ledger.projector import Outcome, Projector, Trust, Verdict
@@ -126,10 +126,6 @@ class LedgerService:
             self._buffers[tp] = deque()
             self._fetched[tp] = offset
         self._consumer = consumer
-
-    def end_offsets(self) -> dict[tuple[str, int], int]:
-        ends = self._consumer.end_offsets(list(self._buffers))
-        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
 
     # -- the loop --------------------------------------------------------------------------------
     def run(
@@ -361,4 +357,4 @@ def trust_from(ledger: list[str], indexer: list[str], settlement: list[str]) -> 
     return Trust(frozenset(ledger), frozenset(indexer), frozenset(settlement))
 
 
-__all__ = ["LedgerService", "ServiceConfig", "replay", "EpochClosed"]
+__all__ = ["LedgerService", "ServiceConfig", "replay"]

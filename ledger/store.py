@@ -95,6 +95,7 @@ AUDITED_TABLES = (
 )
 
 COLUMNS: dict[str, list[str]] = {}
+_INSERTS: dict[str, str] = {}
 
 
 def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -105,9 +106,16 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     return con
 
 
+def _describe(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    described = con.execute(f"DESCRIBE {table}").fetchall()
+    COLUMNS[table] = [r[0] for r in described]
+    select = ", ".join(f"unnest(${i + 1}::{r[1]}[])" for i, r in enumerate(described))
+    _INSERTS[table] = f"INSERT INTO {table} SELECT {select}"
+
+
 def columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     if table not in COLUMNS:
-        COLUMNS[table] = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+        _describe(con, table)
     return COLUMNS[table]
 
 
@@ -115,16 +123,9 @@ def append_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Seque
     """Columnar insert of many rows in one statement (unnest of list parameters)."""
     if not rows:
         return
-    cols = columns(con, table)
-    types = dict(
-        con.execute(
-            f"SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}'"
-        ).fetchall()
-    )
-    select = ", ".join(f"unnest(${i + 1}::{types[c]}[])" for i, c in enumerate(cols))
-    con.execute(
-        f"INSERT INTO {table} SELECT {select}", [list(col) for col in zip(*rows, strict=True)]
-    )
+    if table not in _INSERTS:
+        _describe(con, table)
+    con.execute(_INSERTS[table], [list(col) for col in zip(*rows, strict=True)])
 
 
 def fingerprint(con: duckdb.DuckDBPyConnection, table: str) -> tuple[int, str]:
