@@ -122,14 +122,17 @@ class ApiEnabled(Event):
 
 # -- stakes (indexer) ---------------------------------------------------------------------------
 
-ROLES = ("user", "router_operator", "service_operator", "developer")
+#: WEP008 roles, in the order of RealmStaking's `Role` enum (ServiceVendor is "developer")
+ROLES = ("user", "router_operator", "service_operator", "developer", "publisher", "keeper")
+#: the target of a stake on the realm itself (WEP008's C1); RealmStaking's `address(0)`
+REALM_TARGET = "0x" + "00" * 20
 
 
 @register
 @dataclass(frozen=True, slots=True)
 class StakeChanged(Event):
     """Directed stake of `staker` (in `role`) on `target`; `amount` is the new total after the
-    change. A stake whose target is the realm keeper is a stake on the realm itself."""
+    change. A stake whose target is `REALM_TARGET` is a stake on the realm itself."""
 
     TYPE: ClassVar[str] = "StakeChanged"
     staker: str

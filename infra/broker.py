@@ -13,9 +13,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from domain.topics import ALL_TOPICS
 from infra.procs import free_port, stop_pid, wait_until
 
-TOPICS = ("mesh.usage", "mesh.ledger", "mesh.dead")
+TOPICS = ALL_TOPICS
 
 
 def tansu_binary() -> Path:

@@ -14,9 +14,9 @@ from rich.console import Console
 
 from domain.envelope import ZERO_HASH, MeteredBuilder, Signer, seal
 from domain.events import RealmParams
+from domain.topics import USAGE_TOPIC
 from infra.broker import start_broker
 from ledger.audit import LiveSide, run_audit
-from ledger.emitter import USAGE_TOPIC
 from ledger.query import QueryClient
 from ledger.render import print_audit, print_query
 from ledger.service import LedgerService, ServiceConfig, trust_from

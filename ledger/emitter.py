@@ -33,13 +33,10 @@ import orjson
 
 from domain.envelope import ZERO_HASH, MeteredBuilder, Signer, seal
 from domain.events import Event, event_to_dict
+from domain.topics import LEDGER_TOPIC, USAGE_TOPIC
 from ledger.spool import Frame, Spool
 
 log = logging.getLogger(__name__)
-
-USAGE_TOPIC = "mesh.usage"
-LEDGER_TOPIC = "mesh.ledger"
-DEAD_TOPIC = "mesh.dead"
 
 
 @dataclass

@@ -40,6 +40,7 @@ from domain.economics import (
 from domain.envelope import ZERO_HASH, Record, RecordError, decode
 from domain.events import (
     METER_KINDS,
+    REALM_TARGET,
     ApiEnabled,
     ChainHead,
     ChequeIssued,
@@ -149,7 +150,7 @@ class RealmState:
         return history[i - 1][2] if i else 0
 
     def provision_key(self, router: str) -> tuple[str, str, str]:
-        return (router, "router_operator", self.keeper)
+        return (router, "router_operator", REALM_TARGET)
 
     def changes(self, key: tuple[str, str, str], marks: dict[str, int]) -> list[tuple[int, int]]:
         """(block, amount) changes of one stake known under `marks` (deterministic on replay)."""
@@ -621,7 +622,7 @@ class Projector:
         provided = {
             cls: {
                 a: capacity_messages(
-                    realm.changes((a, role, realm.keeper), marks), first, last, spm
+                    realm.changes((a, role, REALM_TARGET), marks), first, last, spm
                 )
                 for a in used[cls]
             }
@@ -630,7 +631,7 @@ class Projector:
         reservation = sum(
             stake_block_sum(realm.changes(key, marks), first, last)
             for key in realm.stakes
-            if key[1] in ("user", "service_operator") and key[2] == realm.keeper
+            if key[1] in ("user", "service_operator") and key[2] == REALM_TARGET
         )
         result = compute_payouts(params, reservation, realm.carry, used, provided)
         digest = payout_digest(e.realm, e.epoch, result.payouts)

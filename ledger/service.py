@@ -24,8 +24,9 @@ import orjson
 
 from domain.envelope import Record
 from domain.events import PayoutsComputed
+from domain.topics import DEAD_TOPIC, LEDGER_TOPIC, USAGE_TOPIC
 from ledger import store
-from ledger.emitter import DEAD_TOPIC, LEDGER_TOPIC, USAGE_TOPIC, Emitter
+from ledger.emitter import Emitter
 from ledger.projector import Outcome, Projector, Trust, Verdict
 
 log = logging.getLogger(__name__)

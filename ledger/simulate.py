@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from domain.envelope import Signer
-from domain.events import ApiEnabled, ChainHead, RealmCreated, RealmParams, StakeChanged
+from domain.events import (
+    REALM_TARGET,
+    ApiEnabled,
+    ChainHead,
+    RealmCreated,
+    RealmParams,
+    StakeChanged,
+)
 from ledger.emitter import Emitter, EmitterConfig
 
 CHAIN_ID = 31337
@@ -72,7 +79,7 @@ class IndexerSim:
                 realm=realm.name,
                 staker=staker,
                 role=role,
-                target=realm.keeper.address,
+                target=REALM_TARGET,
                 amount=amount,
                 tx_hash="0x" + os.urandom(32).hex(),
                 block=block,

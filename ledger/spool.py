@@ -18,7 +18,9 @@ from pathlib import Path
 
 import orjson
 
-TOPIC_CODES = {"mesh.usage": 0, "mesh.ledger": 1, "mesh.dead": 2}
+from domain.topics import DEAD_TOPIC, LEDGER_TOPIC, USAGE_TOPIC
+
+TOPIC_CODES = {USAGE_TOPIC: 0, LEDGER_TOPIC: 1, DEAD_TOPIC: 2}
 TOPIC_NAMES = {v: k for k, v in TOPIC_CODES.items()}
 
 

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS late_records (realm VARCHAR, source VARCHAR, last_seq
     counted_epoch BIGINT, messages BIGINT);
 """
 
-#: latest stake per (realm, staker, role, target) as of every block where something changed,
+#: latest stake per (realm, staker, role, target) (target 0x00…00: the realm itself, REALM_TARGET) as of every block where something changed,
 #: then reserved / provided bandwidth (messages per block) and metered use per realm and block.
 BANDWIDTH_VIEW = """
 CREATE OR REPLACE VIEW bandwidth AS
@@ -64,10 +64,10 @@ WITH last_change AS (
 )
 SELECT b.realm, b.block,
     coalesce((SELECT sum(a.amount // r.stake_per_mpb) FROM at_block a
-              WHERE a.realm = b.realm AND a.block = b.block AND a.target = r.keeper
+              WHERE a.realm = b.realm AND a.block = b.block AND a.target = '0x0000000000000000000000000000000000000000'
                 AND a.role IN ('user', 'service_operator')), 0)::BIGINT AS reserved_mpb,
     coalesce((SELECT sum(a.amount // r.stake_per_mpb) FROM at_block a
-              WHERE a.realm = b.realm AND a.block = b.block AND a.target = r.keeper
+              WHERE a.realm = b.realm AND a.block = b.block AND a.target = '0x0000000000000000000000000000000000000000'
                 AND a.role = 'router_operator'), 0)::BIGINT AS provided_mpb,
     coalesce(u.used_mpb, 0)::BIGINT AS used_mpb,
     coalesce(u.used_bytes, 0)::BIGINT AS used_bytes

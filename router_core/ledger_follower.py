@@ -9,12 +9,11 @@ import threading
 
 from domain.envelope import RecordError, decode
 from domain.events import ChainHead, StakeChanged
+from domain.topics import LEDGER_TOPIC
 from router_core.chain_clock import HeadEventClock
 from router_core.stakes import LedgerStakes
 
 log = logging.getLogger("router_core.ledger_follower")
-
-LEDGER_TOPIC = "mesh.ledger"
 
 
 class LedgerFollower:

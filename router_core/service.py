@@ -76,10 +76,7 @@ class RouterService:
         static = StaticStakes({r.name: r.reservations for r in cfg.realms})
         stakes: StakeView = static
         if cfg.broker and cfg.ledger_sources:
-            ledger = LedgerStakes(
-                {r.name: r.keeper for r in cfg.realms},
-                {r.name: r.stake_per_mpb for r in cfg.realms},
-            )
+            ledger = LedgerStakes({r.name: r.stake_per_mpb for r in cfg.realms})
             self.follower = LedgerFollower(
                 cfg.broker,
                 cfg.ledger_sources,

@@ -1,6 +1,6 @@
 """Stake views for authorization: who holds a reservation stake in a realm, and how much
 bandwidth (messages per block) it reserves. Reservation = a StakeChanged with role "user" or
-"service_operator" whose target is the realm's keeper; mpb = amount // stake_per_mpb."""
+"service_operator" whose target is the realm itself (REALM_TARGET); mpb = amount // stake_per_mpb."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import bisect
 import threading
 from typing import Protocol
 
-from domain.events import StakeChanged
+from domain.events import REALM_TARGET, StakeChanged
 
 RESERVING_ROLES = ("user", "service_operator")
 
@@ -42,8 +42,7 @@ class LedgerStakes:
     """Reservations from StakeChanged events (fed by `router_core.ledger_follower`), answered as
     of a block: the latest change at or before it counts. Thread-safe."""
 
-    def __init__(self, keepers: dict[str, str], stake_per_mpb: dict[str, int]) -> None:
-        self._keepers = {realm: k.lower() for realm, k in keepers.items()}
+    def __init__(self, stake_per_mpb: dict[str, int]) -> None:
         self._stake_per_mpb = stake_per_mpb
         # (realm, staker, role) -> sorted [(block, log_index)], [amount]
         self._keys: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
@@ -51,8 +50,7 @@ class LedgerStakes:
         self._lock = threading.Lock()
 
     def apply(self, event: StakeChanged) -> None:
-        keeper = self._keepers.get(event.realm)
-        if keeper is None or event.role not in RESERVING_ROLES or event.target.lower() != keeper:
+        if event.role not in RESERVING_ROLES or event.target.lower() != REALM_TARGET:
             return
         key = (event.realm, event.staker.lower(), event.role)
         pos = (event.block, event.log_index)

@@ -13,7 +13,7 @@ from kafka import KafkaProducer
 
 from domain.envelope import MAGIC, ZERO_HASH, MeteredBuilder, Signer, seal
 from domain.events import RealmParams
-from ledger.emitter import USAGE_TOPIC
+from domain.topics import USAGE_TOPIC
 from ledger.service import LedgerService, ServiceConfig, trust_from
 from ledger.simulate import TOKEN, IndexerSim, RealmSetup, emitter, new_signer
 

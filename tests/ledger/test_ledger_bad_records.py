@@ -9,8 +9,8 @@ from ledger_world import World, caught_up, run_until, signed_body, table
 
 from domain.envelope import MAGIC, ZERO_HASH
 from domain.events import ChainHead
+from domain.topics import LEDGER_TOPIC
 from infra.broker import Broker
-from ledger.emitter import LEDGER_TOPIC
 from ledger.simulate import emitter, new_signer
 
 

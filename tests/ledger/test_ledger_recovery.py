@@ -13,10 +13,10 @@ from pathlib import Path
 from ledger_world import World, caught_up, run_until, table
 
 from domain.envelope import decode
+from domain.topics import USAGE_TOPIC
 from infra.broker import Broker
 from ledger import store
 from ledger.audit import EXIT_GAPS, EXIT_MISMATCH, LiveSide, run_audit
-from ledger.emitter import USAGE_TOPIC
 from ledger.service import replay
 from ledger.simulate import emitter
 

@@ -8,7 +8,7 @@ import pytest
 from router_harness import new_key
 
 from domain.envelope import Signer, seal
-from domain.events import StakeChanged
+from domain.events import REALM_TARGET, StakeChanged
 from router_core.config import load_config
 from router_core.ledger_follower import LedgerFollower
 from router_core.stakes import LedgerStakes
@@ -51,13 +51,13 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
 
 
 def test_ledger_follower_trusts_only_configured_indexers() -> None:
-    keeper, user = new_key(), new_key()
+    user = new_key()
     indexer, stranger = Signer(new_key().private), Signer(new_key().private)
-    stakes = LedgerStakes({"realm1": keeper.address}, {"realm1": 10})
+    stakes = LedgerStakes({"realm1": 10})
     follower = LedgerFollower("unused:1", [indexer.address], stakes, None)
 
     def stake(amount: int, block: int, role: str = "user") -> StakeChanged:
-        return StakeChanged("realm1", user.address, role, keeper.address, amount, "0x", block, 0)
+        return StakeChanged("realm1", user.address, role, REALM_TARGET, amount, "0x", block, 0)
 
     follower.handle(seal(stranger, 1, "0x" + "00" * 32, "realm1", [stake(10**6, 1)])[0])
     assert not stakes.has_reservation("realm1", user.address, 10)

@@ -18,6 +18,7 @@ from autobahn.wamp.types import PublishOptions
 from router_harness import Harness, run
 
 from domain.envelope import Signer, decode
+from domain.topics import USAGE_TOPIC
 from infra.broker import Broker, restart_broker
 from ledger.emitter import Emitter, EmitterConfig
 from router_core.client import MeshSession
@@ -50,7 +51,7 @@ def read_usage(bootstrap: str, source: str, into: dict[int, tuple[str, str, int]
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
-        tp = TopicPartition("mesh.usage", 0)
+        tp = TopicPartition(USAGE_TOPIC, 0)
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
         end = consumer.end_offsets([tp])[tp]
