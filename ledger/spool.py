@@ -122,6 +122,10 @@ class Checkpoint:
     sealed_hash: str = ZERO_HASH
     #: seqs at which the chain restarts after `spool repair` found records lost in between
     breaks: list[int] = field(default_factory=list)
+    #: set by `spool repair`: the tip the broker's log (or the old checkpoint) proved sealed; the
+    #: next record continues from it even when the spool holds only older records to re-send
+    floor_seq: int = 0
+    floor_hash: str = ZERO_HASH
 
     def encode(self) -> bytes:
         body = asdict(self)
@@ -420,6 +424,8 @@ def inspect(directory: Path, source: str | None = None) -> SpoolReport:
                 return report
             tip = (frame.last_seq, frame.hash)
             report.frames.append(frame)
+    if cp.floor_seq > tip[0]:
+        tip = (cp.floor_seq, cp.floor_hash)
     report.tip_seq, report.tip_hash = tip
     if tip[0] < cp.sealed_seq:
         report.damage.append(
