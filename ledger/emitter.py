@@ -414,6 +414,9 @@ class Emitter:
             "request_timeout_ms": cfg.request_timeout_ms,
             "delivery_timeout_ms": cfg.request_timeout_ms * 2 + 10,
             "max_block_ms": cfg.request_timeout_ms,
+            # kafka-python waits 30 s for a broker that is down before it gives up: a close or a
+            # send loop must not hang that long
+            "bootstrap_timeout_ms": cfg.request_timeout_ms,
             "retry_backoff_ms": 100,
         }
 
