@@ -58,6 +58,8 @@ KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 _INT_LIMIT = 1 << 63
 _INT_BYTES = 20
 _KINDS = frozenset(METER_KINDS)
+#: a dead letter's parts are halved down to this many original bytes while the broker refuses them
+_MIN_DEAD_PART = 4096
 
 
 @dataclass
@@ -492,7 +494,11 @@ class Emitter:
             index += len(frames)
             if not in_flight:
                 return False
-            producer.flush(timeout=self.config.request_timeout_ms / 1000 * 2)
+            flush_error: Exception | None = None
+            try:
+                producer.flush(timeout=self.config.request_timeout_ms / 1000 * 2)
+            except Exception as exc:  # kafka-python raises here when a batch was aborted
+                flush_error = exc  # the futures say which frames failed and why
             acked = 0
             last = None
             refused = False
@@ -512,7 +518,7 @@ class Emitter:
                 self._ack(acked, last)
                 index -= acked
             elif in_flight:
-                raise TimeoutError("no acknowledgement within the flush timeout")
+                raise flush_error or TimeoutError("no acknowledgement within the flush timeout")
             if refused:
                 return True
 
@@ -531,17 +537,31 @@ class Emitter:
             exc,
             DEAD_TOPIC,
         )
-        if self._dead_producer is None:
-            self._dead_producer = KafkaProducer(
-                **{**self._producer_config(), **self.config.producer_options}
-            )
-        part_bytes = max(1024, self.config.record_max_bytes // 2)
+        # the broker's limit is unknown: halve the parts while it refuses them for their size
+        part_bytes = max(_MIN_DEAD_PART, self.config.record_max_bytes // 2)
+        while True:
+            if self._dead_producer is None:
+                self._dead_producer = KafkaProducer(
+                    **{**self._producer_config(), **self.config.producer_options}
+                )
+            refusal = self._send_dead_letter(frame, f"{reason}: {exc}", part_bytes)
+            if refusal is None:
+                break
+            with contextlib.suppress(Exception):  # a refused batch can poison the producer
+                self._dead_producer.close(timeout=1)
+            self._dead_producer = None
+            if not is_permanent(refusal) or part_bytes <= _MIN_DEAD_PART:
+                raise refusal  # retried with the frame, like any failed send
+            part_bytes //= 2
+        self.counters["dead_records"] += 1
+
+    def _send_dead_letter(self, frame: Frame, detail: str, part_bytes: int) -> BaseException | None:
         parts = [frame.value[i : i + part_bytes] for i in range(0, len(frame.value), part_bytes)]
         futures = []
         for i, part in enumerate(parts):
             letter = {
                 "reason": "broker_refused",
-                "detail": f"{reason}: {exc}",
+                "detail": detail,
                 "origin": "emitter",
                 "source": self.source,
                 "seq": frame.seq,
@@ -557,10 +577,14 @@ class Emitter:
             futures.append(
                 self._dead_producer.send(DEAD_TOPIC, key=key, value=orjson.dumps(letter))
             )
-        self._dead_producer.flush(timeout=self.config.request_timeout_ms / 1000 * 2)
+        with contextlib.suppress(Exception):  # the futures say what happened
+            self._dead_producer.flush(timeout=self.config.request_timeout_ms / 1000 * 2)
         for future in futures:
-            future.get(timeout=0)  # a dead letter that does not arrive: retried like any send
-        self.counters["dead_records"] += 1
+            try:
+                future.get(timeout=self.config.request_timeout_ms / 1000 * 3)
+            except Exception as exc:  # noqa: BLE001 - the caller decides: halve, or retry later
+                return exc
+        return None
 
     def _ack(self, count: int, last: Frame) -> None:
         with self._lock:
