@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.meshledger-setup
 PACKAGES := domain ledger router_core settlement infra
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck unit bench fault clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ test: setup lint typecheck
 
 bench: setup
 	$(BIN)/meshledger bench ingest --json
+
+# long fault runs: make fault SEEDS=1,2,3 (default 1..200) DURATION=60 (seconds of broker faults)
+SEEDS    ?= $(shell seq -s, 1 200)
+DURATION ?= 60
+fault: setup
+	FAULT_SEEDS="$(SEEDS)" FAULT_DURATION_S="$(DURATION)" $(BIN)/pytest -q tests/faults
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -367,7 +367,9 @@ class Emitter:
                         self._seal(realm, batch)
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        """Seal everything buffered and wait until the broker acknowledged it all."""
+        """Seal everything buffered and wait until the broker acknowledged it all. When the spool
+        cannot be written (ENOSPC, I/O error) its OSError is raised: the events stay buffered and
+        are sealed once the spool takes writes again."""
         self.seal_all()
         deadline = time.monotonic() + timeout_s
         with self._idle:

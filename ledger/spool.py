@@ -580,17 +580,26 @@ class Spool:
         self._lock.release()
 
 
-def iter_frames(directory: Path) -> Iterator[Frame]:
-    """Every intact frame of every segment, skipping damaged stretches (for repair)."""
+def salvage(directory: Path) -> tuple[list[Frame], int]:
+    """Every intact frame of every segment, and how many bytes of damage lay between them."""
+    frames: list[Frame] = []
+    damaged = 0
     for seg in list_segments(directory):
         data = segment_path(directory, seg).read_bytes()
         pos = 0
         while pos < len(data):
             scan = scan_segment(data, seg, pos)
-            yield from scan.frames
+            frames += scan.frames
             if not scan.bad:
                 break
             nxt = data.find(struct.pack(">H", FRAME_MAGIC), scan.good_end + 1)
+            damaged += (nxt if nxt >= 0 else len(data)) - scan.good_end
             if nxt < 0:
                 break
             pos = nxt
+    return frames, damaged
+
+
+def iter_frames(directory: Path) -> Iterator[Frame]:
+    """Every intact frame of every segment, skipping damaged stretches."""
+    yield from salvage(directory)[0]

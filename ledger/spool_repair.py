@@ -29,9 +29,9 @@ from ledger.spool import (
     SpoolLock,
     encode_frame,
     inspect,
-    iter_frames,
     list_segments,
     read_checkpoint,
+    salvage,
     segment_path,
     write_atomically,
 )
@@ -39,6 +39,10 @@ from ledger.spool import (
 
 class RepairError(RuntimeError):
     pass
+
+
+#: fewer encoded bytes than any event takes in a record (a metered message: 6 ints and commas)
+MIN_EVENT_BYTES = 8
 
 
 @dataclass
@@ -180,7 +184,8 @@ def _repair(
     directory: Path, bootstrap: str, source: str | None, on_progress: Callable[[int], None] | None
 ) -> RepairResult:
     cp, _ = read_checkpoint(directory)
-    frames, unverifiable = _verified(list(iter_frames(directory)))
+    intact, damaged_bytes = salvage(directory)
+    frames, unverifiable = _verified(intact)
     sources = {decode(f.value).source for f in frames}
     if cp is not None and cp.source:
         sources.add(cp.source)
@@ -201,6 +206,12 @@ def _repair(
         candidates.append((cp.sealed_seq, cp.sealed_hash, "the old checkpoint"))
         candidates.append((cp.floor_seq, cp.floor_hash, "the old checkpoint"))
     tip_seq, tip_hash, tip_from = max(candidates, key=lambda c: c[0])
+    unverified_bytes = damaged_bytes + sum(f.size for f in intact if f not in frames)
+    if unverified_bytes:
+        # damaged bytes may have held sealed records nobody else saw: skip every seq they could
+        # hold (an event takes more than MIN_EVENT_BYTES), so none is ever sealed twice
+        tip_seq += unverified_bytes // MIN_EVENT_BYTES + 1
+        tip_from += f" + {unverified_bytes // MIN_EVENT_BYTES + 1} seqs damaged records may hold"
     # the records to send again: intact, and not in the log yet; each seq once, in seq order
     by_seq: dict[int, Frame] = {}
     for frame in frames:
