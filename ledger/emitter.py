@@ -185,8 +185,13 @@ class Emitter:
         """Record one routed message (thread-safe; blocks only under spool back-pressure)."""
         if kind not in _KINDS:
             raise ValueError(f"unknown meter kind {kind!r} (one of {METER_KINDS})")
-        if not (0 <= payload_bytes < _INT_LIMIT and 0 <= block < _INT_LIMIT):
-            raise ValueError(f"payload_bytes {payload_bytes} / block {block} out of range")
+        if not (
+            type(payload_bytes) is int
+            and type(block) is int
+            and 0 <= payload_bytes < _INT_LIMIT
+            and 0 <= block < _INT_LIMIT
+        ):  # one bad value would make the projector refuse the whole record
+            raise ValueError(f"payload_bytes {payload_bytes!r} / block {block!r} out of range")
         with self._lock:
             batch = self._open.get(realm)
             same = batch is not None and batch.kind == _METERED

@@ -68,6 +68,7 @@ def test_an_event_too_big_for_any_record_is_refused_at_emit(broker: Broker, tmp_
         ("teleport", 1, 1, "unknown meter kind 'teleport'"),
         ("event", -1, 1, "out of range"),
         ("event", 1, 1 << 64, "out of range"),
+        ("event", 1.5, 1, "out of range"),
     ],
 )
 def test_bad_metered_input_is_refused_and_loses_nothing(
