@@ -109,10 +109,11 @@ _METERED, _EVENTS = 0, 1
 
 
 class _Batch:
-    __slots__ = ("kind", "metered", "events", "size", "opened", "watermark")
+    __slots__ = ("kind", "metered", "events", "n", "size", "opened", "watermark")
 
     def __init__(self, kind: int, base_bytes: int) -> None:
         self.kind = kind
+        self.n = 0  # metered messages in it (MeteredBuilder's len is a Python call)
         self.metered = MeteredBuilder()
         self.events: list[Event] = []
         self.size = base_bytes  # a bound of the record's encoded size, never below it
@@ -120,7 +121,7 @@ class _Batch:
         self.watermark = False
 
     def __len__(self) -> int:
-        return len(self.metered) if self.kind == _METERED else len(self.events)
+        return self.n if self.kind == _METERED else len(self.events)
 
 
 class Emitter:
@@ -143,6 +144,8 @@ class Emitter:
         self._closed = False
         self._wake = threading.Event()
         self._idle = threading.Condition()
+        self._max_events = config.batch_max_events
+        self._max_bytes = config.record_max_bytes
         # a metered message adds four dictionary indices and two ints to the columns
         self._msg_bytes = 4 * (len(str(2 * config.batch_max_events)) + 1) + 2 * _INT_BYTES
         self._dead_producer: Any = None
@@ -194,23 +197,30 @@ class Emitter:
             raise ValueError(f"payload_bytes {payload_bytes!r} / block {block!r} out of range")
         with self._lock:
             batch = self._open.get(realm)
-            same = batch is not None and batch.kind == _METERED
-            cost = self._msg_bytes + self._string_bytes(
-                batch.metered if batch is not None and same else None, from_peer, to_peer, uri
-            )
-            if (
-                batch is None
-                or not same
-                or len(batch.metered) >= self.config.batch_max_events
-                or batch.size + cost > self.config.record_max_bytes
-            ):
-                if same:  # in a new batch every string is new
-                    cost = self._msg_bytes + self._string_bytes(None, from_peer, to_peer, uri)
-                self._room(realm, cost)
-                batch = self._batch(realm, _METERED)
+            if batch is not None and batch.kind == _METERED:
+                builder = batch.metered
+                cost = self._msg_bytes
+                if (
+                    from_peer not in builder._peers  # noqa: SLF001 - its interning dictionaries
+                    or to_peer not in builder._peers  # noqa: SLF001
+                    or uri not in builder._uris  # noqa: SLF001
+                ):
+                    cost += self._string_bytes(builder, from_peer, to_peer, uri)
+                if batch.n < self._max_events and batch.size + cost <= self._max_bytes:
+                    builder.add(from_peer, to_peer, kind, uri, payload_bytes, block)
+                    batch.size += cost
+                    batch.n += 1
+                    if batch.n >= self._max_events:
+                        self._seal_now(realm, batch)
+                    return
+            # a new batch: the realm's open one (full, or of the other kind) is sealed first
+            cost = self._msg_bytes + self._string_bytes(None, from_peer, to_peer, uri)
+            self._room(realm, cost)
+            batch = self._batch(realm, _METERED)
             batch.metered.add(from_peer, to_peer, kind, uri, payload_bytes, block)
             batch.size += cost
-            if len(batch.metered) >= self.config.batch_max_events:
+            batch.n += 1
+            if batch.n >= self._max_events:
                 self._seal_now(realm, batch)
 
     def _string_bytes(
