@@ -231,13 +231,22 @@ def _scripted_run(bootstrap: str, work: Path, timing: dict[str, Any]) -> dict[st
             assert time.monotonic() < deadline, f"epochs not closed: {service.closed_epochs()}"
             time.sleep(0.1)
         ledger_em.flush()
-        deadline = time.monotonic() + 30
-        while not (service.caught_up() and not any(service._buffers.values())):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
     finally:
         service.stop()
         thread.join(timeout=30)
+    # every close is followed by its PayoutsComputed (emitted once the close committed): run on
+    # in this thread until each epoch's digest is confirmed from the log
+    service._stop.clear()
+    unconfirmed = "SELECT count(*) FROM epochs WHERE confirmed_digest IS NULL"
+    run_until(
+        service,
+        lambda s: (
+            ledger_em.flush() is None
+            and caught_up(s)
+            and s.con.execute(unconfirmed).fetchone()[0] == 0
+        ),
+        60,
+    )
     queries = {
         "usage": "SELECT realm, epoch, payee_class, account, messages, late_messages, capacity, credit FROM usage",
         "payouts": "SELECT * FROM payouts",
