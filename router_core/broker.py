@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router_core import messages as m
+from router_core.serializer import SerializationError
 from router_core.session import Session
 
 #: observer of one routed message: (kind, sender, receiver, uri, frame bytes)
@@ -92,14 +93,27 @@ class Broker:
                 session.error(m.PUBLISH, request, m.INVALID_URI, f"invalid topic URI {topic!r}")
             return
         publication = next(self._publication_ids)
+        refused: set[str] = set()
         exact = self._exact.get(topic)
         if exact is not None:
-            self._deliver(session, options, exact, publication, {}, msg)
+            self._deliver(session, options, exact, publication, {}, msg, refused)
         if self._prefix:
             for prefix, sub in list(self._prefix.items()):
                 if topic.startswith(prefix):
-                    self._deliver(session, options, sub, publication, {"topic": topic}, msg)
-        if acknowledge:
+                    self._deliver(
+                        session, options, sub, publication, {"topic": topic}, msg, refused
+                    )
+        if not acknowledge:
+            return
+        if refused:
+            session.error(
+                m.PUBLISH,
+                request,
+                m.INVALID_ARGUMENT,
+                f"not delivered to subscribers speaking {', '.join(sorted(refused))}: "
+                "the payload is not representable there",
+            )
+        else:
             session.send([m.PUBLISHED, request, publication])
 
     def _deliver(
@@ -110,6 +124,7 @@ class Broker:
         publication: int,
         details: dict[str, Any],
         msg: list[Any],
+        refused: set[str],
     ) -> None:
         skip = publisher.id if options.get("exclude_me", True) is not False else -1
         exclude = options.get("exclude")
@@ -133,14 +148,17 @@ class Broker:
                 frame = first_frame
             elif first_ser is None:
                 first_ser = ser
-                frame = first_frame = ser.encode(event)
+                frame = first_frame = _encode(ser, event)
             else:
                 if frames is None:
                     frames = {}
                 found = frames.get(ser)
                 if found is None:
-                    found = frames[ser] = ser.encode(event)
+                    found = frames[ser] = _encode(ser, event)
                 frame = found
+            if not frame:  # this serializer cannot carry the payload (a big int in msgpack)
+                refused.add(ser.subprotocol)
+                continue
             receiver.send_frame(frame)
             routed("event", publisher, receiver, topic, len(frame))
 
@@ -151,3 +169,11 @@ class Broker:
             return False
         session.send([m.EVENT, sub.id, next(self._publication_ids), {}, [], kwargs])
         return True
+
+
+def _encode(ser: Any, event: list[Any]) -> bytes:
+    """The frame, or b"" when the serializer cannot represent the message."""
+    try:
+        return ser.encode(event)  # type: ignore[no-any-return]
+    except SerializationError:
+        return b""

@@ -14,6 +14,7 @@ from typing import Any
 
 from router_core import messages as m
 from router_core.broker import Routed
+from router_core.serializer import SerializationError
 from router_core.session import Session, State
 
 _ids = itertools.count(1)
@@ -131,7 +132,15 @@ class Dealer:
             caller.error(m.CALL, request, m.CANCELED, "too many pending calls")
             return
         callee = reg.callee
+        details: dict[str, Any] = {}
+        if options.get("receive_progress") is True:
+            details["receive_progress"] = True
         invocation = next(_ids)
+        try:
+            frame = callee.serializer.encode([m.INVOCATION, invocation, reg.id, details, *msg[4:]])
+        except SerializationError as exc:
+            caller.error(m.CALL, request, m.INVALID_ARGUMENT, f"callee cannot receive it: {exc}")
+            return
         pending = PendingCall(invocation, caller, request, callee, uri)
         self._pending[invocation] = pending
         self._by_caller[key] = pending
@@ -140,10 +149,6 @@ class Dealer:
         timeout_s = timeout / 1000 if type(timeout) is int and timeout > 0 else self._timeout_s
         if timeout_s > 0:
             pending.timer = self._loop.call_later(timeout_s, self._timed_out, invocation)
-        details: dict[str, Any] = {}
-        if options.get("receive_progress") is True:
-            details["receive_progress"] = True
-        frame = callee.serializer.encode([m.INVOCATION, invocation, reg.id, details, *msg[4:]])
         callee.send_frame(frame)
         self._routed("invocation", caller, callee, uri, len(frame))
 
@@ -157,7 +162,20 @@ class Dealer:
         except MetaError as exc:
             caller.send([m.ERROR, m.CALL, request, {}, exc.uri, [exc.message], exc.kwargs])
             return
-        caller.send([m.RESULT, request, {}, [result]])
+        self._reply(caller, [m.RESULT, request, {}, [result]], request)
+
+    @staticmethod
+    def _reply(caller: Session, msg: list[Any], request: int) -> bytes:
+        """Encode a RESULT/ERROR for the caller; one its serializer cannot carry becomes an
+        ERROR saying so. Returns the frame sent."""
+        try:
+            frame = caller.serializer.encode(msg)
+        except SerializationError as exc:
+            frame = caller.serializer.encode(
+                [m.ERROR, m.CALL, request, {}, m.INVALID_ARGUMENT, [f"result not sent: {exc}"]]
+            )
+        caller.send_frame(frame)
+        return frame
 
     def _finish(self, pending: PendingCall) -> None:
         del self._pending[pending.invocation]
@@ -174,10 +192,11 @@ class Dealer:
         if not progress:
             self._finish(pending)
         caller = pending.caller
-        frame = caller.serializer.encode(
-            [m.RESULT, pending.request, {"progress": True} if progress else {}, *msg[3:]]
+        frame = self._reply(
+            caller,
+            [m.RESULT, pending.request, {"progress": True} if progress else {}, *msg[3:]],
+            pending.request,
         )
-        caller.send_frame(frame)
         self._routed("result", callee, caller, pending.uri, len(frame))
 
     def error(self, callee: Session, msg: list[Any]) -> None:
@@ -189,8 +208,9 @@ class Dealer:
             return
         self._finish(pending)
         caller = pending.caller
-        frame = caller.serializer.encode([m.ERROR, m.CALL, pending.request, {}, *msg[4:]])
-        caller.send_frame(frame)
+        frame = self._reply(
+            caller, [m.ERROR, m.CALL, pending.request, {}, *msg[4:]], pending.request
+        )
         self._routed("error", callee, caller, pending.uri, len(frame))
 
     def cancel(self, caller: Session, msg: list[Any]) -> None:

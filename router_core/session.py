@@ -180,14 +180,21 @@ class Session:
 
     def violation(self, reason: str) -> None:
         log.warning("session %s (%s): protocol violation: %s", self.id, self.transport.peer, reason)
-        self.abort(m.PROTOCOL_VIOLATION, reason)
+        if self.state is State.ESTABLISHED or self.state is State.CLOSING:
+            # an established WAMP client (autobahn) accepts no ABORT, only GOODBYE with a reason
+            self._end(m.GOODBYE, m.PROTOCOL_VIOLATION, reason)
+        else:
+            self.abort(m.PROTOCOL_VIOLATION, reason)
 
     def abort(self, uri: str, message: str) -> None:
         """ABORT and close the connection (protocol violations, refused joins)."""
+        self._end(m.ABORT, uri, message)
+
+    def _end(self, code: int, uri: str, message: str) -> None:
         if self.state is State.CLOSED:
             return
         try:
-            self.transport.send_frame(self.serializer.encode([m.ABORT, {"message": message}, uri]))
+            self.transport.send_frame(self.serializer.encode([code, {"message": message}, uri]))
         finally:
             self.close_transport()
 

@@ -174,3 +174,13 @@ class Harness:
             swap=offer,
             **kwargs,
         )
+
+
+async def until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Wait until `check()` holds (polling), or fail naming `what`: never a fixed sleep."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout_s}s: {what}")
+        await asyncio.sleep(0.02)
