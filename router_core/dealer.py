@@ -8,8 +8,10 @@ Procedures under `mesh.` may be served by the router itself (meta procedures).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from router_core import messages as m
@@ -18,6 +20,7 @@ from router_core.serializer import SerializationError
 from router_core.session import Session, State
 
 _ids = itertools.count(1)
+log = logging.getLogger("router_core.dealer")
 
 
 class MetaError(Exception):
@@ -30,8 +33,11 @@ class MetaError(Exception):
         self.kwargs = kwargs or {}
 
 
-#: a meta procedure: (caller, args, kwargs) -> result kwargs
-MetaProcedure = Callable[[Session, list[Any], dict[str, Any]], dict[str, Any]]
+#: a meta procedure: (caller, args, kwargs) -> result kwargs, or an awaitable of them (one that
+#: reads the chain); it raises MetaError to refuse
+MetaProcedure = Callable[
+    [Session, list[Any], dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]
+]
 
 
 class Registration:
@@ -162,7 +168,25 @@ class Dealer:
         except MetaError as exc:
             caller.send([m.ERROR, m.CALL, request, {}, exc.uri, [exc.message], exc.kwargs])
             return
+        if inspect.isawaitable(result):
+            task = self._loop.create_task(_awaited(result))
+            task.add_done_callback(lambda t: self._meta_done(caller, request, t))
+            return
         self._reply(caller, [m.RESULT, request, {}, [result]], request)
+
+    def _meta_done(self, caller: Session, request: int, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if caller.state is not State.ESTABLISHED:
+            return  # nobody to answer
+        if isinstance(exc, MetaError):
+            caller.send([m.ERROR, m.CALL, request, {}, exc.uri, [exc.message], exc.kwargs])
+        elif exc is not None:
+            log.error("meta procedure failed", exc_info=exc)
+            caller.send([m.ERROR, m.CALL, request, {}, m.CANCELED, ["router error"]])
+        else:
+            self._reply(caller, [m.RESULT, request, {}, [task.result()]], request)
 
     @staticmethod
     def _reply(caller: Session, msg: list[Any], request: int) -> bytes:
@@ -260,3 +284,7 @@ def _can_cancel(session: Session) -> bool:
         return False
     features = callee.get("features")
     return isinstance(features, dict) and features.get("call_canceling") is True
+
+
+async def _awaited(result: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    return await result

@@ -13,12 +13,13 @@ from domain.envelope import Signer
 from domain.swap import RouterTerms
 from router_core.cashout import CashoutPolicy, CashoutQueue, CashoutSink
 from router_core.chain_clock import ChainClock, HeadEventClock, ManualClock, Web3HeadPoller
+from router_core.chequebooks import ChequebookReader, NoChain, Web3Chequebooks
 from router_core.config import RouterConfig
 from router_core.ledger_follower import LedgerFollower
 from router_core.metering import NullSink, UsageSink
 from router_core.router import Limits, RealmOptions, Router
 from router_core.stakes import LedgerStakes, StakeView, StaticStakes
-from router_core.swap import SolvencyCheck, SwapService, Web3Solvency
+from router_core.swap import SwapService
 
 log = logging.getLogger("router_core.service")
 
@@ -95,8 +96,8 @@ class RouterService:
                     cfg.cashout.max_batch_cheques,
                 ),
             )
-            solvency: SolvencyCheck | None = (
-                Web3Solvency(cfg.chain_rpc_url, cfg.chain_id) if cfg.chain_rpc_url else None
+            chequebooks: ChequebookReader = (
+                Web3Chequebooks(cfg.chain_rpc_url, cfg.chain_id) if cfg.chain_rpc_url else NoChain()
             )
             terms = {
                 r.name: RouterTerms(
@@ -116,7 +117,7 @@ class RouterService:
                 clock,
                 data / "swap.sqlite",
                 cfg.swap.flush_interval_ms,
-                solvency,
+                chequebooks,
                 self.cashout.add,
             )
         realms = [

@@ -33,14 +33,15 @@ class Live:
         asyncio.set_event_loop(self.loop)
         self.harness = Harness(tmp_path)
         self.router: Router = self.loop.run_until_complete(
-            self.harness.start(limits=Limits(max_frame_bytes=MAX_FRAME))
+            # no SWAP: the well-behaved sessions make many calls and have no chequebook to pay
+            self.harness.start(swap=False, limits=Limits(max_frame_bytes=MAX_FRAME))
         )
         self.key: Key = self.harness.peer()
         self.caller: MeshSession = self.loop.run_until_complete(
-            self.harness.connect(self.router, self.harness.peer())
+            self.harness.connect(self.router, self.harness.peer(), swap=False)
         )
         self.callee: MeshSession = self.loop.run_until_complete(
-            self.harness.connect(self.router, self.harness.peer())
+            self.harness.connect(self.router, self.harness.peer(), swap=False)
         )
         self.loop.run_until_complete(self.callee.register(lambda x: x, "com.example.echo"))
 
