@@ -137,7 +137,9 @@ class Broker:
         first_frame = b""
         frames: dict[Any, bytes] | None = None
         for sid, receiver in list(sub.subscribers.items()):
-            if sid == skip:
+            if publisher.suspended:
+                return  # went past its disconnect threshold with an earlier delivery
+            if sid == skip or receiver.suspended:
                 continue
             if exclude is not None and type(exclude) is list and sid in exclude:
                 continue

@@ -138,6 +138,9 @@ class Dealer:
             caller.error(m.CALL, request, m.CANCELED, "too many pending calls")
             return
         callee = reg.callee
+        if callee.suspended:
+            caller.error(m.CALL, request, m.NO_SUCH_PROCEDURE, f"the callee of {uri} is suspended")
+            return
         details: dict[str, Any] = {}
         if options.get("receive_progress") is True:
             details["receive_progress"] = True
@@ -236,6 +239,13 @@ class Dealer:
             caller, [m.ERROR, m.CALL, pending.request, {}, *msg[4:]], pending.request
         )
         self._routed("error", callee, caller, pending.uri, len(frame))
+
+    def refuse_result(self, callee: Session, msg: list[Any], reason: str) -> None:
+        """A suspended callee's YIELD or ERROR is not routed: the call fails instead."""
+        invocation = msg[1] if msg[0] == m.YIELD else msg[2]
+        pending = self._pending.get(invocation)
+        if pending is not None and pending.callee is callee:
+            self._fail(pending, m.CANCELED, f"callee suspended: {reason}", interrupt=False)
 
     def cancel(self, caller: Session, msg: list[Any]) -> None:
         pending = self._by_caller.get((caller.id, msg[1]))

@@ -19,6 +19,9 @@ from router_core.session import Session, State
 
 log = logging.getLogger("router_core.realm")
 
+#: messages whose content is routed to another session
+_ROUTING = frozenset((m.PUBLISH, m.CALL, m.YIELD, m.ERROR))
+
 
 class RoutingObserver(Protocol):
     def routed(
@@ -102,12 +105,35 @@ class Realm:
         handler = self._handlers.get(code)
         if handler is None:
             raise m.ProtocolViolation(f"message {code} not allowed in an established session")
+        if session.suspended and code in _ROUTING and not self._may_while_suspended(code, msg):
+            self._refuse_suspended(session, code, msg)
+            return
         if (code == m.PUBLISH or code == m.CALL) and session.gate is not None:
             verdict = session.gate.admit()
             if verdict != ADMIT:
                 self._over_budget(session, verdict, code, msg, nbytes)
                 return
         handler(session, msg)
+
+    def _may_while_suspended(self, code: int, msg: list[Any]) -> bool:
+        return code == m.CALL and msg[3] in self.dealer.meta  # the router's own: pay, balance
+
+    def _refuse_suspended(self, session: Session, code: int, msg: list[Any]) -> None:
+        reason = session.suspended
+        if code == m.CALL or (code == m.PUBLISH and msg[2].get("acknowledge") is True):
+            session.error(code, msg[1], m.PAYMENT_REQUIRED, reason)
+        elif code == m.YIELD or code == m.ERROR:
+            self.dealer.refuse_result(session, msg, reason)
+
+    def suspend(self, session: Session, reason: str) -> None:
+        """Route nothing from or to `session` from now on (it may still pay)."""
+        session.suspended = reason
+        self._throttled.discard(session)
+        session.held.clear()
+
+    def resume(self, session: Session) -> None:
+        if session.state is State.ESTABLISHED:
+            session.suspended = ""
 
     def _publish(self, session: Session, msg: list[Any]) -> None:
         self.broker.publish(session, msg)

@@ -208,6 +208,8 @@ class Router:
             mpb = self.stakes.reserved_mpb(realm_name, authid, self.clock.block)
             session.gate = BandwidthGate(mpb, options.burst_messages, self.clock)
         realm.join(session)
+        if self.swap is not None:
+            self.swap.admit(session)
         session.send(
             [
                 m.WELCOME,

@@ -6,6 +6,7 @@ or to its realm (after). Any protocol violation aborts only this session.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections import deque
@@ -78,7 +79,12 @@ class Session:
         "gate",
         "held",
         "max_write_buffer_bytes",
+        "suspended",
+        "closing_timer",
     )
+
+    #: how long a session in CLOSING waits for the peer's GOODBYE before the transport is closed
+    closing_timeout_s = 2.0
 
     def __init__(
         self,
@@ -109,6 +115,10 @@ class Session:
         self.swap: PeerSwap | None = None
         self.gate: BandwidthGate | None = None
         self.held: deque[tuple[int, list[Any], int]] = deque()
+        #: why nothing is routed from or to this session ("" = served); it may still call the
+        #: router's own procedures (e.g. pay a cheque)
+        self.suspended = ""
+        self.closing_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.authid or '?'} {self.state.value}>"
@@ -205,6 +215,10 @@ class Session:
             return
         self.state = State.CLOSING
         self.transport.send_frame(self.serializer.encode([m.GOODBYE, {"message": message}, uri]))
+        # a peer that never answers does not hold its connection (or its routes) open
+        self.closing_timer = asyncio.get_running_loop().call_later(
+            self.closing_timeout_s, self.close_transport
+        )
 
     def close_transport(self) -> None:
         if self.state is State.CLOSED:
@@ -217,4 +231,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
+        if self.closing_timer is not None:
+            self.closing_timer.cancel()
+            self.closing_timer = None
         self.handler.on_closed(self)

@@ -53,7 +53,7 @@ from router_core.chain_clock import ChainClock
 from router_core.chequebooks import ChequebookReader, NoChain
 from router_core.dealer import MetaError
 from router_core.metering import UsageSink
-from router_core.session import Session
+from router_core.session import Session, State
 
 log = logging.getLogger("router_core.swap")
 
@@ -146,6 +146,7 @@ class SwapService:
         chequebooks: ChequebookReader | None = None,
         on_cheque: ChequeSink | None = None,
         max_cached_chequebooks: int = 10_000,
+        payment_grace_ms: int = 10_000,
     ) -> None:
         self.router = router
         self.terms = terms
@@ -158,6 +159,8 @@ class SwapService:
         self._live: dict[UUID, PeerSwap] = {}
         self._books: dict[UUID, ChequebookAccount] = {}
         self._max_books = max_cached_chequebooks
+        #: how long a peer that joins past its disconnect threshold may take to pay
+        self._grace_s = payment_grace_ms / 1000
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -274,8 +277,26 @@ class SwapService:
             debt=ps.debt,
             last_cumulative=int(ps.account.last_cumulative),
             chequebook=agreed.chequebook,
+            suspended=ps.debt > ps.disconnect_threshold,
         )
         return reply
+
+    def admit(self, session: Session) -> None:
+        """After the session joined its realm: a peer still past its disconnect threshold (from
+        an earlier session) is served nothing; it may pay within the grace period, else it is
+        closed."""
+        ps = session.swap
+        realm = session.realm
+        if ps is None or realm is None or ps.debt <= ps.disconnect_threshold:
+            return
+        text = f"debt {ps.debt} is past the disconnect threshold {ps.disconnect_threshold}: pay"
+        realm.suspend(session, text)
+        asyncio.get_running_loop().call_later(self._grace_s, self._grace_over, session, text)
+
+    @staticmethod
+    def _grace_over(session: Session, text: str) -> None:
+        if session.suspended and session.state is State.ESTABLISHED:
+            session.goodbye(m.PAYMENT_REQUIRED, text)
 
     def leave(self, session: Session) -> None:
         ps = session.swap
@@ -322,11 +343,13 @@ class SwapService:
 
     def _disconnect(self, ps: PeerSwap, debt: int) -> None:
         ps.disconnecting = True
-        loop = asyncio.get_running_loop()
         text = f"debt {debt} is past the disconnect threshold {ps.disconnect_threshold}"
         log.info("peer %s in %s: %s, disconnecting", ps.account.peer, ps.realm, text)
+        # at once, not deferred: the rest of this read (pipelined publishes) is not routed
         for session in list(ps.sessions):
-            loop.call_soon(session.goodbye, m.PAYMENT_REQUIRED, text)
+            if session.realm is not None:
+                session.realm.suspend(session, text)
+            session.goodbye(m.PAYMENT_REQUIRED, text)
         self._sink.emit(
             PeerDisconnected(
                 realm=ps.realm,
@@ -414,6 +437,9 @@ class SwapService:
             self._payment_due(ps, session, debt)
         if debt <= ps.disconnect_threshold:
             ps.disconnecting = False
+            for other in ps.sessions:
+                if other.suspended and other.realm is not None:
+                    other.realm.resume(other)
         return {"accepted": True, "amount": amount, "cumulative": claim.cumulative, "debt": debt}
 
     def _rejected(

@@ -10,12 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgpack
+import orjson
 import uvloop
 from eth_account import Account
 from web3 import Web3
+from websockets.asyncio.client import ClientConnection
 
 from domain.events import Event
 from domain.swap import RouterTerms
+from router_core.auth import sign_challenge
 from router_core.chain_clock import ManualClock
 from router_core.chequebooks import Web3Chequebooks
 from router_core.client import MeshSession, SwapOffer, connect
@@ -230,3 +234,45 @@ async def until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -
         if loop.time() > deadline:
             raise AssertionError(f"not within {timeout_s}s: {what}")
         await asyncio.sleep(0.02)
+
+
+def encode(proto: str, msg: Any) -> bytes | str:
+    return msgpack.packb(msg) if proto == "wamp.2.msgpack" else orjson.dumps(msg).decode()
+
+
+def decode(proto: str, data: bytes | str) -> Any:
+    return msgpack.unpackb(data) if proto == "wamp.2.msgpack" else orjson.loads(data)
+
+
+async def login(ws: ClientConnection, proto: str, key: Key) -> Any:
+    """Log in over a raw WebSocket (SWAP offered with a made-up chequebook); returns WELCOME."""
+    await ws.send(
+        encode(
+            proto,
+            [
+                1,
+                REALM,
+                {
+                    "authmethods": ["eth-eip191"],
+                    "authid": key.address,
+                    "roles": {"caller": {}},
+                    "authextra": {
+                        "swap": {
+                            "payment_threshold": 10**6,
+                            "price_per_message": 10**6,
+                            "token": "0x" + "11" * 20,
+                            "chain_id": 31337,
+                            "chequebook": "0x" + "22" * 20,
+                            "version": "1",
+                        }
+                    },
+                },
+            ],
+        )
+    )
+    challenge = decode(proto, await ws.recv())
+    assert challenge[0] == 4, challenge
+    await ws.send(encode(proto, [5, sign_challenge(key.private, challenge[2]), {}]))
+    welcome = decode(proto, await ws.recv())
+    assert welcome[0] == 2, welcome
+    return welcome

@@ -8,17 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
-import orjson
 import pytest
 import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from router_harness import REALM, Harness, Key
-from websockets.asyncio.client import ClientConnection, connect
+from router_harness import Harness, Key, decode, encode, login
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from router_core.auth import sign_challenge
 from router_core.client import MeshSession
 from router_core.router import Limits, Router
 
@@ -64,46 +61,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     node = Live(tmp_path_factory.mktemp("fuzz"))
     yield node
     node.close()
-
-
-def encode(proto: str, msg: Any) -> bytes | str:
-    return msgpack.packb(msg) if proto == "wamp.2.msgpack" else orjson.dumps(msg).decode()
-
-
-def decode(proto: str, data: bytes | str) -> Any:
-    return msgpack.unpackb(data) if proto == "wamp.2.msgpack" else orjson.loads(data)
-
-
-async def login(ws: ClientConnection, proto: str, key: Key) -> None:
-    await ws.send(
-        encode(
-            proto,
-            [
-                1,
-                REALM,
-                {
-                    "authmethods": ["eth-eip191"],
-                    "authid": key.address,
-                    "roles": {"caller": {}},
-                    "authextra": {
-                        "swap": {
-                            "payment_threshold": 10**6,
-                            "price_per_message": 10**6,
-                            "token": "0x" + "11" * 20,
-                            "chain_id": 31337,
-                            "chequebook": "0x" + "22" * 20,
-                            "version": "1",
-                        }
-                    },
-                },
-            ],
-        )
-    )
-    challenge = decode(proto, await ws.recv())
-    assert challenge[0] == 4, challenge
-    await ws.send(encode(proto, [5, sign_challenge(key.private, challenge[2]), {}]))
-    welcome = decode(proto, await ws.recv())
-    assert welcome[0] == 2, welcome
 
 
 async def send_and_observe(
