@@ -1,7 +1,9 @@
 """Publish/subscribe of one realm: subscriptions (exact and prefix match) and event delivery.
 
 An EVENT is serialised once per subscription and serializer, then written to every subscriber;
-each delivery is reported to the realm's routing observer.
+each delivery is reported to the realm's routing observer. Prefix matching looks up the topic's
+prefixes of the lengths some subscription has (at most `MAX_URI_CHARS` lookups), so its cost per
+publish does not grow with the number of prefix subscriptions.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ class Subscription:
 
 
 class Broker:
-    def __init__(self, routed: Routed, max_subscriptions_per_session: int = 10_000) -> None:
+    def __init__(self, routed: Routed, max_subscriptions_per_session: int = 1_000) -> None:
         self._routed = routed
         self._max_subscriptions = max_subscriptions_per_session
         self._exact: dict[str, Subscription] = {}
         self._prefix: dict[str, Subscription] = {}
+        #: the distinct lengths of the prefix subscriptions, ascending
+        self._prefix_lengths: tuple[int, ...] = ()
         self._by_id: dict[int, Subscription] = {}
         self._publication_ids = itertools.count(1)
 
@@ -51,13 +55,20 @@ class Broker:
             session.error(m.SUBSCRIBE, request, m.INVALID_URI, f"invalid topic URI {topic!r}")
             return
         if len(session.subscriptions) >= self._max_subscriptions:
-            session.error(m.SUBSCRIBE, request, m.INVALID_ARGUMENT, "too many subscriptions")
+            session.error(
+                m.SUBSCRIBE,
+                request,
+                m.INVALID_ARGUMENT,
+                f"too many subscriptions (limit {self._max_subscriptions} per session)",
+            )
             return
         table = self._exact if match == "exact" else self._prefix
         sub = table.get(topic)
         if sub is None:
             sub = table[topic] = Subscription(topic, match)
             self._by_id[sub.id] = sub
+            if match == "prefix":
+                self._index_prefixes()
         sub.subscribers[session.id] = session
         session.subscriptions.add(sub.id)
         session.send([m.SUBSCRIBED, request, sub.id])
@@ -78,6 +89,11 @@ class Broker:
             del self._by_id[sub.id]
             table = self._exact if sub.match == "exact" else self._prefix
             table.pop(sub.topic, None)
+            if sub.match == "prefix":
+                self._index_prefixes()
+
+    def _index_prefixes(self) -> None:
+        self._prefix_lengths = tuple(sorted({len(p) for p in self._prefix}))
 
     def session_left(self, session: Session) -> None:
         for sub_id in list(session.subscriptions):
@@ -97,9 +113,13 @@ class Broker:
         exact = self._exact.get(topic)
         if exact is not None:
             self._deliver(session, options, exact, publication, {}, msg, refused)
-        if self._prefix:
-            for prefix, sub in list(self._prefix.items()):
-                if topic.startswith(prefix):
+        if self._prefix_lengths:
+            size = len(topic)
+            for length in self._prefix_lengths:
+                if length > size:
+                    break
+                sub = self._prefix.get(topic[:length])
+                if sub is not None:
                     self._deliver(
                         session, options, sub, publication, {"topic": topic}, msg, refused
                     )

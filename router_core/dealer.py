@@ -70,11 +70,13 @@ class Dealer:
         loop: asyncio.AbstractEventLoop,
         call_timeout_ms: int = 30_000,
         max_pending_per_session: int = 10_000,
+        max_registrations_per_session: int = 1_000,
     ) -> None:
         self._routed = routed
         self._loop = loop
         self._timeout_s = call_timeout_ms / 1000
         self._max_pending = max_pending_per_session
+        self._max_registrations = max_registrations_per_session
         self._procs: dict[str, Registration] = {}
         self._regs: dict[int, Registration] = {}
         self._pending: dict[int, PendingCall] = {}
@@ -95,6 +97,14 @@ class Dealer:
             return
         if uri in self._procs:
             session.error(m.REGISTER, request, m.PROCEDURE_ALREADY_EXISTS, f"{uri} is registered")
+            return
+        if len(session.registrations) >= self._max_registrations:
+            session.error(
+                m.REGISTER,
+                request,
+                m.INVALID_ARGUMENT,
+                f"too many registrations (limit {self._max_registrations} per session)",
+            )
             return
         reg = Registration(uri, session)
         self._procs[uri] = reg

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from router_core import messages as m
@@ -21,6 +22,30 @@ log = logging.getLogger("router_core.realm")
 
 #: messages whose content is routed to another session
 _ROUTING = frozenset((m.PUBLISH, m.CALL, m.YIELD, m.ERROR))
+
+
+class SessionLimits(Protocol):
+    """Per-session limits of routing (`router_core.router.Limits`)."""
+
+    @property
+    def call_timeout_ms(self) -> int: ...
+    @property
+    def max_pending_calls_per_session(self) -> int: ...
+    @property
+    def max_subscriptions_per_session(self) -> int: ...
+    @property
+    def max_registrations_per_session(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Defaults:
+    call_timeout_ms: int = 30_000
+    max_pending_calls_per_session: int = 10_000
+    max_subscriptions_per_session: int = 1_000
+    max_registrations_per_session: int = 1_000
+
+
+_DEFAULT_LIMITS = _Defaults()
 
 
 class RoutingObserver(Protocol):
@@ -36,15 +61,21 @@ class Realm:
         name: str,
         loop: asyncio.AbstractEventLoop,
         observers: Sequence[RoutingObserver] = (),
-        call_timeout_ms: int = 30_000,
-        max_pending_calls_per_session: int = 10_000,
+        limits: SessionLimits | None = None,
     ) -> None:
+        limits = limits or _DEFAULT_LIMITS
         self.name = name
         self.sessions: dict[int, Session] = {}
         self._throttled: set[Session] = set()
         self.set_observers(observers)
-        self.broker = Broker(self.routed)
-        self.dealer = Dealer(self.routed, loop, call_timeout_ms, max_pending_calls_per_session)
+        self.broker = Broker(self.routed, limits.max_subscriptions_per_session)
+        self.dealer = Dealer(
+            self.routed,
+            loop,
+            limits.call_timeout_ms,
+            limits.max_pending_calls_per_session,
+            limits.max_registrations_per_session,
+        )
         self._handlers = {
             m.PUBLISH: self._publish,
             m.SUBSCRIBE: self.broker.subscribe,

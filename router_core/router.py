@@ -23,7 +23,7 @@ from router_core.serializer import Serializer, serializers
 from router_core.session import Session, State
 from router_core.stakes import StakeView
 from router_core.swap import BALANCE_PROCEDURE, CHEQUE_PROCEDURE, SwapService
-from router_core.transport import WampServerFactory, WampServerProtocol
+from router_core.transport import TransportLimits, WampServerFactory, WampServerProtocol
 
 log = logging.getLogger("router_core.router")
 
@@ -57,7 +57,27 @@ class Limits:
     max_write_buffer_bytes: int = 64 << 20
     call_timeout_ms: int = 30_000
     max_pending_calls_per_session: int = 10_000
+    #: welcomed sessions; unauthenticated connections are limited apart (below)
     max_sessions: int = 10_000
+    max_subscriptions_per_session: int = 1_000
+    max_registrations_per_session: int = 1_000
+    #: before WELCOME: the WebSocket upgrade request, then HELLO..WELCOME, each in bounded time
+    handshake_timeout_s: float = 10.0
+    hello_timeout_s: float = 10.0
+    max_handshake_bytes: int = 16 << 10
+    max_pending_frame_bytes: int = 64 << 10
+    max_pending: int = 1_024
+    max_pending_per_address: int = 32
+
+    def transport(self) -> TransportLimits:
+        return TransportLimits(
+            max_frame_bytes=self.max_frame_bytes,
+            max_pending_frame_bytes=min(self.max_pending_frame_bytes, self.max_frame_bytes),
+            max_handshake_bytes=self.max_handshake_bytes,
+            handshake_timeout_s=self.handshake_timeout_s,
+            max_pending=self.max_pending,
+            max_pending_per_address=self.max_pending_per_address,
+        )
 
 
 class Router:
@@ -99,13 +119,7 @@ class Router:
         loop = asyncio.get_running_loop()
         observers = self.observers()
         for name in self.options:
-            realm = Realm(
-                name,
-                loop,
-                observers,
-                self.limits.call_timeout_ms,
-                self.limits.max_pending_calls_per_session,
-            )
+            realm = Realm(name, loop, observers, self.limits)
             if self.swap is not None:
                 realm.dealer.meta[CHEQUE_PROCEDURE] = self.swap.cheque
                 realm.dealer.meta[BALANCE_PROCEDURE] = self.swap.balance
@@ -114,7 +128,7 @@ class Router:
         if self.swap is not None:
             self.swap.start()
         factory = WampServerFactory(
-            self._new_session, self._serializers, self.limits.max_frame_bytes, loop
+            self._new_session, self._serializers, self.limits.transport(), loop
         )
         self._server = await loop.create_server(factory, host, port)
         self.port = int(self._server.sockets[0].getsockname()[1])
@@ -144,12 +158,21 @@ class Router:
             self.limits.max_frame_bytes,
             self.limits.max_write_buffer_bytes,
         )
-        if len(self.sessions) >= self.limits.max_sessions:
-            asyncio.get_running_loop().call_soon(
-                session.abort, m.CLOSE_SYSTEM_SHUTDOWN, "router is full"
-            )
         self.sessions[session.id] = session
+        asyncio.get_running_loop().call_later(
+            self.limits.hello_timeout_s, self._hello_deadline, session
+        )
         return session
+
+    def _hello_deadline(self, session: Session) -> None:
+        if session.state is State.NEW or session.state is State.CHALLENGED:
+            session.abort(
+                m.AUTHENTICATION_FAILED,
+                f"no completed login within {self.limits.hello_timeout_s:g}s",
+            )
+
+    def established(self) -> int:
+        return sum(len(realm.sessions) for realm in self.realms.values())
 
     def on_hello(self, session: Session, realm: str, details: dict[str, Any]) -> None:
         try:
@@ -198,6 +221,8 @@ class Router:
     ) -> None:
         realm = self.realms[realm_name]
         options = self.options[realm_name]
+        if self.established() >= self.limits.max_sessions:
+            raise AuthFailed(m.CLOSE_SYSTEM_SHUTDOWN, "router is full")
         session.authid = authid
         session.authrole = authrole
         session.authmethod = authmethod
@@ -208,6 +233,7 @@ class Router:
             mpb = self.stakes.reserved_mpb(realm_name, authid, self.clock.block)
             session.gate = BandwidthGate(mpb, options.burst_messages, self.clock)
         realm.join(session)
+        session.transport.admitted()
         if self.swap is not None:
             self.swap.admit(session)
         session.send(

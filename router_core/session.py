@@ -38,6 +38,9 @@ class Transport(Protocol):
 
     def buffered_bytes(self) -> int: ...
 
+    def admitted(self) -> None:
+        """The session was welcomed (lifts the limits of an unauthenticated connection)."""
+
 
 class State(enum.Enum):
     NEW = "new"
