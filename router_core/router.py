@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from domain.events import ChainHead
 from router_core import messages as m
 from router_core.auth import ANONYMOUS, ETH_EIP191, AuthFailed, Challenge, EthEip191Auth
 from router_core.chain_clock import ChainClock
@@ -90,8 +91,15 @@ class Router:
         sink: UsageSink | None = None,
         swap: SwapService | None = None,
         limits: Limits | None = None,
+        chain_id: int = 0,
+        watermark_every_blocks: int = 0,
     ) -> None:
         self.address = address
+        self.chain_id = chain_id
+        #: emit ChainHead(block - 1) for each realm at least this often (0: never)
+        self.watermark_every_blocks = watermark_every_blocks
+        self._last_watermark = -(2**62)
+        self._reading_paused = False
         self.options = {r.name: r for r in realms}
         self.stakes = stakes
         self.clock = clock
@@ -104,6 +112,47 @@ class Router:
         self._serializers: dict[str, Serializer] = serializers()
         self._server: asyncio.Server | None = None
         self.port = 0
+
+    def pause_reading(self) -> None:
+        """Back-pressure from the ledger hand-off: read nothing more from any session."""
+        self._reading_paused = True
+        for session in self.sessions.values():
+            session.transport.pause()
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
+        for session in self.sessions.values():
+            if not session.held:  # a throttled session stays paused until its next block
+                session.transport.resume()
+
+    def _on_block(self, block: int) -> None:
+        self._check_reservations(block)
+        self._watermark(block)
+
+    def _check_reservations(self, block: int) -> None:
+        """A reservation is checked at every block, not only at join: a session whose stake
+        ended is served nothing more and closed; a changed stake changes its budget."""
+        for realm in self.realms.values():
+            for session in list(realm.sessions.values()):
+                if session.authmethod != ETH_EIP191 or session.state is not State.ESTABLISHED:
+                    continue
+                mpb = self.stakes.reserved_mpb(realm.name, session.authid, block)
+                if mpb <= 0:
+                    text = f"{session.authid} no longer holds a reservation in {realm.name!r}"
+                    realm.suspend(session, text)
+                    session.goodbye(m.NO_RESERVATION, text)
+                elif session.gate is not None:
+                    session.gate.mpb = mpb
+
+    def _watermark(self, block: int) -> None:
+        every = self.watermark_every_blocks
+        if self.sink is None or every <= 0 or block - self._last_watermark < every:
+            return
+        # everything of the blocks before `block` is metered: a signed watermark per realm, so
+        # an idle router never holds an epoch open
+        self._last_watermark = block
+        for name in self.realms:
+            self.sink.emit(ChainHead(realm=name, chain_id=self.chain_id, block=block - 1))
 
     def observers(self) -> list[RoutingObserver]:
         found: list[RoutingObserver] = []
@@ -125,6 +174,7 @@ class Router:
                 realm.dealer.meta[BALANCE_PROCEDURE] = self.swap.balance
             self.realms[name] = realm
             self.clock.on_block(realm.on_block)
+        self.clock.on_block(self._on_block)
         if self.swap is not None:
             self.swap.start()
         factory = WampServerFactory(
@@ -159,6 +209,8 @@ class Router:
             self.limits.max_write_buffer_bytes,
         )
         self.sessions[session.id] = session
+        if self._reading_paused:
+            protocol.pause()
         asyncio.get_running_loop().call_later(
             self.limits.hello_timeout_s, self._hello_deadline, session
         )
