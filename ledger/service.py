@@ -38,6 +38,8 @@ class ServiceConfig:
     db_path: Path
     trust: Trust
     grace_blocks: int = 5
+    #: a router whose watermark is this many blocks behind the chain no longer holds epochs open
+    inactive_after_blocks: int | None = 600
     gap_timeout_ms: int = 5000
     max_buffered_records: int = 2048  # per partition; the partition is paused beyond it
     commit_every_records: int = 512
@@ -78,6 +80,7 @@ class LedgerService:
         self.idle_polls = 0
         self._staged = 0
         self._wait_verdicts: dict[Any, list[Any]] = {}
+        self._payouts_resent = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start_query_server(self) -> int:
@@ -306,7 +309,18 @@ class LedgerService:
     def _close_due_epochs(self) -> None:
         if self.emitter is None:
             return
-        for event in self.projector.due_epochs(self.config.grace_blocks):
+        if not self._payouts_resent and self.idle_polls >= 1 and self.caught_up():
+            # an epoch closed and committed whose PayoutsComputed never reached the log (the
+            # process died before the emitter spooled it) must still become settleable
+            self._payouts_resent = True
+            for payouts in self.projector.unconfirmed_payouts():
+                log.warning(
+                    "re-emitting PayoutsComputed for %s epoch %d", payouts.realm, payouts.epoch
+                )
+                self.emitter.emit(payouts)
+        for event in self.projector.due_epochs(
+            self.config.grace_blocks, self.config.inactive_after_blocks
+        ):
             if self._requested_close.get(event.realm, -1) >= event.epoch:
                 continue
             self._requested_close[event.realm] = event.epoch
