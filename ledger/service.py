@@ -101,17 +101,20 @@ class LedgerService:
             self._dead_producer.close(timeout=5)
         self.con.close()
 
-    def _connect(self) -> None:
+    def connect(self, consumer: Any = None) -> None:
+        """Assign every partition of the topics and seek to the stored offsets. `consumer` is a
+        kafka-python consumer (a new one by default; the projector simulation passes its own)."""
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.config.bootstrap,
-            enable_auto_commit=False,
-            group_id=None,
-            fetch_max_bytes=64 << 20,
-            max_partition_fetch_bytes=16 << 20,
-            receive_buffer_bytes=4 << 20,
-        )
+        if consumer is None:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.config.bootstrap,
+                enable_auto_commit=False,
+                group_id=None,
+                fetch_max_bytes=64 << 20,
+                max_partition_fetch_bytes=16 << 20,
+                receive_buffer_bytes=4 << 20,
+            )
         tps = []
         for topic in self.config.topics:
             parts = None
@@ -139,7 +142,7 @@ class LedgerService:
     ) -> None:
         """Consume until stop() or `until(self)` is true (checked after every pass)."""
         if self._consumer is None:
-            self._connect()
+            self.connect()
         while not self._stop.is_set():
             self._fetch()
             changed = self._process()
@@ -351,7 +354,7 @@ def replay(
             dead_letters=False,
         )
     )
-    service._connect()
+    service.connect()
     # Tansu reports a partition's end as its last batch's base offset + 1, so without targets the
     # replay runs until the log stops yielding records rather than trusting end offsets
     service.limits = dict(targets or {})
