@@ -224,4 +224,3 @@ class RealmStakes:
         if value_at(steps, first_block) <= 0:
             return False
         return all(v > 0 for b, v in steps if first_block < b <= last_block)
-
