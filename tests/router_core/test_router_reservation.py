@@ -27,13 +27,16 @@ def test_peer_over_its_reservation_is_throttled_then_refused(harness: Harness) -
             )
             for i in range(10)
         ]
-        await asyncio.sleep(0.3)
+        await until(
+            lambda: len(got) == 4 and sum(s.done() for s in sends) == 7,
+            "4 delivered and 3 refused in this block",
+        )
         assert sorted(got) == [0, 1, 2, 3]  # the reservation: 4 messages in this block
         refused = [s for s in sends if s.done() and isinstance(s.exception(), ApplicationError)]
         assert len(refused) == 3
         assert all(s.exception().error == "mesh.error.bandwidth_exceeded" for s in refused)  # type: ignore[union-attr]
         harness.clock.advance()  # next block: the 3 held messages go through
-        await asyncio.sleep(0.2)
+        await until(lambda: len(got) == 7, "the held messages were released")
         assert sorted(got) == [0, 1, 2, 3, 4, 5, 6]
         assert sum(1 for s in sends if s.done() and s.exception() is None) == 7
         await router.stop()
