@@ -186,31 +186,30 @@ class Emitter:
         block: int,
     ) -> None:
         """Record one routed message (thread-safe; blocks only under spool back-pressure)."""
-        if kind not in _KINDS:
-            raise ValueError(f"unknown meter kind {kind!r} (one of {METER_KINDS})")
         if not (
-            type(payload_bytes) is int
+            kind in _KINDS
+            and type(payload_bytes) is int
             and type(block) is int
             and 0 <= payload_bytes < _INT_LIMIT
             and 0 <= block < _INT_LIMIT
         ):  # one bad value would make the projector refuse the whole record
+            if kind not in _KINDS:
+                raise ValueError(f"unknown meter kind {kind!r} (one of {METER_KINDS})")
             raise ValueError(f"payload_bytes {payload_bytes!r} / block {block!r} out of range")
         with self._lock:
             batch = self._open.get(realm)
             if batch is not None and batch.kind == _METERED:
                 builder = batch.metered
+                peers = builder._peers  # noqa: SLF001 - its interning dictionaries
                 cost = self._msg_bytes
-                if (
-                    from_peer not in builder._peers  # noqa: SLF001 - its interning dictionaries
-                    or to_peer not in builder._peers  # noqa: SLF001
-                    or uri not in builder._uris  # noqa: SLF001
-                ):
+                if from_peer not in peers or to_peer not in peers or uri not in builder._uris:  # noqa: SLF001
                     cost += self._string_bytes(builder, from_peer, to_peer, uri)
-                if batch.n < self._max_events and batch.size + cost <= self._max_bytes:
+                n = batch.n
+                if n < self._max_events and batch.size + cost <= self._max_bytes:
                     builder.add(from_peer, to_peer, kind, uri, payload_bytes, block)
                     batch.size += cost
-                    batch.n += 1
-                    if batch.n >= self._max_events:
+                    batch.n = n = n + 1
+                    if n >= self._max_events:
                         self._seal_now(realm, batch)
                     return
             # a new batch: the realm's open one (full, or of the other kind) is sealed first
