@@ -60,6 +60,19 @@ def _opener(target: str, path: Path):  # type: ignore[no-untyped-def]
             )
 
         return commit
+    if target == "swap":
+        from domain.swap import PeerAccount
+        from router_core.swap import open_accounts
+
+        accounts = open_accounts(path)
+        account = PeerAccount("0xrouter", "r", "0xpeer")
+
+        def commit(k: int) -> None:
+            account.charge(1, k)  # after k charges: k messages, a debt of 1 + 2 + … + k
+            accounts.save(account)
+
+        accounts.save(account)
+        return commit
     if target == "cashout":
         from domain.swap import ChequeClaim
         from router_core.cashout import CashoutPolicy, CashoutQueue
