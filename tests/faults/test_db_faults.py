@@ -1,7 +1,6 @@
 """Storage faults in the SQLite files (settlement journal, router cash-out queue and SWAP accounts)
-and the DuckDB
-projection: a writer is SIGKILLed at a random commit, then its files suffer a torn write, a lost
-fsync, a bit flip, or it ran out of space. After each: every acknowledged (committed) row is there
+and the DuckDB projection: a writer is SIGKILLed at a random commit, then its files suffer a torn
+write, a lost fsync, a bit flip, or it ran out of space. After each: every acknowledged (committed) row is there
 unchanged, or opening the store refuses with an error that names the damage.
 
 Seeds: FAULT_SEEDS (comma-separated), `make fault` for long runs."""
