@@ -40,10 +40,13 @@ def check(directory: Path) -> None:
     cp = report.checkpoint
     if cp is not None:
         click.echo(f"source {cp.source or '(unknown)'}; acknowledged up to seq {cp.acked_seq}")
-    click.echo(
-        f"segments {report.segments or '-'}; {len(report.frames)} unacknowledged records; "
-        f"tip seq {report.tip_seq}"
-    )
+    if report.ok:
+        click.echo(
+            f"segments {report.segments or '-'}; {len(report.frames)} unacknowledged records; "
+            f"tip seq {report.tip_seq}"
+        )
+    else:
+        click.echo(f"segments {report.segments or '-'}; tip unknown")
     for note in report.notes:
         click.echo(f"note: {note} (cut when the emitter starts: that append never completed)")
     click.echo(report.describe())
