@@ -4,7 +4,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.meshledger-setup
-PACKAGES := domain ledger router_core settlement infra
+PACKAGES := domain ledger router_core settlement infra indexer
 
 .PHONY: setup demo test lint typecheck unit bench clean
 
