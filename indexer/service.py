@@ -329,7 +329,8 @@ class Indexer:
         every log emitted above it."""
         cp = self.checkpoint
         numbers = cp.window.numbers()
-        canonical = self.source.block_hashes(numbers)
+        canonical = self.source.block_hashes([n for n in numbers if n >= 0])
+        canonical[-1] = ZERO_HASH  # before genesis: the start of every branch
         ancestor = cp.window.ancestor(canonical)
         ancestor_hash = cp.window.hash_at(ancestor) or ""
         depth = cp.cursor_block - ancestor
