@@ -51,7 +51,9 @@ def build_source(cfg: IndexerConfig) -> Any:
         raise click.ClickException(
             f"{cfg.rpc} serves chain {chain_id}, the config says {cfg.chain_id}"
         )
-    return RpcSource(rpc, cfg.contracts, cfg.chain_id)
+    return RpcSource(
+        rpc, cfg.contracts, cfg.chain_id, cfg.log_range_blocks, cfg.log_range_max_blocks
+    )
 
 
 @click.group()
@@ -101,14 +103,14 @@ def run(config_path: Path, until_block: int | None, verbose: bool) -> None:
         signal.signal(sig, lambda *_: stop.set())
     click.echo(f"indexer {signer.address} on chain {cfg.chain_id} via {cfg.source}", err=True)
     with Progress(
-        TextColumn("block {task.completed:,} of {task.total:,}"),
+        TextColumn("block {task.completed:,.0f} of {task.fields[safe]:,}"),
         BarColumn(),
         TextColumn("{task.fields[events]:,} events"),
         TimeElapsedColumn(),
         console=console,
         transient=True,
     ) as bar:
-        task = bar.add_task("sync", total=None, events=0)
+        task = bar.add_task("sync", total=None, events=0, safe=0)
 
         def progress(ix: Indexer) -> None:
             cp = ix.checkpoint
@@ -116,6 +118,7 @@ def run(config_path: Path, until_block: int | None, verbose: bool) -> None:
                 task,
                 completed=max(cp.cursor_block, 0),
                 total=max(ix.safe_head, 1),
+                safe=ix.safe_head,
                 events=cp.events_emitted,
             )
 

@@ -169,3 +169,29 @@ def busy_chain(chain: MeshChain) -> None:
     chain.cash(router, 300)
     chain.cash(service, 2000)  # bounces: 700 left in the chequebook
     chain.settle_epoch("realm.one", 0, user, [router, service])
+
+
+class Burst:
+    """Many stakes per transaction (StakeBurst): two logs (Staked, Transfer) per stake."""
+
+    def __init__(self, chain: MeshChain, realm: str = "burst") -> None:
+        from settlement.contracts import deploy
+
+        self.chain = chain
+        self.realm = realm
+        owner = chain.accounts[0]
+        chain.register(realm, chain.accounts[1])
+        self.contract = deploy(
+            chain.w3,
+            "StakeBurst",
+            chain.stack.staking.address,
+            chain.stack.token.address,
+            sender=owner,
+        )
+        chain.send(chain.stack.token.functions.mint(self.contract.address, 10**27), owner)
+
+    def call(self, stakes: int) -> Any:
+        return self.contract.functions.burst(realm_id(self.realm), 0, ZERO, 1, stakes)
+
+    def send(self, stakes: int) -> None:
+        self.chain.send(self.call(stakes), self.chain.accounts[0])

@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import Harness
+from mesh_chain import ZERO, MeshChain, rpc
+
 from domain.events import ChainHead, Event, LogRetracted, StakeChanged, log_identity
 from indexer.service import SyncConfig
 from indexer.window import ReorgTooDeep
-from mesh_chain import ZERO, MeshChain, rpc
 from settlement.merkle import realm_id
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def surviving(events: list[Event]) -> dict[tuple[int, str, int], Event]:
         ident = log_identity(e)
         if isinstance(e, LogRetracted):
             assert ident in alive, f"retraction of {ident}, which is not (or no longer) emitted"
-            assert alive.pop(ident).TYPE == e.retracted
+            assert e.retracted == alive.pop(ident).TYPE
         elif ident is not None:
             assert ident not in alive, f"{ident} emitted twice"
             alive[ident] = e
@@ -42,16 +42,24 @@ def stake_calls(mesh: MeshChain, count: int, realm: str = "r") -> None:
 def replacement_stake(mesh: MeshChain) -> dict[str, str]:
     call = mesh.stack.staking.functions.stake(realm_id("r"), 0, ZERO, 999)
     tx = call.build_transaction({"from": mesh.accounts[6], "gas": 300_000})
-    return {k: hex(v) if isinstance(v, int) else v for k, v in tx.items() if k in ("from", "to", "data", "gas")}
+    return {
+        k: hex(v) if isinstance(v, int) else v
+        for k, v in tx.items()
+        if k in ("from", "to", "data", "gas")
+    }
 
 
-def fresh_backfill(mesh: MeshChain, broker: object, tmp: Path, head: int) -> dict[tuple[int, str, int], Event]:
+def fresh_backfill(
+    mesh: MeshChain, broker: object, tmp: Path, head: int
+) -> dict[tuple[int, str, int], Event]:
     fresh = Harness(mesh, broker, tmp, SyncConfig(confirmations=0))  # type: ignore[arg-type]
     fresh.sync_to(head)
     return surviving(fresh.events())
 
 
-@pytest.mark.parametrize(("depth", "how"), [(1, "reorg"), (3, "reorg"), (12, "rollback"), (64, "reorg")])
+@pytest.mark.parametrize(
+    ("depth", "how"), [(1, "reorg"), (3, "reorg"), (12, "rollback"), (64, "reorg")]
+)
 def test_reorg_below_and_above_the_confirmation_depth(
     harness: Harness, tmp_path: Path, depth: int, how: str
 ) -> None:
