@@ -179,6 +179,82 @@ def status(config_path: Path, as_json: bool) -> None:
         click.echo(f"{key:20} {value}")
 
 
+def collect(source: Any, first: int, last: int) -> tuple[str, list[Any]]:
+    """Every domain event `source` reports for blocks first..last, and block `last`'s hash."""
+    from indexer.decoding import RealmNames
+
+    names = RealmNames()
+    events: list[Any] = []
+    tip = ""
+    while first <= last:
+        end = min(first + max(1, source.span_blocks) - 1, last)
+        chunk = source.fetch(first, end)
+        events += source.decode(chunk, names)
+        tip, first = chunk.tip.hash, end + 1
+    return tip, events
+
+
+def differences(rpc_events: list[Any], graph_events: list[Any]) -> list[str]:
+    """One line per log that only one source reports or that the two report differently."""
+    from domain.events import event_to_dict, log_identity
+
+    def keyed(events: list[Any]) -> dict[Any, dict[str, Any]]:
+        return {log_identity(e): event_to_dict(e) for e in events}
+
+    a, b = keyed(rpc_events), keyed(graph_events)
+    lines = []
+    for ident in sorted(a.keys() | b.keys(), key=lambda i: (i[1], i[2])):
+        where = f"block hash {ident[1]} log {ident[2]}"
+        if ident not in b:
+            lines.append(f"only in rpc:   {a[ident]['type']} at {where}")
+        elif ident not in a:
+            lines.append(f"only in graph: {b[ident]['type']} at {where}")
+        elif a[ident] != b[ident]:
+            fields = sorted(
+                k for k in a[ident].keys() | b[ident].keys() if a[ident].get(k) != b[ident].get(k)
+            )
+            detail = ", ".join(
+                f"{k}: rpc {a[ident].get(k)!r} graph {b[ident].get(k)!r}" for k in fields
+            )
+            lines.append(f"differs:       {a[ident]['type']} at {where}: {detail}")
+    return lines
+
+
+@indexer.command("verify")
+@_config_option
+@click.option("--graph", "graph_url", required=True, help="The subgraph's GraphQL URL.")
+@click.option("--rpc", "rpc_url", default=None, help="JSON-RPC URL (default: the config's rpc).")
+@click.option("--block", type=int, required=True, help="Compare everything up to this block.")
+def verify(config_path: Path, graph_url: str, rpc_url: str | None, block: int) -> None:
+    """Compare what the RPC source and the subgraph say about the chain up to one block; print
+    every difference. Exit 0: the same events; 1: differences; 2: the subgraph is behind."""
+    from indexer.graph import GraphSource
+    from indexer.rpc import JsonRpc, RpcSource
+
+    cfg = _load(config_path)
+    rpc = RpcSource(JsonRpc(rpc_url or cfg.rpc), cfg.contracts, cfg.chain_id)
+    graph = GraphSource(graph_url, cfg.contracts, cfg.chain_id)
+    indexed, _ = graph.meta()
+    if indexed < block:
+        click.echo(
+            f"the subgraph has indexed up to block {indexed}, {block - indexed} behind {block}"
+        )
+        sys.exit(2)
+    start = cfg.sync.start_block
+    rpc_tip, rpc_events = collect(rpc, start, block)
+    graph_tip, graph_events = collect(graph, start, block)
+    lines = differences(rpc_events, graph_events)
+    if rpc_tip != graph_tip:
+        lines.insert(0, f"block {block}: rpc hash {rpc_tip}, graph hash {graph_tip}")
+    for line in lines:
+        click.echo(line)
+    click.echo(
+        f"blocks {start}..{block}: {len(rpc_events)} events from rpc, {len(graph_events)} from "
+        f"the subgraph, {'no differences' if not lines else f'{len(lines)} differences'}"
+    )
+    sys.exit(1 if lines else 0)
+
+
 @click.command("indexer")
 @click.option("--blocks", type=int, default=1000, show_default=True, help="Blocks of the chain.")
 @click.option(

@@ -152,6 +152,7 @@ def _static(abi_type: str, word: str) -> Any:
     raise Unmappable(f"unsupported static ABI type {abi_type}")
 
 
+@lru_cache(maxsize=16)
 def contract_events(artifact: str) -> dict[str, EventAbi]:
     """topic0 -> event layout, for every event in a committed artifact's ABI."""
     layouts = [
@@ -384,13 +385,11 @@ class LogDecoder:
     def __init__(self, chain_id: int, contracts: Contracts) -> None:
         self.chain_id = chain_id
         self.contracts = contracts
-        staking = _table("RealmStaking", STAKING_BUILDERS)
-        chequebook = _table("Chequebook", CHEQUEBOOK_BUILDERS)
-        token = _table("WMPToken", TOKEN_BUILDERS, only=("Transfer",))
+        chequebook = _table("Chequebook")
         self._by_address: dict[str, dict[str, tuple[EventAbi, Builder]]] = {
-            contracts.staking.lower(): staking,
-            contracts.settlement.lower(): _table("EpochSettlement", SETTLEMENT_BUILDERS),
-            contracts.token.lower(): token,
+            contracts.staking.lower(): _table("RealmStaking"),
+            contracts.settlement.lower(): _table("EpochSettlement"),
+            contracts.token.lower(): _table("WMPToken"),
             **{c.lower(): chequebook for c in contracts.chequebooks},
         }
         self._mesh = {c.lower() for c in contracts.mesh()}
@@ -433,9 +432,35 @@ class LogDecoder:
             return _unmapped(meta, topic0, "event not indexed by meshledger")
         layout, build = entry
         try:
-            return build(layout.decode(topics, log["data"]), meta, names)
-        except (Unmappable, ValueError, IndexError, KeyError) as exc:
+            args = layout.decode(topics, log["data"])
+        except (Unmappable, ValueError, IndexError) as exc:
             return _unmapped(meta, topic0, f"{layout.name}: {exc}")
+        return build_event(layout, build, args, meta, names)
+
+
+def build_event(
+    layout: EventAbi, build: Builder, args: dict[str, Any], meta: LogMeta, names: RealmNames
+) -> Event:
+    """The domain event of one decoded log (from RPC or from a subgraph entity)."""
+    try:
+        return build(args, meta, names)
+    except (Unmappable, ValueError, IndexError, KeyError) as exc:
+        return _unmapped(meta, layout.topic0, f"{layout.name}: {exc}")
+
+
+#: artifact -> builders: every contract the indexer reads and how its events become domain events
+BUILDERS: dict[str, Mapping[str, Builder]] = {
+    "RealmStaking": STAKING_BUILDERS,
+    "Chequebook": CHEQUEBOOK_BUILDERS,
+    "EpochSettlement": SETTLEMENT_BUILDERS,
+    "WMPToken": TOKEN_BUILDERS,
+}
+
+
+def event_builder(artifact: str, event: str) -> tuple[EventAbi, Builder]:
+    """Layout and builder of one event of one contract."""
+    layout = next(e for e in contract_events(artifact).values() if e.name == event)
+    return layout, BUILDERS[artifact][event]
 
 
 def _unmapped(meta: LogMeta, topic0: str, reason: str) -> LogUnmapped:
@@ -452,13 +477,10 @@ def _unmapped(meta: LogMeta, topic0: str, reason: str) -> LogUnmapped:
     )
 
 
-def _table(
-    artifact: str, builders: Mapping[str, Builder], only: tuple[str, ...] | None = None
-) -> dict[str, tuple[EventAbi, Builder]]:
+def _table(artifact: str) -> dict[str, tuple[EventAbi, Builder]]:
     table = {}
+    builders = BUILDERS[artifact]
     for topic0, layout in contract_events(artifact).items():
-        if only is not None and layout.name not in only:
-            continue
         build = builders.get(layout.name)
         if build is not None:
             table[topic0] = (layout, build)
