@@ -8,6 +8,7 @@ upcasting, so an old log always replays. Amounts are integers in token base unit
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -32,10 +33,16 @@ class Event:
     realm: str
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = {name: getattr(self, name) for name in _field_names(type(self))}
         data["type"] = self.TYPE
         data["v"] = self.class_version
         return data
+
+
+@functools.cache
+def _field_names(cls: type[Event]) -> tuple[str, ...]:
+    # dataclasses.fields() is slow on the encoding path: every emitted event goes through here
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 EVENT_TYPES: dict[str, type[Event]] = {}
@@ -619,7 +626,10 @@ _STRING_INTS = AMOUNT_FIELDS | SIGNED_AMOUNT_FIELDS
 
 
 def _amounts_to_str(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: str(v) if k in _STRING_INTS and isinstance(v, int) else v for k, v in data.items()}
+    for key in _STRING_INTS.intersection(data):
+        if isinstance(data[key], int):
+            data[key] = str(data[key])
+    return data
 
 
 def _amounts_from_str(data: dict[str, Any], where: str) -> dict[str, Any]:

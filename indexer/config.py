@@ -23,7 +23,7 @@ chain_id = 31337
 start_block = 0                      # the contracts' deployment block
 # confirmations = 12                 # omitted: the chain's `finalized` tag
 window_blocks = 256
-log_range_blocks = 1000              # first eth_getLogs range; doubles up to log_range_max_blocks
+log_range_blocks = 200               # first eth_getLogs range; doubles up to log_range_max_blocks
 data_dir = "var/indexer"             # checkpoint and the emitter's spool
 key_file = "indexer.key"             # or env MESHLEDGER_INDEXER_KEY_FILE / MESHLEDGER_INDEXER_KEY
 bootstrap = "127.0.0.1:9092"
@@ -77,7 +77,7 @@ class IndexerConfig:
     feeds: list[FeedConfig] = field(default_factory=list)
     sequencer: SequencerConfig | None = None
     #: first eth_getLogs range and the most it grows to (halved on "too many results")
-    log_range_blocks: int = 1000
+    log_range_blocks: int = 200
     log_range_max_blocks: int = 5000
 
     @property
@@ -150,7 +150,7 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> IndexerConfig:
         bootstrap=str(data.get("bootstrap", "")),
         feeds=feeds,
         sequencer=sequencer,
-        log_range_blocks=max(1, _int(data, "log_range_blocks", 1000)),
+        log_range_blocks=max(1, _int(data, "log_range_blocks", 200)),
         log_range_max_blocks=max(1, _int(data, "log_range_max_blocks", 5000)),
     )
 

@@ -21,6 +21,9 @@ import requests
 from domain.events import Event
 from indexer.decoding import TRANSFER_TOPIC, Contracts, LogDecoder, RealmNames
 
+#: logs per chunk the range adapts to: big enough to amortise a request, small enough that the
+#: next chunk's fetch overlaps this one's decoding and emission
+CHUNK_TARGET_LOGS = 10_000
 #: JSON-RPC calls per HTTP/WebSocket batch
 BATCH_MAX_CALLS = 500
 #: a node's answer to one request, at most (a wider log range is split instead)
@@ -239,7 +242,7 @@ class RpcSource:
         rpc: JsonRpc,
         contracts: Contracts,
         chain_id: int,
-        span_blocks: int = 1000,
+        span_blocks: int = 200,
         span_max_blocks: int = 5000,
     ) -> None:
         self.rpc = rpc
@@ -319,7 +322,10 @@ class RpcSource:
                 self.span_blocks = max(1, min(self.span_blocks, (last - first + 1) // 2))
             return self._logs(first, mid) + self._logs(mid + 1, last)
         with self._lock:
-            if last - first + 1 >= self.span_blocks:
+            width = last - first + 1
+            if len(logs) > CHUNK_TARGET_LOGS:
+                self.span_blocks = max(1, width * CHUNK_TARGET_LOGS // len(logs))
+            elif width >= self.span_blocks and len(logs) * 2 <= CHUNK_TARGET_LOGS:
                 self.span_blocks = min(self.span_blocks * 2, self.span_max_blocks)
         return logs
 

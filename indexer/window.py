@@ -61,8 +61,10 @@ class HashWindow:
             if number >= low:
                 self._blocks[number] = (hashes[number], [])
         for event in events:
-            ident = log_identity(event)
             block = getattr(event, "block", -1)
+            if block < low:
+                continue
+            ident = log_identity(event)
             entry = self._blocks.get(block)
             if ident is not None and entry is not None and entry[0] == ident[1]:
                 entry[1].append(EmittedLog(ident[2], event.TYPE, event.realm))
