@@ -8,7 +8,6 @@ upcasting, so an old log always replays. Amounts are integers in token base unit
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -39,10 +38,15 @@ class Event:
         return data
 
 
-@functools.cache
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _field_names(cls: type[Event]) -> tuple[str, ...]:
     # dataclasses.fields() is slow on the encoding path: every emitted event goes through here
-    return tuple(f.name for f in dataclasses.fields(cls))
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 EVENT_TYPES: dict[str, type[Event]] = {}
@@ -461,6 +465,46 @@ class PriceObserved(Event):
     status: str
     block: int
     block_hash: str
+
+
+#: every event type an indexer source emits
+INDEXER_EVENTS: tuple[type[Event], ...] = (
+    RealmCreated,
+    RealmParamsChanged,
+    ApiEnabled,
+    KeeperChanged,
+    StakeChanged,
+    ChainHead,
+    ChequebookDeposited,
+    ChequeCashed,
+    ChequeBounced,
+    ChequebookWithdrawn,
+    TokenTransferred,
+    SettlementFunded,
+    SettlementPosted,
+    SettlementPushed,
+    SettlementClaimed,
+    LogUnmapped,
+    LogRetracted,
+    PriceObserved,
+)
+#: types that may be carried under realm "" (chain-wide); settlement events go there when their
+#: realm id was never registered
+CHAIN_WIDE_EVENTS: tuple[type[Event], ...] = (
+    ChainHead,
+    ChequebookDeposited,
+    ChequeCashed,
+    ChequeBounced,
+    ChequebookWithdrawn,
+    TokenTransferred,
+    SettlementFunded,
+    SettlementPosted,
+    SettlementPushed,
+    SettlementClaimed,
+    LogUnmapped,
+    LogRetracted,
+    PriceObserved,
+)
 
 
 # -- metering and SWAP (routers) ----------------------------------------------------------------
