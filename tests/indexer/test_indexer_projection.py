@@ -163,6 +163,35 @@ def test_deep_reorg_retracts_undoes_and_flags_the_closed_epoch(
         assert flags and {r[1] for r in flags} == {"StakeChanged"}
         assert max(r[0] for r in flags) <= closed
         assert rows(fresh, "SELECT * FROM reorg_flags") == []
+        from ledger.query import run_query
+
+        shown = run_query(live.con, "reorgs", {"realm": "r"})
+        assert len(shown["rows"]) == len(rows(live, "SELECT * FROM reorg_flags")) > 0
     finally:
         live.close()
         fresh.close()
+
+
+def test_usd_values_use_the_last_price_at_the_epoch_end_or_say_stale(tmp_path: Path) -> None:
+    from ledger import store
+    from ledger.query import run_query
+
+    con = store.connect(tmp_path / "usd.duckdb")
+    feed = "0x" + "11" * 20
+    for epoch, last_block, total in ((0, 9, 10**18), (1, 19, 20 * 10**18), (2, 29, 5 * 10**18)):
+        con.execute(
+            "INSERT INTO epochs VALUES (?, ?, ?, ?, '{}', 0, 0, ?, 0, 1, '0x', 0, NULL)",
+            ["r", epoch, last_block - 9, last_block, total],
+        )
+        con.execute("INSERT INTO payouts VALUES ('r', ?, '0xa', 'router', ?)", [epoch, total])
+    prices = [(12, 2 * 10**8, "valid"), (25, 3 * 10**8, "stale")]
+    for block, answer, status in prices:
+        con.execute(
+            "INSERT INTO prices VALUES (1, ?, 1, ?, 8, 0, ?, ?, '0x', 's', ?)",
+            [feed, str(answer), status, block, block],
+        )
+    epochs = run_query(con, "epochs_usd", {"realm": "r", "feed": feed})
+    usd = {r[1]: r[epochs["columns"].index("usd")] for r in epochs["rows"]}
+    assert usd == {0: "stale", 1: "40.00", 2: "stale"}  # no price yet; 20 WMP at $2; stale
+    payouts = run_query(con, "payouts_usd", {"realm": "r", "epoch": 1, "feed": feed})
+    assert [r[payouts["columns"].index("usd")] for r in payouts["rows"]] == ["40.00"]
