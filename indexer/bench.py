@@ -81,7 +81,14 @@ def build_chain(anvil: Anvil, blocks: int, stakes_per_block: int) -> tuple[Contr
 def _emitter(bootstrap: str, spool: Path, **overrides: Any) -> Emitter:
     import os
 
-    cfg = EmitterConfig(bootstrap=bootstrap, spool_dir=spool, fsync=False, **overrides)
+    # as `meshledger indexer run` configures it (gzip batches); the naive loop gets the same
+    cfg = EmitterConfig(
+        bootstrap=bootstrap,
+        spool_dir=spool,
+        fsync=False,
+        producer_options={"compression_type": "gzip"},
+        **overrides,
+    )
     return Emitter(Signer(os.urandom(32)), cfg)
 
 

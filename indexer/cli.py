@@ -97,7 +97,11 @@ def run(config_path: Path, until_block: int | None, verbose: bool) -> None:
     if cfg.feeds or cfg.sequencer:
         feeds = FeedReader(JsonRpc(cfg.rpc), cfg.chain_id, cfg.feeds, cfg.sequencer)
     waiter = HeadWaiter(cfg.rpc or cfg.graph, cfg.sync.poll_interval_s)
-    emitter = Emitter(signer, EmitterConfig(bootstrap=cfg.bootstrap, spool_dir=cfg.spool_dir))
+    producer = {} if cfg.compression == "none" else {"compression_type": cfg.compression}
+    emitter = Emitter(
+        signer,
+        EmitterConfig(bootstrap=cfg.bootstrap, spool_dir=cfg.spool_dir, producer_options=producer),
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -160,7 +164,6 @@ def status_of(cfg: IndexerConfig) -> dict[str, Any]:
         "emitted_hash": cp.cursor_hash,
         "lag_blocks": None if head is None else head - cp.cursor_block,
         "events_emitted": cp.events_emitted,
-        "half_emitted_chunk": cp.pending is not None,
         "last_reorg": cp.last_reorg,
         "checkpoint_age_s": round(time.time() - cp.updated_unix, 1),
     }

@@ -27,6 +27,7 @@ log_range_blocks = 200               # first eth_getLogs range; doubles up to lo
 data_dir = "var/indexer"             # checkpoint and the emitter's spool
 key_file = "indexer.key"             # or env MESHLEDGER_INDEXER_KEY_FILE / MESHLEDGER_INDEXER_KEY
 bootstrap = "127.0.0.1:9092"
+compression = "gzip"                 # of the emitter's Kafka batches; or "none"
 
 [contracts]
 staking = "0x..."
@@ -76,6 +77,9 @@ class IndexerConfig:
     bootstrap: str
     feeds: list[FeedConfig] = field(default_factory=list)
     sequencer: SequencerConfig | None = None
+    #: Kafka batch compression of the emitter's producer ("gzip" or "none"): chain events are
+    #: verbose JSON and the broker link, not decoding, bounds a backfill without it
+    compression: str = "gzip"
     #: first eth_getLogs range and the most it grows to (halved on "too many results")
     log_range_blocks: int = 200
     log_range_max_blocks: int = 5000
@@ -87,6 +91,12 @@ class IndexerConfig:
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
+
+
+def _compression(value: Any) -> str:
+    if value not in ("gzip", "none"):
+        raise ConfigError(f"compression must be 'gzip' or 'none', got {value!r}")
+    return str(value)
 
 
 def parse(data: dict[str, Any], base: Path = Path(".")) -> IndexerConfig:
@@ -150,6 +160,7 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> IndexerConfig:
         bootstrap=str(data.get("bootstrap", "")),
         feeds=feeds,
         sequencer=sequencer,
+        compression=_compression(data.get("compression", "gzip")),
         log_range_blocks=max(1, _int(data, "log_range_blocks", 200)),
         log_range_max_blocks=max(1, _int(data, "log_range_max_blocks", 5000)),
     )

@@ -91,13 +91,17 @@ class EventAbi:
 
     def decode(self, topics: list[str], data: str) -> dict[str, Any]:
         """Arguments by name; a static tuple comes back as a dict of its components."""
+        body = data[2:]
+        if len(body) < 64 * self.head_words or len(topics) < self.topic_count:
+            raise Unmappable(f"{len(body) // 2} data bytes and {len(topics)} topics do not fit")
         out: dict[str, Any] = {}
         topic = 1
         word = 0
-        body = data[2:]
-        for p in self.params:
+        for p, convert in zip(self.params, self.converters, strict=True):
             if p.indexed:
-                out[p.name] = _static(p.type, topics[topic][2:])
+                word_hex = topics[topic][-64:]
+                # an indexed string or struct is only its keccak hash in the topic
+                out[p.name] = convert(word_hex) if convert is not None else "0x" + word_hex
                 topic += 1
             elif p.type == "tuple":
                 values = {}
@@ -105,13 +109,53 @@ class EventAbi:
                     values[c.name] = _static(c.type, body[word * 64 : word * 64 + 64])
                     word += 1
                 out[p.name] = values
-            elif p.type in ("string", "bytes"):
+            elif convert is None:  # string, bytes: an offset to a length word, then the bytes
                 out[p.name] = _dynamic(p.type, body, int(body[word * 64 : word * 64 + 64], 16))
                 word += 1
             else:
-                out[p.name] = _static(p.type, body[word * 64 : word * 64 + 64])
+                out[p.name] = convert(body[word * 64 : word * 64 + 64])
                 word += 1
         return out
+
+    @property
+    def head_words(self) -> int:
+        return sum(
+            len(p.components) if p.type == "tuple" else 1 for p in self.params if not p.indexed
+        )
+
+    @property
+    def topic_count(self) -> int:
+        return 1 + sum(1 for p in self.params if p.indexed)
+
+    @property
+    def converters(self) -> tuple[Callable[[str], Any] | None, ...]:
+        cached = _CONVERTERS.get(self.topic0)
+        if cached is None:
+            cached = _CONVERTERS[self.topic0] = tuple(_converter(p.type) for p in self.params)
+        return cached
+
+
+_CONVERTERS: dict[str, tuple[Callable[[str], Any] | None, ...]] = {}
+
+
+def _int256(word: str) -> int:
+    value = int(word, 16)
+    return value - (1 << 256) if value >> 255 else value
+
+
+def _converter(abi_type: str) -> Callable[[str], Any] | None:
+    """A 64-hex-digit word -> value function for a static type (None: dynamic or tuple)."""
+    if abi_type == "address":
+        return checksum
+    if abi_type.startswith("uint"):
+        return lambda word: int(word, 16)
+    if abi_type.startswith("int"):
+        return _int256
+    if abi_type == "bool":
+        return lambda word: int(word, 16) != 0
+    if abi_type == "bytes32":
+        return lambda word: "0x" + word
+    return None
 
 
 def _canonical(p: _Param) -> str:

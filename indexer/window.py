@@ -103,20 +103,23 @@ class HashWindow:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "max_blocks": self.max_blocks,
-            "blocks": [
-                [n, h, [[lg.log_index, lg.type, lg.realm] for lg in logs]]
-                for n, (h, logs) in sorted(self._blocks.items())
-            ],
-        }
+        """Per block: number, hash, and the emitted log indexes grouped by "type realm" (a busy
+        block's logs are mostly of one kind: the checkpoint stays small)."""
+        blocks = []
+        for n, (h, logs) in sorted(self._blocks.items()):
+            groups: dict[str, list[int]] = {}
+            for lg in logs:
+                groups.setdefault(f"{lg.type} {lg.realm}", []).append(lg.log_index)
+            blocks.append([n, h, groups])
+        return {"max_blocks": self.max_blocks, "blocks": blocks}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], max_blocks: int | None = None) -> HashWindow:
         window = cls(max_blocks or int(data["max_blocks"]))
-        for number, block_hash, logs in data["blocks"]:
-            window._blocks[int(number)] = (
-                block_hash,
-                [EmittedLog(int(i), str(t), str(r)) for i, t, r in logs],
-            )
+        for number, block_hash, groups in data["blocks"]:
+            logs = []
+            for kind, indexes in groups.items():
+                type_name, _, realm = kind.partition(" ")
+                logs += [EmittedLog(int(i), type_name, realm) for i in indexes]
+            window._blocks[int(number)] = (block_hash, sorted(logs, key=lambda lg: lg.log_index))
         return window
