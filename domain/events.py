@@ -182,19 +182,26 @@ class ApiEnabled(Event):
         _no_chain_identity(state, "chain_id", "block_hash", "log_index", "tx_hash")
 
 
+@dataclass(frozen=True, slots=True)
+class ChainLogEvent(Event):
+    """An event derived from one on-chain log; (chain_id, block_hash, log_index) identifies it.
+    Not a type of its own: the base of the indexer's newer event types."""
+
+    chain_id: int
+    block: int
+    block_hash: str
+    log_index: int
+    tx_hash: str
+
+
 @register
 @dataclass(frozen=True, slots=True)
-class KeeperChanged(Event):
+class KeeperChanged(ChainLogEvent):
     """The realm's keeper handed the realm over to `keeper`."""
 
     TYPE: ClassVar[str] = "KeeperChanged"
     keeper: str
     previous_keeper: str
-    block: int
-    chain_id: int
-    block_hash: str
-    log_index: int
-    tx_hash: str
 
 
 # -- stakes (indexer) ---------------------------------------------------------------------------
@@ -253,173 +260,123 @@ class ChainHead(Event):
 
 @register
 @dataclass(frozen=True, slots=True)
-class ChequebookDeposited(Event):
+class ChequebookDeposited(ChainLogEvent):
     TYPE: ClassVar[str] = "ChequebookDeposited"
-    chain_id: int
     chequebook: str
     sender: str
     amount: int
-    block: int
-    block_hash: str
-    log_index: int
-    tx_hash: str
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class ChequeCashed(Event):
+class ChequeCashed(ChainLogEvent):
     """A cheque cashed on chain: `paid` now, towards `cumulative` (see ChequeBounced)."""
 
     TYPE: ClassVar[str] = "ChequeCashed"
-    chain_id: int
     chequebook: str
     beneficiary: str
     caller: str
     cumulative: int
     paid: int
-    block: int
-    block_hash: str
-    log_index: int
-    tx_hash: str
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class ChequeBounced(Event):
+class ChequeBounced(ChainLogEvent):
     """The chequebook's balance covered only `paid` of the `due` amount of a cheque."""
 
     TYPE: ClassVar[str] = "ChequeBounced"
-    chain_id: int
     chequebook: str
     beneficiary: str
     cumulative: int
     due: int
     paid: int
-    block: int
-    block_hash: str
-    log_index: int
-    tx_hash: str
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class ChequebookWithdrawn(Event):
+class ChequebookWithdrawn(ChainLogEvent):
     TYPE: ClassVar[str] = "ChequebookWithdrawn"
-    chain_id: int
     chequebook: str
     recipient: str
     amount: int
-    block: int
-    block_hash: str
-    log_index: int
-    tx_hash: str
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class TokenTransferred(Event):
+class TokenTransferred(ChainLogEvent):
     """A transfer of the staked/payout token to or from one of the mesh's contracts."""
 
     TYPE: ClassVar[str] = "TokenTransferred"
-    chain_id: int
     token: str
     sender: str
     recipient: str
     amount: int
-    block: int
-    block_hash: str
-    log_index: int
-    tx_hash: str
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class SettlementFunded(Event):
+class SettlementFunded(ChainLogEvent):
     """`fund(realm, amount)` seen on chain."""
 
     TYPE: ClassVar[str] = "SettlementFunded"
-    chain_id: int
     contract: str
     realm_id: str
     sender: str
     amount: int
-    block: int
-    block_hash: str
-    log_index: int
-    tx_hash: str
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class SettlementPosted(Event):
+class SettlementPosted(ChainLogEvent):
     """An epoch's payout root and total posted on chain."""
 
     TYPE: ClassVar[str] = "SettlementPosted"
-    chain_id: int
     contract: str
     realm_id: str
     epoch: int
     root: str
     total: int
-    block: int
-    block_hash: str
-    log_index: int
-    tx_hash: str
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class SettlementPushed(Event):
+class SettlementPushed(ChainLogEvent):
     """A push batch of an epoch paid on chain."""
 
     TYPE: ClassVar[str] = "SettlementPushed"
-    chain_id: int
     contract: str
     realm_id: str
     epoch: int
     batch_idx: int
     entries: int
     amount: int
-    block: int
-    block_hash: str
-    log_index: int
-    tx_hash: str
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class SettlementClaimed(Event):
+class SettlementClaimed(ChainLogEvent):
     """A payee claimed `amount` (its cumulative claim now `cumulative`) on chain."""
 
     TYPE: ClassVar[str] = "SettlementClaimed"
-    chain_id: int
     contract: str
     realm_id: str
     account: str
     epoch: int
     cumulative: int
     amount: int
-    block: int
-    block_hash: str
-    log_index: int
-    tx_hash: str
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class LogUnmapped(Event):
+class LogUnmapped(ChainLogEvent):
     """A log of a watched contract the indexer could not turn into a domain event (a value out
     of the ledger's range, an event it does not know); recorded, never silently skipped."""
 
     TYPE: ClassVar[str] = "LogUnmapped"
-    chain_id: int
     contract: str
     topic0: str
     reason: str
-    block: int
-    block_hash: str
-    log_index: int
-    tx_hash: str
 
 
 @register

@@ -1,18 +1,28 @@
 // One handler per event: store the log as an immutable entity (see schema.graphql).
-import { BigInt } from "@graphprotocol/graph-ts";
+import { BigInt, Bytes, Entity, Value, ethereum } from "@graphprotocol/graph-ts";
 import { RealmRegistered, RealmParamsSet, ApiEnabled, KeeperChanged, Staked, UnstakeRequested, StakeWithdrawn, Slashed, Deposited, ChequeCashed, ChequeBounced, ChequebookWithdrawn, Funded, EpochPosted, BatchPushed, Claimed, Transfer } from "../generated/schema";
 import { RealmRegistered as RealmRegisteredEvent, RealmParamsSet as RealmParamsSetEvent, ApiEnabled as ApiEnabledEvent, KeeperChanged as KeeperChangedEvent, Staked as StakedEvent, UnstakeRequested as UnstakeRequestedEvent, Withdrawn as StakeWithdrawnEvent, Slashed as SlashedEvent } from "../generated/RealmStaking/RealmStaking";
 import { Deposited as DepositedEvent, ChequeCashed as ChequeCashedEvent, ChequeBounced as ChequeBouncedEvent, Withdrawn as ChequebookWithdrawnEvent } from "../generated/Chequebook/Chequebook";
 import { Funded as FundedEvent, EpochPosted as EpochPostedEvent, BatchPushed as BatchPushedEvent, Claimed as ClaimedEvent } from "../generated/EpochSettlement/EpochSettlement";
 import { Transfer as TransferEvent } from "../generated/WMPToken/WMPToken";
 
+// The entity id: block hash ++ log index (unique across branches, as the indexer's identity).
+function logId(event: ethereum.Event): Bytes {
+  return event.block.hash.concatI32(event.logIndex.toI32());
+}
+
+// Where the log sits: the fields every entity has.
+function withLog(e: Entity, event: ethereum.Event): void {
+  e.set("contract", Value.fromBytes(event.address));
+  e.set("blockNumber", Value.fromBigInt(event.block.number));
+  e.set("blockHash", Value.fromBytes(event.block.hash));
+  e.set("logIndex", Value.fromBigInt(event.logIndex));
+  e.set("txHash", Value.fromBytes(event.transaction.hash));
+}
+
 export function handleRealmRegistered(event: RealmRegisteredEvent): void {
-  const e = new RealmRegistered(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new RealmRegistered(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.keeper = event.params.keeper;
   e.name = event.params.name;
@@ -28,12 +38,8 @@ export function handleRealmRegistered(event: RealmRegisteredEvent): void {
 }
 
 export function handleRealmParamsSet(event: RealmParamsSetEvent): void {
-  const e = new RealmParamsSet(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new RealmParamsSet(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.rfrBps = BigInt.fromI32(event.params.params.rfrBps);
   e.stakePerMpb = event.params.params.stakePerMpb;
@@ -47,12 +53,8 @@ export function handleRealmParamsSet(event: RealmParamsSetEvent): void {
 }
 
 export function handleApiEnabled(event: ApiEnabledEvent): void {
-  const e = new ApiEnabled(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new ApiEnabled(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.vendor = event.params.vendor;
   e.prefix = event.params.prefix;
@@ -60,12 +62,8 @@ export function handleApiEnabled(event: ApiEnabledEvent): void {
 }
 
 export function handleKeeperChanged(event: KeeperChangedEvent): void {
-  const e = new KeeperChanged(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new KeeperChanged(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.previousKeeper = event.params.previousKeeper;
   e.newKeeper = event.params.newKeeper;
@@ -73,12 +71,8 @@ export function handleKeeperChanged(event: KeeperChangedEvent): void {
 }
 
 export function handleStaked(event: StakedEvent): void {
-  const e = new Staked(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new Staked(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.staker = event.params.staker;
   e.role = event.params.role;
@@ -89,12 +83,8 @@ export function handleStaked(event: StakedEvent): void {
 }
 
 export function handleUnstakeRequested(event: UnstakeRequestedEvent): void {
-  const e = new UnstakeRequested(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new UnstakeRequested(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.staker = event.params.staker;
   e.role = event.params.role;
@@ -106,12 +96,8 @@ export function handleUnstakeRequested(event: UnstakeRequestedEvent): void {
 }
 
 export function handleStakeWithdrawn(event: StakeWithdrawnEvent): void {
-  const e = new StakeWithdrawn(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new StakeWithdrawn(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.staker = event.params.staker;
   e.role = event.params.role;
@@ -122,12 +108,8 @@ export function handleStakeWithdrawn(event: StakeWithdrawnEvent): void {
 }
 
 export function handleSlashed(event: SlashedEvent): void {
-  const e = new Slashed(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new Slashed(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.staker = event.params.staker;
   e.role = event.params.role;
@@ -139,24 +121,16 @@ export function handleSlashed(event: SlashedEvent): void {
 }
 
 export function handleDeposited(event: DepositedEvent): void {
-  const e = new Deposited(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new Deposited(logId(event));
+  withLog(e, event);
   e.from = event.params.from;
   e.amount = event.params.amount;
   e.save();
 }
 
 export function handleChequeCashed(event: ChequeCashedEvent): void {
-  const e = new ChequeCashed(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new ChequeCashed(logId(event));
+  withLog(e, event);
   e.beneficiary = event.params.beneficiary;
   e.caller = event.params.caller;
   e.cumulativePayout = event.params.cumulativePayout;
@@ -165,12 +139,8 @@ export function handleChequeCashed(event: ChequeCashedEvent): void {
 }
 
 export function handleChequeBounced(event: ChequeBouncedEvent): void {
-  const e = new ChequeBounced(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new ChequeBounced(logId(event));
+  withLog(e, event);
   e.beneficiary = event.params.beneficiary;
   e.cumulativePayout = event.params.cumulativePayout;
   e.due = event.params.due;
@@ -179,24 +149,16 @@ export function handleChequeBounced(event: ChequeBouncedEvent): void {
 }
 
 export function handleChequebookWithdrawn(event: ChequebookWithdrawnEvent): void {
-  const e = new ChequebookWithdrawn(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new ChequebookWithdrawn(logId(event));
+  withLog(e, event);
   e.to = event.params.to;
   e.amount = event.params.amount;
   e.save();
 }
 
 export function handleFunded(event: FundedEvent): void {
-  const e = new Funded(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new Funded(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.from = event.params.from;
   e.amount = event.params.amount;
@@ -204,12 +166,8 @@ export function handleFunded(event: FundedEvent): void {
 }
 
 export function handleEpochPosted(event: EpochPostedEvent): void {
-  const e = new EpochPosted(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new EpochPosted(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.epoch = event.params.epoch;
   e.root = event.params.root;
@@ -218,12 +176,8 @@ export function handleEpochPosted(event: EpochPostedEvent): void {
 }
 
 export function handleBatchPushed(event: BatchPushedEvent): void {
-  const e = new BatchPushed(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new BatchPushed(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.epoch = event.params.epoch;
   e.batchIdx = event.params.batchIdx;
@@ -233,12 +187,8 @@ export function handleBatchPushed(event: BatchPushedEvent): void {
 }
 
 export function handleClaimed(event: ClaimedEvent): void {
-  const e = new Claimed(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new Claimed(logId(event));
+  withLog(e, event);
   e.realm = event.params.realm;
   e.account = event.params.account;
   e.epoch = event.params.epoch;
@@ -248,12 +198,8 @@ export function handleClaimed(event: ClaimedEvent): void {
 }
 
 export function handleTransfer(event: TransferEvent): void {
-  const e = new Transfer(event.block.hash.concatI32(event.logIndex.toI32()));
-  e.contract = event.address;
-  e.blockNumber = event.block.number;
-  e.blockHash = event.block.hash;
-  e.logIndex = event.logIndex;
-  e.txHash = event.transaction.hash;
+  const e = new Transfer(logId(event));
+  withLog(e, event);
   e.from = event.params.from;
   e.to = event.params.to;
   e.value = event.params.value;
