@@ -1,32 +1,22 @@
-"""Indexer test fixtures: a mesh on a fresh anvil, the session broker, and the indexer's output
-read back from the broker (records verified, events in seq order)."""
+"""Indexer test fixtures: a mesh on a fresh anvil and a restartable indexer harness on the
+session broker (helpers in indexer_harness.py)."""
 
 from __future__ import annotations
 
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from indexer_harness import Harness  # noqa: E402
 from mesh_chain import MeshChain  # noqa: E402
 
-from domain.envelope import Signer, decode  # noqa: E402
-from domain.events import Event  # noqa: E402
-from domain.topics import LEDGER_TOPIC  # noqa: E402
-from indexer.rpc import JsonRpc, RpcSource  # noqa: E402
-from indexer.service import Indexer, SyncConfig  # noqa: E402
-from infra.anvil import Anvil, start_anvil  # noqa: E402
+from indexer.service import SyncConfig  # noqa: E402
+from infra.anvil import Anvil  # noqa: E402
 from infra.broker import Broker  # noqa: E402
-from ledger.emitter import Emitter, EmitterConfig  # noqa: E402
-from ledger.keys import write_new_key  # noqa: E402
 
 
 @pytest.fixture
@@ -35,105 +25,7 @@ def mesh(fresh_anvil: Anvil) -> MeshChain:
 
 
 @pytest.fixture
-def mining_anvil() -> Iterator[Anvil]:
-    """An anvil that mines only on `anvil_mine` (for chains built block by block)."""
-    node = start_anvil(chain_id=42161, extra_args=("--no-mining",))
-    yield node
-    node.stop()
-
-
-def read_events(bootstrap: str, source: str, timeout_s: float = 30) -> list[tuple[int, Event]]:
-    """Every (seq, event) the source put in mesh.ledger, verified, in seq order. The emitter
-    re-sends a record whose acknowledgement a crash cut off under its original seq (consumers
-    deduplicate on (source, seq)): such a copy must be the same event, else it is a second one."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        parts = [
-            TopicPartition(LEDGER_TOPIC, p)
-            for p in consumer.partitions_for_topic(LEDGER_TOPIC) or ()
-        ]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
-        out: dict[int, Event] = {}
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in parts):
-            if time.monotonic() > deadline:
-                raise TimeoutError("broker did not return every record")
-            for records in consumer.poll(timeout_ms=500).values():
-                for msg in records:
-                    record = decode(msg.value)
-                    if record.source != source:
-                        continue
-                    record.verify()
-                    for seq, event in record.iter_events():
-                        assert out.setdefault(seq, event) == event, f"seq {seq} means two events"
-        return sorted(out.items())
-    finally:
-        consumer.close()
-
-
-@dataclass
-class Harness:
-    """An indexer on the mesh's anvil writing to the broker; restartable on the same files."""
-
-    mesh: MeshChain
-    broker: Broker
-    tmp: Path
-    sync: SyncConfig
-    signer: Signer = field(init=False)
-    emitter: Emitter | None = None
-
-    def __post_init__(self) -> None:
-        self.signer = write_new_key(self.tmp / "indexer.key")
-
-    def source(self, url: str | None = None, **kw: Any) -> RpcSource:
-        return RpcSource(JsonRpc(url or self.mesh.anvil.url), self.mesh.contracts, 42161, **kw)
-
-    def indexer(self, source: Any = None, **kw: Any) -> Indexer:
-        if self.emitter is None:
-            self.emitter = Emitter(
-                self.signer,
-                EmitterConfig(bootstrap=self.broker.bootstrap, spool_dir=self.tmp / "spool"),
-            )
-        return Indexer(
-            source or self.source(), self.emitter, self.tmp / "checkpoint.json", self.sync, **kw
-        )
-
-    def sync_to(self, block: int, source: Any = None, timeout_s: float = 60, **kw: Any) -> Indexer:
-        ix = self.indexer(source, **kw)
-        stop = threading.Event()
-        timer = threading.Timer(timeout_s, stop.set)
-        timer.start()
-        try:
-            ix.run(stop, until_block=block)
-        finally:
-            timer.cancel()
-        assert ix.checkpoint.cursor_block >= block, (
-            f"indexer stopped at {ix.checkpoint.cursor_block}"
-        )
-        return ix
-
-    def close(self) -> None:
-        if self.emitter is not None:
-            self.emitter.close(timeout_s=30)
-            self.emitter = None
-
-    def events(self) -> list[Event]:
-        self.close()
-        return [e for _, e in read_events(self.broker.bootstrap, self.signer.address)]
-
-
-@pytest.fixture
 def harness(mesh: MeshChain, broker: Broker, tmp_path: Path) -> Iterator[Harness]:
     h = Harness(mesh, broker, tmp_path, SyncConfig(confirmations=0, poll_interval_s=0.05))
     yield h
     h.close()
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)

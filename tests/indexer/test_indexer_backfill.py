@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import Harness
+from indexer_harness import Harness
 from mesh_chain import busy_chain, rpc
 from web3 import Web3
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import read_events, wait_for
+from indexer_harness import read_events, wait_for
 from mesh_chain import Burst, MeshChain, rpc
 
 from domain.events import log_identity

@@ -5,9 +5,9 @@ and the indexer emits a `PriceObserved` whenever a feed's round or status change
 from __future__ import annotations
 
 import pytest
-from conftest import Harness
 from hypothesis import given
 from hypothesis import strategies as st
+from indexer_harness import Harness
 from mesh_chain import MeshChain, rpc
 
 from domain.events import PRICE_STATUSES, PriceObserved

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Harness, wait_for
 from gql.transport.local_schema import LocalSchemaTransport
 from graph_node import GraphNodeStandIn, api_schema
 from graphql import parse, validate
+from indexer_harness import Harness, wait_for
 from mesh_chain import MeshChain, busy_chain
 
 from domain.events import ChainHead, Event, event_to_dict

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Harness
+from indexer_harness import Harness
 from mesh_chain import ZERO, MeshChain, busy_chain, rpc
 
 from domain.events import REALM_TARGET, ROLES, RealmParams

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Harness
+from indexer_harness import Harness
 from mesh_chain import ZERO, MeshChain, rpc
 
 from domain.events import ChainHead, Event, LogRetracted, StakeChanged, log_identity

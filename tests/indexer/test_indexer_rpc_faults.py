@@ -8,8 +8,8 @@ import threading
 import time
 
 import pytest
-from conftest import Harness, wait_for
 from faulty_rpc import FaultyRpc
+from indexer_harness import Harness, wait_for
 from mesh_chain import Burst, rpc
 
 from domain.events import ChainHead, log_identity
