@@ -277,13 +277,6 @@ class RealmBook:
         self.apis = kept
         return found
 
-    def closed_epochs_from(self, block: int) -> list[int]:
-        """Closed epochs that end at or after `block` (what a fact at `block` could change)."""
-        if self.closed_epoch < 0:
-            return []
-        first = max(self.schedule.epoch_of(max(block, 0)), 0)
-        return list(range(first, self.closed_epoch + 1))
-
     def enable_api(self, prefix: str, vendor: str, source: str = "", seq: int = 0) -> None:
         self.apis.append(Api(prefix, canonical_account(vendor), source, seq))
 
