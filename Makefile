@@ -4,9 +4,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.meshledger-setup
-PACKAGES := domain ledger router_core settlement infra
+PACKAGES := domain ledger router_core settlement infra indexer
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck unit bench clean subgraph
 
 setup: $(STAMP)
 
@@ -28,7 +28,12 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy $(PACKAGES)
 
-test: setup lint typecheck
+# the subgraph (infra/subgraph) builds offline: codegen, then AssemblyScript to wasm
+subgraph: setup
+	cd infra/subgraph && ../../node_modules/.bin/graph codegen --output-dir generated \
+	  && ../../node_modules/.bin/graph build --output-dir build
+
+test: setup lint typecheck subgraph
 	$(BIN)/pytest -q
 
 bench: setup
