@@ -70,10 +70,15 @@ class NotDue(JobError):
     exit_code = EXIT_NOT_DUE
 
 
-class DigestMismatch(JobError):
-    """The payouts read do not hash to the logged digest: do not pay, investigate."""
+class LedgerConflict(JobError):
+    """The ledger contradicts itself (query endpoint against log, two digests for one epoch, a
+    forked ledger source): do not pay, investigate."""
 
     exit_code = EXIT_NOT_DUE
+
+
+class DigestMismatch(LedgerConflict):
+    """The payouts read do not hash to the logged digest: do not pay, investigate."""
 
 
 class RootConflict(JobError):

@@ -327,6 +327,7 @@ def cli_env(
         "--contract", stack.settlement.address,
         "--journal", str(tmp_path / "journal.sqlite"),
         "--confirmations", "2",
+        "--ledger-source", "0x" + "11" * 20,  # the ledger itself is replaced by `source`
     ]  # fmt: skip
     return {"args": args, "key_file": key_file, "accounts": accounts, "recorder": recorder}
 
