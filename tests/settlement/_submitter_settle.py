@@ -179,3 +179,9 @@ def budget(stack: Stack, realm: str) -> tuple[int, int, int]:
     """(funded, allocated, paid) of the realm on chain."""
     funded, allocated, paid = stack.settlement.functions.realmBudget(realm_id(realm)).call()
     return int(funded), int(allocated), int(paid)
+
+
+def opened(job: SettlementJob) -> Submitter:
+    """The job's submitter, to open as a context manager (jobs made here always have one)."""
+    assert job.submitter is not None
+    return job.submitter

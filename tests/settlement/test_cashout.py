@@ -50,8 +50,10 @@ def claim(key: LocalAccount, cumulative: int, book: str = BOOK, to: str = ROUTER
     return ChequeClaim(SETTLE_CHAIN_ID, book, to, cumulative, "0x" + signature.hex())
 
 
-def queue_at(path: Path, **policy: float) -> CashoutQueue:
-    return CashoutQueue(path, CashoutPolicy(**{"min_batch_value": 1, "max_age_s": 0.0, **policy}))
+def queue_at(path: Path, max_pending_cheques: int = 100) -> CashoutQueue:
+    """A queue that hands out every pending cheque at once."""
+    policy = CashoutPolicy(1, 0.0, max_pending_cheques=max_pending_cheques)
+    return CashoutQueue(path, policy)
 
 
 class RefusingSink:

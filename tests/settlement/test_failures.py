@@ -19,6 +19,7 @@ from _submitter_settle import (
     deploy,
     fund_realm,
     job_key,
+    opened,
     payees,
     payouts_for,
     ready_job,
@@ -167,7 +168,7 @@ def test_reorg_dropping_the_settlement_is_detected_and_sent_again(
         w3, stack, realm, tmp_path / "j.sqlite", epoch=4, n_payees=2, observer=reorg_once
     )
     bury_setup(w3)
-    with ready.job.submitter:  # type: ignore[union-attr]
+    with opened(ready.job):
         ready.job.settle(realm, 4)
 
     assert reorged and "reorged" in stages
@@ -185,7 +186,7 @@ def test_underfunded_contract_pays_nothing_and_records_nothing(
 ) -> None:
     ready = ready_job(w3, stack, realm, tmp_path / "j.sqlite", epoch=4, funding=1000)
     with (
-        ready.job.submitter,  # type: ignore[union-attr]
+        opened(ready.job),
         pytest.raises(Underfunded, match="needs 3003 base units, 1000 available"),
     ):
         ready.job.settle(realm, 4)
@@ -197,7 +198,7 @@ def test_underfunded_contract_pays_nothing_and_records_nothing(
     assert root == b"\x00" * 32
 
     fund_realm(w3, stack, realm, 2003)  # topped up: the next run pays in full
-    with ready.job.submitter:  # type: ignore[union-attr]
+    with opened(ready.job):
         assert ready.job.settle(realm, 4).status == "settled"
     assert balances(stack, ready.accounts) == ready.expected()
 

@@ -21,6 +21,7 @@ from _submitter_settle import (
     make_job,
     mint,
     one_epoch,
+    opened,
     payees,
     payouts_for,
     ready_job,
@@ -35,6 +36,8 @@ from settlement.contracts import Stack
 from settlement.job import (
     EXIT_NOT_DUE,
     EXIT_UNDERFUNDED,
+    PUSH_BASE_GAS,
+    PUSH_ENTRY_GAS,
     DigestMismatch,
     NotDue,
     RootConflict,
@@ -66,7 +69,7 @@ def test_settles_an_epoch_and_records_it(
 ) -> None:
     ready = ready_job(w3, stack, realm, tmp_path / "j.sqlite", epoch=3, n_payees=5)
 
-    with ready.job.submitter:  # type: ignore[union-attr]
+    with opened(ready.job):
         result = ready.job.settle(realm, 3)
 
     assert result.status == "settled"
@@ -86,7 +89,7 @@ def test_rerun_finds_it_done_and_records_nothing_new(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
     ready = ready_job(w3, stack, realm, tmp_path / "j.sqlite", epoch=1)
-    with ready.job.submitter:  # type: ignore[union-attr]
+    with opened(ready.job):
         assert ready.job.settle(realm, 1).status == "settled"
         again = ready.job.settle(realm, 1)
     assert again.status == "already_settled"
@@ -103,7 +106,7 @@ def test_batches_are_bounded_and_all_pushed(
         w3, stack, realm, tmp_path / "j.sqlite", epoch=0, n_payees=7, batch_max_entries=3
     )
     assert [len(b) for b in ready.job.plan(realm, 0).tree.batches] == [3, 3, 1]
-    with ready.job.submitter:  # type: ignore[union-attr]
+    with opened(ready.job):
         ready.job.settle(realm, 0)
     assert all(
         stack.settlement.functions.isBatchPushed(realm_id(realm), 0, i).call() for i in range(3)
@@ -120,7 +123,7 @@ def test_batch_size_fits_the_block_gas_limit(
     gas_limit = int(w3.eth.get_block("latest")["gasLimit"])
     entries = ready.job.plan(realm, 0).batch_max_entries
     assert 1 < entries < 10**6
-    assert 80_000 + entries * 32_000 <= gas_limit // 2
+    assert PUSH_BASE_GAS + entries * PUSH_ENTRY_GAS <= gas_limit // 2  # block_gas_fill_bps
 
 
 def test_small_payouts_accumulate_as_claims_across_epochs(
@@ -138,7 +141,7 @@ def test_small_payouts_accumulate_as_claims_across_epochs(
     job = make_job(
         w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", source, push_min_amount=1000
     )
-    with job.submitter:  # type: ignore[union-attr]
+    with opened(job):
         results = job.settle_all_due(realm)
     assert [r.epoch for r in results] == [0, 1]
     # small amounts wait for a claim
@@ -177,12 +180,12 @@ def test_push_rule_changed_between_runs_pays_each_payee_its_entitlement(
     fund_realm(w3, stack, realm, 203)  # exactly both epochs: an overpayment starves someone
     key, journal = job_key(w3, stack), tmp_path / "j.sqlite"
     first = make_job(w3, stack, key, journal, source, push_min_amount=100)
-    with first.submitter:  # type: ignore[union-attr]
+    with opened(first):
         first.settle(realm, 0)
     assert list(balances(stack, accounts).values()) == [100, 0, 0]
 
     second = make_job(w3, stack, key, journal, source, push_min_amount=1000)  # the rule changed
-    with second.submitter:  # type: ignore[union-attr]
+    with opened(second):
         second.settle(realm, 1)
     claim_all(w3, stack, second.plan(realm, 1).tree)
 
@@ -198,13 +201,13 @@ def test_a_posted_epoch_this_job_cannot_rebuild_stops_it_before_signing(
     first = make_job(
         w3, stack, job_key(w3, stack), tmp_path / "a.sqlite", source, push_min_amount=100
     )
-    with first.submitter:  # type: ignore[union-attr]
+    with opened(first):
         first.settle(realm, 0)
 
     # another machine (no journal) with another push rule cannot know how epoch 0 was split
     key = job_key(w3, stack)
     other = make_job(w3, stack, key, tmp_path / "b.sqlite", source, push_min_amount=1000)
-    with other.submitter, pytest.raises(RootConflict, match="epoch 0 is posted") as err:  # type: ignore[union-attr]
+    with opened(other), pytest.raises(RootConflict, match="epoch 0 is posted") as err:
         other.settle(realm, 1)
     assert err.value.exit_code == EXIT_NOT_DUE
     assert "push>=1000" in str(err.value)
@@ -213,7 +216,7 @@ def test_a_posted_epoch_this_job_cannot_rebuild_stops_it_before_signing(
 
     # with the rule epoch 0 was posted with, it rebuilds it from the chain and pays epoch 1 right
     third = make_job(w3, stack, key, tmp_path / "c.sqlite", source, push_min_amount=100)
-    with third.submitter:  # type: ignore[union-attr]
+    with opened(third):
         third.settle(realm, 1)
     claim_all(w3, stack, third.plan(realm, 1).tree)
     assert list(balances(stack, accounts).values()) == [101, 51, 51]
@@ -231,12 +234,12 @@ def test_an_epoch_waits_until_the_one_before_it_is_posted(
     key = job_key(w3, stack)
     job = make_job(w3, stack, key, tmp_path / "j.sqlite", source, push_min_amount=1000)
 
-    with job.submitter, pytest.raises(NotDue, match="epoch 0 before it is not posted"):  # type: ignore[union-attr]
+    with opened(job), pytest.raises(NotDue, match="epoch 0 before it is not posted"):
         job.settle(realm, 1)
     assert Journal(tmp_path / "j.sqlite").all() == []
     assert w3.eth.get_transaction_count(key.address) == 0
 
-    with job.submitter:  # type: ignore[union-attr]
+    with opened(job):
         assert [r.epoch for r in job.settle_all_due(realm)] == [0, 1]
     claim_all(w3, stack, job.plan(realm, 1).tree)
     assert balances(stack, [a, b]) == {a: 45, b: 37}
@@ -253,7 +256,7 @@ def test_job_funds_the_realm_when_configured(
         w3, stack, realm, tmp_path / "j.sqlite", epoch=0, n_payees=2, funding=0, fund=True
     )
     mint(w3, stack, ready.key.address, 5_000)
-    with ready.job.submitter:  # type: ignore[union-attr]
+    with opened(ready.job):
         result = ready.job.settle(realm, 0)
     assert [o.status for o in result.outcomes] == ["confirmed"] * 4  # approve, fund, post, push
     assert budget(stack, realm) == (2001, 2001, 2001)
@@ -266,7 +269,7 @@ def test_underfunded_without_funding_is_refused_before_signing(
 ) -> None:
     ready = ready_job(w3, stack, realm, tmp_path / "j.sqlite", epoch=0, n_payees=2, funding=100)
     with (
-        ready.job.submitter,  # type: ignore[union-attr]
+        opened(ready.job),
         pytest.raises(Underfunded, match="needs 2001 base units, 100 available") as err,
     ):
         ready.job.settle(realm, 0)
@@ -283,7 +286,7 @@ def test_payouts_not_matching_the_logged_digest_are_refused(
     fund_realm(w3, stack, realm, 10_000)
     key = job_key(w3, stack)
     job = make_job(w3, stack, key, tmp_path / "j.sqlite", source)
-    with job.submitter, pytest.raises(DigestMismatch, match="the log says 0xabab") as err:  # type: ignore[union-attr]
+    with opened(job), pytest.raises(DigestMismatch, match="the log says 0xabab") as err:
         job.settle(realm, 0)
     assert err.value.exit_code == EXIT_NOT_DUE
     assert Journal(tmp_path / "j.sqlite").all() == []
@@ -294,7 +297,7 @@ def test_epoch_without_logged_payouts_is_not_due(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
     job = make_job(w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", MemoryPayouts())
-    with job.submitter, pytest.raises(NotDue, match="no PayoutsComputed on the log"):  # type: ignore[union-attr]
+    with opened(job), pytest.raises(NotDue, match="no PayoutsComputed on the log"):
         job.settle(realm, 9)
 
 

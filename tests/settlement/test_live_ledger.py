@@ -23,6 +23,7 @@ from _live_ledger import (
 from _submitter_chain import SETTLE_CHAIN_ID
 from _submitter_settle import balances, budget, deploy, fund_realm, job_key
 from click.testing import CliRunner, Result
+from eth_typing import ChecksumAddress
 from web3 import Web3
 
 from domain.economics import payout_digest
@@ -93,7 +94,7 @@ def fresh_stack(w3: Web3) -> Stack:
 
 def chain_args(
     mining_anvil: Anvil, stack: Stack, w3: Web3, tmp_path: Path, bootstrap: str
-) -> tuple[list[str], str]:
+) -> tuple[list[str], ChecksumAddress]:
     """`settle` arguments of a fresh poster key (and its address), without the ledger's."""
     key = job_key(w3, stack)
     key_file = tmp_path / "settle.key"

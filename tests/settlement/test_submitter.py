@@ -17,6 +17,7 @@ from _submitter_chain import (
 )
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 from hypothesis import given
 from hypothesis import strategies as st
 from web3 import Web3
@@ -46,8 +47,8 @@ def balance_reached(w3: Web3, address: str, wei: int) -> bool:
     return int(w3.eth.get_balance(Web3.to_checksum_address(address))) >= wei
 
 
-def new_payee() -> str:
-    return str(Account.create().address)
+def new_payee() -> ChecksumAddress:
+    return Account.create().address
 
 
 def test_send_is_journaled_then_confirmed(w3: Web3, sender: LocalAccount, tmp_path: Path) -> None:
@@ -108,10 +109,11 @@ def test_fee_cap_below_base_fee_signs_nothing(
         make_submitter(
             w3, sender, tmp_path / "j.sqlite", fees=FeePolicy(max_fee_cap_wei=1000)
         ) as sub,
-        pytest.raises(FeeCapExceeded),
+        pytest.raises(FeeCapExceeded, match="exceeds the fee cap 1000 wei"),
     ):
         sub.submit(transfer(new_payee(), 5), lambda: False)
     assert Journal(tmp_path / "j.sqlite").all() == []
+    assert w3.eth.get_transaction_count(sender.address) == 0
 
 
 def test_fees_never_exceed_the_cap(w3: Web3, sender: LocalAccount, tmp_path: Path) -> None:
@@ -129,20 +131,31 @@ def test_fees_never_exceed_the_cap(w3: Web3, sender: LocalAccount, tmp_path: Pat
 
 def test_estimated_revert_signs_nothing(w3: Web3, sender: LocalAccount, tmp_path: Path) -> None:
     target = deploy_reverter(w3)
-    with make_submitter(w3, sender, tmp_path / "j.sqlite") as sub, pytest.raises(WouldRevert):
+    with (
+        make_submitter(w3, sender, tmp_path / "j.sqlite") as sub,
+        pytest.raises(WouldRevert, match="^call: would revert"),
+    ):
         sub.submit(TxRequest("call", target, b"\x01"), lambda: False)
     assert Journal(tmp_path / "j.sqlite").all() == []
+    assert w3.eth.get_transaction_count(sender.address) == 0
 
 
 def test_mined_revert_is_reported_and_journaled(
     w3: Web3, sender: LocalAccount, tmp_path: Path
 ) -> None:
     target = deploy_reverter(w3)
-    with make_submitter(w3, sender, tmp_path / "j.sqlite") as sub, pytest.raises(TxReverted):
+    with (
+        make_submitter(w3, sender, tmp_path / "j.sqlite") as sub,
+        pytest.raises(
+            TxReverted, match="^call: transaction 0x[0-9a-f]{64} reverted in block"
+        ) as err,
+    ):
         sub.submit(TxRequest("call", target, b"\x01", gas_limit=50_000), lambda: False)
     (row,) = Journal(tmp_path / "j.sqlite").all()
     assert row.state == TxState.REVERTED
-    assert row.block_number is not None
+    assert (row.tx_hash, row.block_number) == (err.value.tx_hash, err.value.block)
+    receipt = w3.eth.get_transaction_receipt(row.tx_hash)  # type: ignore[arg-type]
+    assert receipt["status"] == 0
 
 
 def test_stuck_transaction_is_replaced_with_bumped_fees(fresh_anvil: Anvil, tmp_path: Path) -> None:
@@ -193,14 +206,15 @@ def test_reorged_out_transaction_is_sent_again(
     assert w3.eth.get_balance(payee) == 11  # type: ignore[arg-type]
     (row,) = Journal(tmp_path / "j.sqlite").all()
     assert row.state == TxState.CONFIRMED
-    assert w3.eth.get_block(row.block_number)["hash"].hex() in row.block_hash  # type: ignore[arg-type]
+    canonical = w3.eth.get_block(row.block_number)["hash"]  # type: ignore[arg-type]
+    assert "0x" + bytes(canonical).hex() == row.block_hash
 
 
 def test_one_sender_per_key(w3: Web3, sender: LocalAccount, tmp_path: Path) -> None:
     journal = tmp_path / "j.sqlite"
     with make_submitter(w3, sender, journal):
         second = make_submitter(w3, sender, journal, lock_timeout_s=0.2)
-        with pytest.raises(SenderBusy):
+        with pytest.raises(SenderBusy, match=f"sender {sender.address} is locked by another"):
             second.open()
 
 
