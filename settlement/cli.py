@@ -245,7 +245,8 @@ def load_key(path: str | Path) -> LocalAccount:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Smaller payouts are left to claim; keep it fixed per realm.",
+    help="Smaller payouts are left to claim. Applies to epochs not posted yet; a posted epoch "
+    "keeps the rule it was posted with.",
 )
 @click.option("--batch-max-entries", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--confirmations", type=click.IntRange(min=1), default=3, show_default=True)

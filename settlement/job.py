@@ -2,8 +2,9 @@
 
 Steps for (realm, epoch), each an idempotent `Submitter` work item with its on-chain check:
 verify the payouts against the log's PayoutsComputed digest, plan the tree (cumulative claimable
-per account across the realm's epochs, active payees pushed), fund the realm when configured to
-(approve + fund), post the root, push the batches, then record SettlementSubmitted /
+per account continuing the realm's earlier epochs exactly as they were posted on chain, active
+payees pushed; an epoch waits until every earlier one is posted), fund the realm when configured
+to (approve + fund), post the root, push the batches, then record SettlementSubmitted /
 SettlementConfirmed. Wrong chain id or wrong contract code is refused before anything is signed.
 """
 
