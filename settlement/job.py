@@ -540,8 +540,8 @@ class SettlementJob:
         """Settle every closed epoch with payouts (ascending); settled ones cost a few reads."""
         results = []
         for r, e in self.source.due_epochs(realm):
-            if not self.source.payouts(r, e):
-                continue
+            if not per_account(self.source.payouts(r, e)):
+                continue  # nothing to pay (as `_claimable_before` skips it)
             results.append(self.settle(r, e))
         return results
 
