@@ -47,9 +47,12 @@ def fast_config(chain_id: int = SETTLE_CHAIN_ID, **overrides: Any) -> SubmitterC
         "chain_id": chain_id,
         "fees": FeePolicy(max_fee_cap_wei=100 * 10**9),
         "confirmations": 3,
-        "stuck_after_s": 5.0,
-        "receipt_timeout_s": 30.0,
-        "confirm_timeout_s": 30.0,
+        # unmined for 30 s on a 0.1 s chain is stuck; 5 s was reached on a loaded machine, and the
+        # fee-bumped replacement broke tests that count journal rows (the replacement test sets
+        # its own stuck_after_s)
+        "stuck_after_s": 30.0,
+        "receipt_timeout_s": 90.0,
+        "confirm_timeout_s": 90.0,
         "poll_interval_s": FAST_POLL_S,
         "lock_timeout_s": 60.0,
     }
