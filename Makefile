@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.meshledger-setup
 PACKAGES := domain ledger router_core settlement infra indexer
 
-.PHONY: setup demo test lint typecheck unit bench clean subgraph
+.PHONY: setup demo test lint typecheck unit bench clean subgraph fault
 
 setup: $(STAMP)
 
@@ -35,6 +35,16 @@ subgraph: setup
 
 test: setup lint typecheck subgraph
 	$(BIN)/pytest -q
+
+# Long fault campaigns; `make test` runs a short, seeded one of each.
+# Contract invariants under fuzzing (EpochSettlement on anvil): random seeds unless SEED is given.
+CONTRACT_FUZZ_EXAMPLES ?= 500
+CONTRACT_FUZZ_STEPS ?= 30
+fault: setup
+	MESHLEDGER_CONTRACT_FUZZ_EXAMPLES=$(CONTRACT_FUZZ_EXAMPLES) \
+	MESHLEDGER_CONTRACT_FUZZ_STEPS=$(CONTRACT_FUZZ_STEPS) \
+	  $(BIN)/pytest -q --timeout=0 $(if $(SEED),--hypothesis-seed=$(SEED)) \
+	  tests/settlement/test_contract_fuzz.py
 
 bench: setup
 	$(BIN)/meshledger bench ingest --json

@@ -15,6 +15,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
+from web3.types import RPCEndpoint
 
 from domain.cheque import Cheque
 from infra.anvil import DEV_MNEMONIC, Anvil
@@ -253,8 +254,8 @@ def test_unstake_waits_for_the_delay(w3: Web3, stack: Stack, accounts: list[str]
     assert unlock_at == w3.eth.get_block(receipt["blockNumber"])["timestamp"] + UNSTAKE_DELAY_S
     name, args = reverts(staking.functions.withdraw(REALM, 0, target), accounts[0])
     assert name == "StillLocked" and args[0] == unlock_at
-    w3.provider.make_request("evm_increaseTime", [UNSTAKE_DELAY_S])
-    w3.provider.make_request("evm_mine", [])
+    w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [UNSTAKE_DELAY_S])
+    w3.provider.make_request(RPCEndpoint("evm_mine"), [])
     before = balance(stack, accounts[0])
     receipt = transact(w3, staking.functions.withdraw(REALM, 0, target), accounts[0])
     withdrawn = events(staking, "Withdrawn", receipt)[0]
