@@ -101,8 +101,8 @@ stack running elsewhere by the process ids in VAR/run/stack.json.
 
 \b
 VAR keeps what the next `up` resumes from: keys/ (ledger, indexer and router keys, generated
-with mode 0600), run/ (pids, ports), contracts.json, broker/, chain/, ledger/ (DuckDB),
-routers/NAME/ (generated router.toml, SWAP state, spool), logs/.
+with mode 0600), run/ (pids, ports), contracts.json, broker/, chain/, ledger.duckdb (where
+`meshledger query` looks), spool/, routers/NAME/ (generated router.toml, SWAP state), logs/.
 
 \b
 The configuration (TOML; example: infra/stack.example.toml):
@@ -177,4 +177,4 @@ def down(var_dir: Path) -> None:
     from infra.supervisor import down as stop_stack
 
     running = stop_stack(Layout(var_dir.resolve()).pid_file, console)
-    console.print(f"stopped ({running} process{'es' if running != 1 else ''} were running)")
+    console.print(f"stopped: {running} recorded process(es) were still running")

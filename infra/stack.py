@@ -133,7 +133,7 @@ def _router_entry(data: Any, index: int) -> RouterEntry:
     try:
         from router_core.config import parse_config
 
-        parse_config(_router_settings(entry, Path("router.key"), Path("data"), "", 1, "", [], ""))
+        parse_config(router_settings(entry, Path("router.key"), Path("data"), "", 1, "", [], ""))
     except (ValueError, TypeError) as exc:
         raise StackConfigError(f"router {name!r}: {exc}") from exc
     return entry
@@ -222,7 +222,8 @@ class Layout:
 
     @property
     def ledger_db(self) -> Path:
-        return self.root / "ledger" / "ledger.duckdb"
+        """Where `meshledger query` looks by default (var/ledger.duckdb)."""
+        return self.root / "ledger.duckdb"
 
     def router_dir(self, name: str) -> Path:
         return self.root / "routers" / name
@@ -368,7 +369,7 @@ def to_toml(data: dict[str, Any]) -> str:
     return "".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in data.items())
 
 
-def _router_settings(
+def router_settings(
     entry: RouterEntry,
     key_file: Path,
     data_dir: Path,
@@ -439,7 +440,12 @@ def ledger_services(
     contracts: dict[str, str],
     sources: dict[str, str],
 ) -> list[Service]:
-    """Projector and routers: they need the broker, the chain and the contract addresses."""
+    """Projector and routers: they need the broker, the chain and the contract addresses.
+
+    One `Service` entry per child, started in list order; another service (the indexer, with
+    `layout.key("indexer")`, whose address the projector and routers already trust) is one more
+    entry here.
+    """
     cli = meshledger_command()
     query_port = ports.pick("query", config.projector.query_port)
     query_url = f"http://{HOST}:{query_port}"
@@ -470,7 +476,7 @@ def ledger_services(
     for entry in config.routers:
         directory = layout.router_dir(entry.name)
         directory.mkdir(parents=True, exist_ok=True)
-        settings = _router_settings(
+        settings = router_settings(
             entry,
             layout.key(f"router-{entry.name}"),
             directory / "data",
@@ -526,7 +532,7 @@ class StackRunning(RuntimeError):
 
 
 def run_up(config: StackConfig, layout: Layout, console: Console) -> int:
-    """Start the stack, print its status table, watch it until SIGINT/SIGTERM or a child exits,
+    """Start the stack, print its status table, watch it until SIGINT/SIGTERM/SIGHUP or a child exits,
     then stop every child. Returns EXIT_STOPPED, EXIT_CHILD_DIED or EXIT_START_FAILED."""
     import signal
 
@@ -557,7 +563,7 @@ def run_up(config: StackConfig, layout: Layout, console: Console) -> int:
     supervisor = Supervisor(layout.pid_file, layout.logs, console)
     previous = {
         sig: signal.signal(sig, lambda *_: supervisor.interrupted.set())
-        for sig in (signal.SIGINT, signal.SIGTERM)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
     try:
         try:
@@ -565,7 +571,12 @@ def run_up(config: StackConfig, layout: Layout, console: Console) -> int:
             supervisor.start(broker_service)
             supervisor.start(chain_service)
             endpoints = Endpoints(broker_service.address, chain_service.address)
-            contracts = ensure_contracts(endpoints.rpc_url, config, layout, console)
+            try:
+                contracts = ensure_contracts(endpoints.rpc_url, config, layout, console)
+            except StackConfigError:
+                raise
+            except Exception as exc:  # web3: a node error or a reverted deployment
+                raise ServiceFailed(f"contracts: {exc}") from exc
             for service in ledger_services(config, layout, ports, endpoints, contracts, sources):
                 if supervisor.interrupted.is_set():
                     raise Interrupted("stopped while starting")

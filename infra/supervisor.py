@@ -222,23 +222,34 @@ class Supervisor:
     def check(self) -> Child | None:
         """One round of watching: the first child found exited, else None; probes every
         PROBE_INTERVAL_S and reprints the table when a health changes."""
+        dead = self._first_exited()
+        if dead is not None:
+            return dead
+        now = time.monotonic()
+        if now - self._last_probe < PROBE_INTERVAL_S:
+            return None
+        self._last_probe = now
+        healths = [
+            "healthy" if _probe(c.service.probe) else "unhealthy (probe failing)"
+            for c in self.children
+        ]
+        dead = self._first_exited()  # a probe that failed because its child died says less
+        if dead is not None:
+            return dead
+        if healths != [c.health for c in self.children]:
+            for c, health in zip(self.children, healths, strict=True):
+                c.health = health
+            self.record()
+            self.print_status()
+        return None
+
+    def _first_exited(self) -> Child | None:
         for c in self.children:
             text = self._exit_text(c)
             if text:
                 c.health = text
                 self.record()
                 return c
-        now = time.monotonic()
-        if now - self._last_probe >= PROBE_INTERVAL_S:
-            self._last_probe = now
-            changed = False
-            for c in self.children:
-                health = "healthy" if _probe(c.service.probe) else "unhealthy (probe failing)"
-                changed |= health != c.health
-                c.health = health
-            if changed:
-                self.record()
-                self.print_status()
         return None
 
     def watch(self) -> Child | None:
