@@ -14,7 +14,7 @@ the multiset of inputs, never on their order: same log, same payouts, bit for bi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eth_hash.auto import keccak
@@ -47,39 +47,6 @@ class EpochPayouts:
         # the pool is fully distributed plus a remainder: nothing created, nothing lost
         assert self.total + self.remainder == self.funding + self.carry_in, "payout conservation"
         assert self.remainder >= 0
-
-
-def stake_block_sum(changes: Iterable[tuple[int, int]], first_block: int, last_block: int) -> int:
-    """Sum over blocks first..last of one stake, given its (block, new_total) changes.
-
-    A change at block b takes effect from block b on. Changes may come in any order; two changes at
-    the same block must not disagree (the caller orders by log index and keeps the last).
-    """
-    if last_block < first_block:
-        return 0
-    ordered = sorted(changes)
-    total = 0
-    amount = 0
-    cursor = first_block
-    for block, new_amount in ordered:
-        if block <= first_block:
-            amount = new_amount
-            continue
-        if block > last_block:
-            break
-        total += amount * (block - cursor)
-        cursor = block
-        amount = new_amount
-    total += amount * (last_block + 1 - cursor)
-    return total
-
-
-def capacity_messages(
-    changes: Iterable[tuple[int, int]], first_block: int, last_block: int, stake_per_mpb: int
-) -> int:
-    """Messages a provision stake entitles over blocks first..last: sum of floor(stake/spm) a block."""
-    per_block = [(block, amount // stake_per_mpb) for block, amount in changes]
-    return stake_block_sum(per_block, first_block, last_block)
 
 
 def epoch_funding(params: RealmParams, reservation_stake_blocks: int) -> int:
@@ -136,16 +103,12 @@ def compute_payouts(
 
 
 def payout_digest(realm: str, epoch: int, payouts: Sequence[Payout]) -> str:
-    """keccak256 over the canonical payout list; the PayoutsComputed event carries it."""
+    """keccak256 over the canonical payout list; the PayoutsComputed event carries it.
+
+    Canonical: one line `class,address,amount` a payout, addresses as lowercase hex, sorted by
+    (class, address bytes, amount), so any implementation gets the same digest whatever case or
+    order its payouts come in."""
+    canonical = sorted((p.payee_class, p.account.lower(), p.amount) for p in payouts)
     lines = [f"{realm}\n{epoch}\n".encode()]
-    lines += [f"{p.payee_class},{p.account.lower()},{p.amount}\n".encode() for p in sorted(payouts)]
+    lines += [f"{cls},{account},{amount}\n".encode() for cls, account, amount in canonical]
     return "0x" + keccak(b"".join(lines)).hex()
-
-
-def epoch_of(block: int, epoch_blocks: int) -> int:
-    return block // epoch_blocks
-
-
-def epoch_bounds(epoch: int, epoch_blocks: int) -> tuple[int, int]:
-    """First and last block of an epoch: [e*E, (e+1)*E)."""
-    return epoch * epoch_blocks, (epoch + 1) * epoch_blocks - 1

@@ -106,7 +106,7 @@ def run_ingest_bench(
                 commit_every_records=4096,
             )
         )
-        service._connect()
+        service.connect()
         service.run(until=lambda s: s.progress.records >= 1)  # the indexer's records
         base_events = service.progress.events
         ctx = mp.get_context("spawn")

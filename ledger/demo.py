@@ -113,7 +113,9 @@ def _run(bootstrap: str, work: Path, rng: random.Random, blocks: int) -> int:
                     )
                     heartbeat(em, realm.name, start + 10)
             if start == 300:  # a stake change mid-way: a user doubles its reservation
-                indexer.stake(realms[0], realms[0].users[1][0], "user", 200 * TOKEN, block=start)
+                indexer.stake(
+                    realms[0], realms[0].users[1][0], "user", 200 * TOKEN, block=start + 5
+                )
             indexer.head(start + 10)
             time.sleep(0.01)
         for em in router_emitters.values():

@@ -3,10 +3,13 @@ process serves reads over a loopback HTTP endpoint (JSON), each request on its o
 
 Endpoints: /realms, /bandwidth?realm=, /usage?realm=&epoch=, /epochs?realm=, /payouts?realm=&epoch=,
 /dead, /sources, /snapshot (offsets and table fingerprints read in one transaction), /table/NAME.
+Bounded: a client has `REQUEST_TIMEOUT_S` to send its request (socket timeout), at most
+`MAX_REQUEST_THREADS` requests run at once (more are answered 503 at once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.parse
@@ -70,8 +73,15 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+#: seconds a client may take to send its request line and headers (slowloris)
+REQUEST_TIMEOUT_S = 10.0
+#: requests served at once; one more is refused with 503 instead of a new thread
+MAX_REQUEST_THREADS = 16
+
+
 class _Handler(BaseHTTPRequestHandler):
     con: duckdb.DuckDBPyConnection
+    timeout = REQUEST_TIMEOUT_S
 
     def do_GET(self) -> None:  # noqa: N802
         url = urllib.parse.urlparse(self.path)
@@ -117,11 +127,35 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """One thread per request, at most `MAX_REQUEST_THREADS` at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_REQUEST_THREADS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def serve(
     con: duckdb.DuckDBPyConnection, host: str = "127.0.0.1", port: int = 0
 ) -> ThreadingHTTPServer:
     handler = type("Handler", (_Handler,), {"con": con})
-    server = ThreadingHTTPServer((host, port), handler)
+    server = _BoundedServer((host, port), handler)
     threading.Thread(target=server.serve_forever, name="ledger-query", daemon=True).start()
     return server
 

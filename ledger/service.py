@@ -38,6 +38,8 @@ class ServiceConfig:
     db_path: Path
     trust: Trust
     grace_blocks: int = 5
+    #: a router whose watermark is this many blocks behind the chain no longer holds epochs open
+    inactive_after_blocks: int | None = 600
     gap_timeout_ms: int = 5000
     max_buffered_records: int = 2048  # per partition; the partition is paused beyond it
     commit_every_records: int = 512
@@ -78,6 +80,7 @@ class LedgerService:
         self.idle_polls = 0
         self._staged = 0
         self._wait_verdicts: dict[Any, list[Any]] = {}
+        self._payouts_resent = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start_query_server(self) -> int:
@@ -98,17 +101,20 @@ class LedgerService:
             self._dead_producer.close(timeout=5)
         self.con.close()
 
-    def _connect(self) -> None:
+    def connect(self, consumer: Any = None) -> None:
+        """Assign every partition of the topics and seek to the stored offsets. `consumer` is a
+        kafka-python consumer (a new one by default; the projector simulation passes its own)."""
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.config.bootstrap,
-            enable_auto_commit=False,
-            group_id=None,
-            fetch_max_bytes=64 << 20,
-            max_partition_fetch_bytes=16 << 20,
-            receive_buffer_bytes=4 << 20,
-        )
+        if consumer is None:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.config.bootstrap,
+                enable_auto_commit=False,
+                group_id=None,
+                fetch_max_bytes=64 << 20,
+                max_partition_fetch_bytes=16 << 20,
+                receive_buffer_bytes=4 << 20,
+            )
         tps = []
         for topic in self.config.topics:
             parts = None
@@ -136,7 +142,7 @@ class LedgerService:
     ) -> None:
         """Consume until stop() or `until(self)` is true (checked after every pass)."""
         if self._consumer is None:
-            self._connect()
+            self.connect()
         while not self._stop.is_set():
             self._fetch()
             changed = self._process()
@@ -306,7 +312,18 @@ class LedgerService:
     def _close_due_epochs(self) -> None:
         if self.emitter is None:
             return
-        for event in self.projector.due_epochs(self.config.grace_blocks):
+        if not self._payouts_resent and self.idle_polls >= 1 and self.caught_up():
+            # an epoch closed and committed whose PayoutsComputed never reached the log (the
+            # process died before the emitter spooled it) must still become settleable
+            self._payouts_resent = True
+            for payouts in self.projector.unconfirmed_payouts():
+                log.warning(
+                    "re-emitting PayoutsComputed for %s epoch %d", payouts.realm, payouts.epoch
+                )
+                self.emitter.emit(payouts)
+        for event in self.projector.due_epochs(
+            self.config.grace_blocks, self.config.inactive_after_blocks
+        ):
             if self._requested_close.get(event.realm, -1) >= event.epoch:
                 continue
             self._requested_close[event.realm] = event.epoch
@@ -337,7 +354,7 @@ def replay(
             dead_letters=False,
         )
     )
-    service._connect()
+    service.connect()
     # Tansu reports a partition's end as its last batch's base offset + 1, so without targets the
     # replay runs until the log stops yielding records rather than trusting end offsets
     service.limits = dict(targets or {})

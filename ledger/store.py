@@ -1,9 +1,13 @@
-"""DuckDB projections: the schema, batched columnar writes, and the consumed Kafka offsets, all
-committed in one transaction so a crash at any point neither loses nor double-counts."""
+"""DuckDB projections: the schema, the projector's reads, and its batched columnar writes committed
+with the consumed Kafka offsets in one transaction, so a crash at any point neither loses nor
+double-counts. Every SQL statement of the projector lives here."""
 
 from __future__ import annotations
 
+import contextlib
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +20,21 @@ CREATE TABLE IF NOT EXISTS sources (source VARCHAR PRIMARY KEY, last_seq BIGINT,
 CREATE TABLE IF NOT EXISTS realms (realm VARCHAR PRIMARY KEY, keeper VARCHAR, rfr_bps BIGINT,
     stake_per_mpb HUGEINT, epoch_blocks BIGINT, funding_period_blocks BIGINT, weight_router_bps BIGINT,
     weight_service_bps BIGINT, weight_vendor_bps BIGINT, price_per_message HUGEINT, created_block BIGINT);
-CREATE TABLE IF NOT EXISTS realm_params (realm VARCHAR, source VARCHAR, seq BIGINT, rfr_bps BIGINT,
+CREATE TABLE IF NOT EXISTS realm_params (realm VARCHAR, change VARCHAR, source VARCHAR, seq BIGINT,
+    block BIGINT, start_block BIGINT, effective_epoch BIGINT, effective_block BIGINT, rfr_bps BIGINT,
     stake_per_mpb HUGEINT, epoch_blocks BIGINT, funding_period_blocks BIGINT, weight_router_bps BIGINT,
     weight_service_bps BIGINT, weight_vendor_bps BIGINT, price_per_message HUGEINT);
 CREATE TABLE IF NOT EXISTS apis (realm VARCHAR, api VARCHAR, vendor VARCHAR, block BIGINT, source VARCHAR, seq BIGINT);
 CREATE TABLE IF NOT EXISTS applied_ahead (topic VARCHAR, part INTEGER, "offset" BIGINT);
 CREATE TABLE IF NOT EXISTS stakes (realm VARCHAR, staker VARCHAR, role VARCHAR, target VARCHAR,
     amount HUGEINT, tx_hash VARCHAR, block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS stake_points (realm VARCHAR, kind VARCHAR, account VARCHAR, block BIGINT,
+    stake HUGEINT);
 CREATE TABLE IF NOT EXISTS usage_blocks (realm VARCHAR, block BIGINT, source VARCHAR, messages BIGINT, bytes BIGINT);
 CREATE TABLE IF NOT EXISTS usage_records (realm VARCHAR, source VARCHAR, last_seq BIGINT, epoch BIGINT,
     payee_class VARCHAR, account VARCHAR, messages BIGINT, bytes BIGINT);
+CREATE TABLE IF NOT EXISTS usage_pending (realm VARCHAR, source VARCHAR, last_seq BIGINT, epoch BIGINT,
+    payee_class VARCHAR, account VARCHAR, messages BIGINT);
 CREATE TABLE IF NOT EXISTS epochs (realm VARCHAR, epoch BIGINT, first_block BIGINT, last_block BIGINT,
     marks VARCHAR, funding HUGEINT, carry_in HUGEINT, total HUGEINT, remainder HUGEINT, payees BIGINT,
     digest VARCHAR, late_messages BIGINT, confirmed_digest VARCHAR, PRIMARY KEY (realm, epoch));
@@ -42,36 +51,42 @@ CREATE TABLE IF NOT EXISTS late_records (realm VARCHAR, source VARCHAR, last_seq
     counted_epoch BIGINT, messages BIGINT);
 """
 
-#: latest stake per (realm, staker, role, target) (target 0x00…00: the realm itself, REALM_TARGET) as of every block where something changed,
-#: then reserved / provided bandwidth (messages per block) and metered use per realm and block.
+#: Bandwidth per realm and block. The stake series come from `domain.stakes` (stake_points: the
+#: reservation of each client and the provided stake of each operator at every block where it
+#: changes), the stake per mpb from the parameters in force in the block's epoch; so the view,
+#: the usage table's capacities and the payouts read the same stakes.
 BANDWIDTH_VIEW = """
+CREATE OR REPLACE VIEW stake_mpb AS
+SELECT p.realm, p.block, p.kind, p.account, p.stake, (p.stake // r.stake_per_mpb)::BIGINT AS mpb
+FROM stake_points p ASOF JOIN realm_params r ON p.realm = r.realm AND p.block >= r.effective_block;
+
 CREATE OR REPLACE VIEW bandwidth AS
-WITH last_change AS (
-    SELECT realm, staker, role, target, block, arg_max(amount, log_index) AS amount
-    FROM stakes GROUP BY ALL
+WITH blocks AS (
+    SELECT DISTINCT realm, block FROM stake_points UNION SELECT DISTINCT realm, block FROM usage_blocks
 ), used AS (
     SELECT realm, block, sum(messages) AS used_mpb, sum(bytes) AS used_bytes FROM usage_blocks GROUP BY ALL
-), blocks AS (
-    SELECT realm, block FROM used UNION SELECT realm, block FROM last_change
-), keys AS (
-    SELECT DISTINCT realm, staker, role, target FROM last_change
-), grid AS (
-    SELECT b.realm, b.block, k.staker, k.role, k.target FROM blocks b JOIN keys k USING (realm)
+), series AS (
+    SELECT DISTINCT realm, kind, account FROM stake_points
 ), at_block AS (
-    SELECT g.realm, g.block, g.role, g.target, c.amount
-    FROM grid g ASOF JOIN last_change c
-      ON g.realm = c.realm AND g.staker = c.staker AND g.role = c.role AND g.target = c.target AND g.block >= c.block
+    SELECT g.realm, g.block, g.kind, p.stake
+    FROM (SELECT b.realm, b.block, s.kind, s.account FROM blocks b JOIN series s USING (realm)) g
+    ASOF JOIN stake_points p
+      ON g.realm = p.realm AND g.kind = p.kind AND g.account = p.account AND g.block >= p.block
+), per_block AS (
+    SELECT a.realm, a.block,
+        sum(a.stake // r.stake_per_mpb) FILTER (WHERE a.kind = 'reserved') AS reserved_mpb,
+        sum(a.stake // r.stake_per_mpb) FILTER (WHERE a.kind = 'router') AS provided_mpb,
+        sum(a.stake // r.stake_per_mpb) FILTER (WHERE a.kind = 'service') AS service_mpb
+    FROM at_block a ASOF JOIN realm_params r ON a.realm = r.realm AND a.block >= r.effective_block
+    GROUP BY ALL
 )
 SELECT b.realm, b.block,
-    coalesce((SELECT sum(a.amount // r.stake_per_mpb) FROM at_block a
-              WHERE a.realm = b.realm AND a.block = b.block AND a.target = '0x0000000000000000000000000000000000000000'
-                AND a.role IN ('user', 'service_operator')), 0)::BIGINT AS reserved_mpb,
-    coalesce((SELECT sum(a.amount // r.stake_per_mpb) FROM at_block a
-              WHERE a.realm = b.realm AND a.block = b.block AND a.target = '0x0000000000000000000000000000000000000000'
-                AND a.role = 'router_operator'), 0)::BIGINT AS provided_mpb,
+    coalesce(p.reserved_mpb, 0)::BIGINT AS reserved_mpb,
+    coalesce(p.provided_mpb, 0)::BIGINT AS provided_mpb,
+    coalesce(p.service_mpb, 0)::BIGINT AS service_mpb,
     coalesce(u.used_mpb, 0)::BIGINT AS used_mpb,
     coalesce(u.used_bytes, 0)::BIGINT AS used_bytes
-FROM blocks b JOIN realms r USING (realm) LEFT JOIN used u USING (realm, block)
+FROM blocks b LEFT JOIN per_block p USING (realm, block) LEFT JOIN used u USING (realm, block)
 ORDER BY b.realm, b.block;
 """
 
@@ -82,6 +97,7 @@ AUDITED_TABLES = (
     "realm_params",
     "apis",
     "stakes",
+    "stake_points",
     "usage_blocks",
     "usage_records",
     "epochs",
@@ -144,3 +160,128 @@ def table_rows(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[Any, ..
         tuple(r)
         for r in con.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY ALL").fetchall()
     ]
+
+
+# -- the projector's reads and its one-transaction commit -------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Everything one commit writes, with the consumed offsets, in one transaction."""
+
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: defaultdict(list))
+    realms: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # upserted realms rows
+    confirmations: list[tuple[str, int, str]] = field(default_factory=list)
+    #: (realm, epoch, marks): pending usage an epoch close counted
+    counted_usage: list[tuple[str, int, dict[str, int]]] = field(default_factory=list)
+    #: (realm, kind, account) -> (from block, [(block, stake)]): a stake series rewritten from a block
+    stake_series: dict[tuple[str, str, str], tuple[int, list[tuple[int, int]]]] = field(
+        default_factory=dict
+    )
+    sources: list[tuple[Any, ...]] = field(default_factory=list)
+    rejected: list[tuple[str, int]] | None = None
+    offsets: dict[tuple[str, int], tuple[int, list[int]]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(
+            any(self.rows.values())
+            or self.realms
+            or self.confirmations
+            or self.counted_usage
+            or self.stake_series
+            or self.sources
+            or self.rejected is not None
+            or self.offsets
+        )
+
+
+class CommitFailed(RuntimeError):
+    """A commit that did not happen; nothing of its batch is in the database."""
+
+
+def commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
+    """Write `batch` in one transaction. On failure nothing is written and the cause is raised
+    (a failed COMMIT rolls back by itself; its cause must not hide behind the ROLLBACK's)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _write(con, batch)
+        con.execute("COMMIT")
+    except BaseException as exc:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        if isinstance(exc, duckdb.Error):
+            raise CommitFailed(f"projection commit failed, nothing written: {exc}") from exc
+        raise
+
+
+def _write(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
+    for row in batch.realms.values():
+        con.execute(f"INSERT OR REPLACE INTO realms VALUES ({','.join('?' * len(row))})", row)
+    for realm, epoch, marks in batch.counted_usage:
+        con.execute(
+            "DELETE FROM usage_pending u USING (SELECT unnest($3::VARCHAR[]) AS source,"
+            " unnest($4::BIGINT[]) AS mark) m"
+            " WHERE u.realm = $1 AND u.epoch <= $2 AND u.source = m.source AND u.last_seq <= m.mark",
+            [realm, epoch, list(marks), list(marks.values())],
+        )
+    for (realm, kind, account), (from_block, points) in batch.stake_series.items():
+        con.execute(
+            "DELETE FROM stake_points WHERE realm = ? AND kind = ? AND account = ? AND block >= ?",
+            [realm, kind, account, from_block],
+        )
+        append_rows(
+            con,
+            "stake_points",
+            [(realm, kind, account, b, stake) for b, stake in points if b >= from_block],
+        )
+    for table, rows in batch.rows.items():
+        append_rows(con, table, rows)
+    for realm, epoch, digest in batch.confirmations:
+        con.execute(
+            "UPDATE epochs SET confirmed_digest = ? WHERE realm = ? AND epoch = ?",
+            [digest, realm, epoch],
+        )
+    if batch.sources:
+        con.execute(
+            "DELETE FROM sources WHERE source IN (SELECT unnest(?::VARCHAR[]))",
+            [[s[0] for s in batch.sources]],
+        )
+        append_rows(con, "sources", batch.sources)
+    if batch.rejected is not None:
+        con.execute("DELETE FROM rejected")
+        append_rows(con, "rejected", batch.rejected)
+    for (topic, part), (next_offset, ahead) in batch.offsets.items():
+        con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)", [topic, part, next_offset])
+        con.execute("DELETE FROM applied_ahead WHERE topic = ? AND part = ?", [topic, part])
+        append_rows(con, "applied_ahead", [(topic, part, o) for o in ahead])
+
+
+def rows_of(con: duckdb.DuckDBPyConnection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in con.execute(sql, list(args)).fetchall()]
+
+
+def pending_usage(con: duckdb.DuckDBPyConnection, realm: str) -> list[tuple[Any, ...]]:
+    """Usage a close of `realm` has not counted yet: (source, last_seq, epoch, class, account, n)."""
+    return rows_of(
+        con,
+        "SELECT source, last_seq, epoch, payee_class, account, messages FROM usage_pending"
+        " WHERE realm = ?",
+        realm,
+    )
+
+
+def epoch_digest(con: duckdb.DuckDBPyConnection, realm: str, epoch: int) -> str | None:
+    row = con.execute(
+        "SELECT digest FROM epochs WHERE realm = ? AND epoch = ?", [realm, epoch]
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def unconfirmed_epochs(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    """Closed epochs whose PayoutsComputed is not in the log yet:
+    (realm, epoch, funding, total, remainder, payees, digest)."""
+    return rows_of(
+        con,
+        "SELECT realm, epoch, funding, total, remainder, payees, digest FROM epochs"
+        " WHERE confirmed_digest IS NULL ORDER BY realm, epoch",
+    )

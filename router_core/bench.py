@@ -2,7 +2,8 @@
 per second, autobahn clients in their own processes, against this router with metering and SWAP
 on, with both off, and against Crossbar.io (own venv `.venv-crossbar`, created when missing).
 
-The last stdout line is one JSON object (see `run_bench`).
+The last stdout line is one JSON object (see `run_bench`). Client keys reach the worker processes
+in the environment (`MESH_BENCH_KEY`), never on their command line.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ async def _client(url: str, key_hex: str) -> Any:
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     await loop.create_connection(factory, "127.0.0.1", port)
     return await asyncio.wait_for(joined, 10)
+
+
+KEY_ENV = "MESH_BENCH_KEY"
 
 
 async def _worker(role: str, url: str, key_hex: str, n: int) -> None:
@@ -135,26 +139,33 @@ async def _serve(port: int, metered: bool, broker: str, keys: list[str], data_di
     stakes = StaticStakes({REALM: dict.fromkeys(keys, 10**9)})
     emitter = None
     swap = None
+    handoff = None
     if metered:
         from ledger.emitter import Emitter, EmitterConfig
+        from router_core.handoff import LedgerHandoff
 
         emitter = Emitter(
             signer, EmitterConfig(bootstrap=broker, spool_dir=Path(data_dir) / "spool", fsync=False)
         )
+        handoff = LedgerHandoff(emitter, asyncio.get_running_loop())
         terms = {REALM: RouterTerms(1000 * PRICE, 100_000 * PRICE, PRICE, TOKEN, CHAIN_ID)}
-        swap = SwapService(signer.address, terms, emitter, clock, Path(data_dir) / "swap.sqlite")
+        swap = SwapService(signer.address, terms, handoff, clock, Path(data_dir) / "swap.sqlite")
     router = Router(
         signer.address,
         [RealmOptions(REALM, allow_anonymous=not metered)],
         stakes,
         clock,
-        sink=emitter,
+        sink=handoff,
         swap=swap,
     )
+    if handoff is not None:
+        handoff.on_full, handoff.on_space = router.pause_reading, router.resume_reading
     await router.start("127.0.0.1", port)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await router.stop()
+    if handoff is not None:
+        handoff.close()
     if emitter is not None:
         emitter.close()
 
@@ -163,13 +174,14 @@ def _python() -> str:
     return sys.executable
 
 
-def _spawn(args: list[str], python: str | None = None) -> subprocess.Popen[str]:
+def _spawn(args: list[str], key_hex: str = "") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [python or _python(), "-m", "router_core.bench", *args],
+        [_python(), "-m", "router_core.bench", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         cwd=str(Path(__file__).resolve().parent.parent),
+        env={**os.environ, KEY_ENV: key_hex},
     )
 
 
@@ -199,14 +211,14 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 def measure(url: str, keys: list[str], messages: int, calls: int) -> tuple[float, float]:
     """(pub/sub deliveries per second, RPC calls per second) against the router at `url`."""
     sub_key, pub_key, callee_key, caller_key = keys if keys else ["", "", "", ""]
-    sub = _spawn(["worker", "sub", url, sub_key, str(messages)])
+    sub = _spawn(["worker", "sub", url, str(messages)], sub_key)
     _expect_ready(sub, "subscriber")
-    pub = _spawn(["worker", "pub", url, pub_key, str(messages)])
+    pub = _spawn(["worker", "pub", url, str(messages)], pub_key)
     rate = float(_result(sub)["rate"])
     _result(pub)
-    callee = _spawn(["worker", "callee", url, callee_key, "0"])
+    callee = _spawn(["worker", "callee", url, "0"], callee_key)
     _expect_ready(callee, "callee")
-    caller = _spawn(["worker", "caller", url, caller_key, str(calls)])
+    caller = _spawn(["worker", "caller", url, str(calls)], caller_key)
     rpc = float(_result(caller)["rate"])
     callee.kill()
     callee.wait()
@@ -343,7 +355,6 @@ def main(argv: list[str] | None = None) -> None:
     w = sub.add_parser("worker")
     w.add_argument("role")
     w.add_argument("url")
-    w.add_argument("key")
     w.add_argument("n", type=int)
     s = sub.add_parser("serve")
     s.add_argument("port", type=int)
@@ -355,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvloop
 
     if args.cmd == "worker":
-        uvloop.run(_worker(args.role, args.url, args.key, args.n))
+        uvloop.run(_worker(args.role, args.url, os.environ.get(KEY_ENV, ""), args.n))
     else:
         keys = [k for k in args.keys.split(",") if k]
         os.makedirs(args.data_dir, exist_ok=True)

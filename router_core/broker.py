@@ -1,7 +1,9 @@
 """Publish/subscribe of one realm: subscriptions (exact and prefix match) and event delivery.
 
 An EVENT is serialised once per subscription and serializer, then written to every subscriber;
-each delivery is reported to the realm's routing observer.
+each delivery is reported to the realm's routing observer. Prefix matching looks up the topic's
+prefixes of the lengths some subscription has (at most `MAX_URI_CHARS` lookups), so its cost per
+publish does not grow with the number of prefix subscriptions.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router_core import messages as m
+from router_core.serializer import SerializationError
 from router_core.session import Session
 
 #: observer of one routed message: (kind, sender, receiver, uri, frame bytes)
@@ -30,11 +33,13 @@ class Subscription:
 
 
 class Broker:
-    def __init__(self, routed: Routed, max_subscriptions_per_session: int = 10_000) -> None:
+    def __init__(self, routed: Routed, max_subscriptions_per_session: int = 1_000) -> None:
         self._routed = routed
         self._max_subscriptions = max_subscriptions_per_session
         self._exact: dict[str, Subscription] = {}
         self._prefix: dict[str, Subscription] = {}
+        #: the distinct lengths of the prefix subscriptions, ascending
+        self._prefix_lengths: tuple[int, ...] = ()
         self._by_id: dict[int, Subscription] = {}
         self._publication_ids = itertools.count(1)
 
@@ -50,13 +55,20 @@ class Broker:
             session.error(m.SUBSCRIBE, request, m.INVALID_URI, f"invalid topic URI {topic!r}")
             return
         if len(session.subscriptions) >= self._max_subscriptions:
-            session.error(m.SUBSCRIBE, request, m.INVALID_ARGUMENT, "too many subscriptions")
+            session.error(
+                m.SUBSCRIBE,
+                request,
+                m.INVALID_ARGUMENT,
+                f"too many subscriptions (limit {self._max_subscriptions} per session)",
+            )
             return
         table = self._exact if match == "exact" else self._prefix
         sub = table.get(topic)
         if sub is None:
             sub = table[topic] = Subscription(topic, match)
             self._by_id[sub.id] = sub
+            if match == "prefix":
+                self._index_prefixes()
         sub.subscribers[session.id] = session
         session.subscriptions.add(sub.id)
         session.send([m.SUBSCRIBED, request, sub.id])
@@ -77,6 +89,11 @@ class Broker:
             del self._by_id[sub.id]
             table = self._exact if sub.match == "exact" else self._prefix
             table.pop(sub.topic, None)
+            if sub.match == "prefix":
+                self._index_prefixes()
+
+    def _index_prefixes(self) -> None:
+        self._prefix_lengths = tuple(sorted({len(p) for p in self._prefix}))
 
     def session_left(self, session: Session) -> None:
         for sub_id in list(session.subscriptions):
@@ -92,14 +109,31 @@ class Broker:
                 session.error(m.PUBLISH, request, m.INVALID_URI, f"invalid topic URI {topic!r}")
             return
         publication = next(self._publication_ids)
+        refused: set[str] = set()
         exact = self._exact.get(topic)
         if exact is not None:
-            self._deliver(session, options, exact, publication, {}, msg)
-        if self._prefix:
-            for prefix, sub in list(self._prefix.items()):
-                if topic.startswith(prefix):
-                    self._deliver(session, options, sub, publication, {"topic": topic}, msg)
-        if acknowledge:
+            self._deliver(session, options, exact, publication, {}, msg, refused)
+        if self._prefix_lengths:
+            size = len(topic)
+            for length in self._prefix_lengths:
+                if length > size:
+                    break
+                sub = self._prefix.get(topic[:length])
+                if sub is not None:
+                    self._deliver(
+                        session, options, sub, publication, {"topic": topic}, msg, refused
+                    )
+        if not acknowledge:
+            return
+        if refused:
+            session.error(
+                m.PUBLISH,
+                request,
+                m.INVALID_ARGUMENT,
+                f"not delivered to subscribers speaking {', '.join(sorted(refused))}: "
+                "the payload is not representable there",
+            )
+        else:
             session.send([m.PUBLISHED, request, publication])
 
     def _deliver(
@@ -110,6 +144,7 @@ class Broker:
         publication: int,
         details: dict[str, Any],
         msg: list[Any],
+        refused: set[str],
     ) -> None:
         skip = publisher.id if options.get("exclude_me", True) is not False else -1
         exclude = options.get("exclude")
@@ -122,7 +157,9 @@ class Broker:
         first_frame = b""
         frames: dict[Any, bytes] | None = None
         for sid, receiver in list(sub.subscribers.items()):
-            if sid == skip:
+            if publisher.suspended:
+                return  # went past its disconnect threshold with an earlier delivery
+            if sid == skip or receiver.suspended:
                 continue
             if exclude is not None and type(exclude) is list and sid in exclude:
                 continue
@@ -133,14 +170,17 @@ class Broker:
                 frame = first_frame
             elif first_ser is None:
                 first_ser = ser
-                frame = first_frame = ser.encode(event)
+                frame = first_frame = _encode(ser, event)
             else:
                 if frames is None:
                     frames = {}
                 found = frames.get(ser)
                 if found is None:
-                    found = frames[ser] = ser.encode(event)
+                    found = frames[ser] = _encode(ser, event)
                 frame = found
+            if not frame:  # this serializer cannot carry the payload (a big int in msgpack)
+                refused.add(ser.subprotocol)
+                continue
             receiver.send_frame(frame)
             routed("event", publisher, receiver, topic, len(frame))
 
@@ -151,3 +191,11 @@ class Broker:
             return False
         session.send([m.EVENT, sub.id, next(self._publication_ids), {}, [], kwargs])
         return True
+
+
+def _encode(ser: Any, event: list[Any]) -> bytes:
+    """The frame, or b"" when the serializer cannot represent the message."""
+    try:
+        return ser.encode(event)  # type: ignore[no-any-return]
+    except SerializationError:
+        return b""

@@ -8,6 +8,7 @@ never from the configuration itself. Example: see README / `router_core.cli`.
     chain_id = 31337
     chain_rpc_url = ""                 # web3 head poller and chequebook solvency checks
     ledger_sources = ["0x…"]           # trusted indexer keys: stakes and chain heads from mesh.ledger
+    watermark_every_blocks = 10        # a signed ChainHead per realm at least this often, even idle
 
     [swap]
     token = "0x…"
@@ -79,6 +80,9 @@ class RouterConfig:
     ledger_sources: list[str] = field(default_factory=list)
     max_frame_bytes: int = 1 << 20
     call_timeout_ms: int = 30_000
+    #: the router's watermark (ChainHead of block - 1, per realm) at least every N blocks, so an
+    #: idle router never holds its realms' epochs open; 0 turns it off
+    watermark_every_blocks: int = 10
     swap: SwapConfig = field(default_factory=SwapConfig)
     cashout: CashoutConfig = field(default_factory=CashoutConfig)
 

@@ -8,15 +8,19 @@ Procedures under `mesh.` may be served by the router itself (meta procedures).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from router_core import messages as m
 from router_core.broker import Routed
+from router_core.serializer import SerializationError
 from router_core.session import Session, State
 
 _ids = itertools.count(1)
+log = logging.getLogger("router_core.dealer")
 
 
 class MetaError(Exception):
@@ -29,8 +33,11 @@ class MetaError(Exception):
         self.kwargs = kwargs or {}
 
 
-#: a meta procedure: (caller, args, kwargs) -> result kwargs
-MetaProcedure = Callable[[Session, list[Any], dict[str, Any]], dict[str, Any]]
+#: a meta procedure: (caller, args, kwargs) -> result kwargs, or an awaitable of them (one that
+#: reads the chain); it raises MetaError to refuse
+MetaProcedure = Callable[
+    [Session, list[Any], dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]
+]
 
 
 class Registration:
@@ -63,11 +70,13 @@ class Dealer:
         loop: asyncio.AbstractEventLoop,
         call_timeout_ms: int = 30_000,
         max_pending_per_session: int = 10_000,
+        max_registrations_per_session: int = 1_000,
     ) -> None:
         self._routed = routed
         self._loop = loop
         self._timeout_s = call_timeout_ms / 1000
         self._max_pending = max_pending_per_session
+        self._max_registrations = max_registrations_per_session
         self._procs: dict[str, Registration] = {}
         self._regs: dict[int, Registration] = {}
         self._pending: dict[int, PendingCall] = {}
@@ -88,6 +97,14 @@ class Dealer:
             return
         if uri in self._procs:
             session.error(m.REGISTER, request, m.PROCEDURE_ALREADY_EXISTS, f"{uri} is registered")
+            return
+        if len(session.registrations) >= self._max_registrations:
+            session.error(
+                m.REGISTER,
+                request,
+                m.INVALID_ARGUMENT,
+                f"too many registrations (limit {self._max_registrations} per session)",
+            )
             return
         reg = Registration(uri, session)
         self._procs[uri] = reg
@@ -131,7 +148,18 @@ class Dealer:
             caller.error(m.CALL, request, m.CANCELED, "too many pending calls")
             return
         callee = reg.callee
+        if callee.suspended:
+            caller.error(m.CALL, request, m.NO_SUCH_PROCEDURE, f"the callee of {uri} is suspended")
+            return
+        details: dict[str, Any] = {}
+        if options.get("receive_progress") is True:
+            details["receive_progress"] = True
         invocation = next(_ids)
+        try:
+            frame = callee.serializer.encode([m.INVOCATION, invocation, reg.id, details, *msg[4:]])
+        except SerializationError as exc:
+            caller.error(m.CALL, request, m.INVALID_ARGUMENT, f"callee cannot receive it: {exc}")
+            return
         pending = PendingCall(invocation, caller, request, callee, uri)
         self._pending[invocation] = pending
         self._by_caller[key] = pending
@@ -140,10 +168,6 @@ class Dealer:
         timeout_s = timeout / 1000 if type(timeout) is int and timeout > 0 else self._timeout_s
         if timeout_s > 0:
             pending.timer = self._loop.call_later(timeout_s, self._timed_out, invocation)
-        details: dict[str, Any] = {}
-        if options.get("receive_progress") is True:
-            details["receive_progress"] = True
-        frame = callee.serializer.encode([m.INVOCATION, invocation, reg.id, details, *msg[4:]])
         callee.send_frame(frame)
         self._routed("invocation", caller, callee, uri, len(frame))
 
@@ -157,7 +181,38 @@ class Dealer:
         except MetaError as exc:
             caller.send([m.ERROR, m.CALL, request, {}, exc.uri, [exc.message], exc.kwargs])
             return
-        caller.send([m.RESULT, request, {}, [result]])
+        if inspect.isawaitable(result):
+            task = self._loop.create_task(_awaited(result))
+            task.add_done_callback(lambda t: self._meta_done(caller, request, t))
+            return
+        self._reply(caller, [m.RESULT, request, {}, [result]], request)
+
+    def _meta_done(self, caller: Session, request: int, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if caller.state is not State.ESTABLISHED:
+            return  # nobody to answer
+        if isinstance(exc, MetaError):
+            caller.send([m.ERROR, m.CALL, request, {}, exc.uri, [exc.message], exc.kwargs])
+        elif exc is not None:
+            log.error("meta procedure failed", exc_info=exc)
+            caller.send([m.ERROR, m.CALL, request, {}, m.CANCELED, ["router error"]])
+        else:
+            self._reply(caller, [m.RESULT, request, {}, [task.result()]], request)
+
+    @staticmethod
+    def _reply(caller: Session, msg: list[Any], request: int) -> bytes:
+        """Encode a RESULT/ERROR for the caller; one its serializer cannot carry becomes an
+        ERROR saying so. Returns the frame sent."""
+        try:
+            frame = caller.serializer.encode(msg)
+        except SerializationError as exc:
+            frame = caller.serializer.encode(
+                [m.ERROR, m.CALL, request, {}, m.INVALID_ARGUMENT, [f"result not sent: {exc}"]]
+            )
+        caller.send_frame(frame)
+        return frame
 
     def _finish(self, pending: PendingCall) -> None:
         del self._pending[pending.invocation]
@@ -174,10 +229,11 @@ class Dealer:
         if not progress:
             self._finish(pending)
         caller = pending.caller
-        frame = caller.serializer.encode(
-            [m.RESULT, pending.request, {"progress": True} if progress else {}, *msg[3:]]
+        frame = self._reply(
+            caller,
+            [m.RESULT, pending.request, {"progress": True} if progress else {}, *msg[3:]],
+            pending.request,
         )
-        caller.send_frame(frame)
         self._routed("result", callee, caller, pending.uri, len(frame))
 
     def error(self, callee: Session, msg: list[Any]) -> None:
@@ -189,9 +245,17 @@ class Dealer:
             return
         self._finish(pending)
         caller = pending.caller
-        frame = caller.serializer.encode([m.ERROR, m.CALL, pending.request, {}, *msg[4:]])
-        caller.send_frame(frame)
+        frame = self._reply(
+            caller, [m.ERROR, m.CALL, pending.request, {}, *msg[4:]], pending.request
+        )
         self._routed("error", callee, caller, pending.uri, len(frame))
+
+    def refuse_result(self, callee: Session, msg: list[Any], reason: str) -> None:
+        """A suspended callee's YIELD or ERROR is not routed: the call fails instead."""
+        invocation = msg[1] if msg[0] == m.YIELD else msg[2]
+        pending = self._pending.get(invocation)
+        if pending is not None and pending.callee is callee:
+            self._fail(pending, m.CANCELED, f"callee suspended: {reason}", interrupt=False)
 
     def cancel(self, caller: Session, msg: list[Any]) -> None:
         pending = self._by_caller.get((caller.id, msg[1]))
@@ -240,3 +304,7 @@ def _can_cancel(session: Session) -> bool:
         return False
     features = callee.get("features")
     return isinstance(features, dict) and features.get("call_canceling") is True
+
+
+async def _awaited(result: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    return await result

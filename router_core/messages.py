@@ -61,8 +61,13 @@ _URI = re.compile(r"^([^\s\.#]+\.)*([^\s\.#]+)$")
 _PREFIX_URI = re.compile(r"^([^\s\.#]+\.)*([^\s\.#]*)$")
 
 
+#: longest URI (topic, procedure) a router accepts, in characters: a URI is copied into every
+#: metered event, so a peer must not choose its size
+MAX_URI_CHARS = 512
+
+
 def valid_uri(uri: Any, prefix: bool = False) -> bool:
-    if type(uri) is not str or not uri:
+    if type(uri) is not str or not uri or len(uri) > MAX_URI_CHARS:
         return False
     return (_PREFIX_URI if prefix else _URI).match(uri) is not None
 

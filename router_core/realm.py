@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from router_core import messages as m
@@ -18,6 +19,33 @@ from router_core.reservation import ADMIT, HOLD
 from router_core.session import Session, State
 
 log = logging.getLogger("router_core.realm")
+
+#: messages whose content is routed to another session
+_ROUTING = frozenset((m.PUBLISH, m.CALL, m.YIELD, m.ERROR))
+
+
+class SessionLimits(Protocol):
+    """Per-session limits of routing (`router_core.router.Limits`)."""
+
+    @property
+    def call_timeout_ms(self) -> int: ...
+    @property
+    def max_pending_calls_per_session(self) -> int: ...
+    @property
+    def max_subscriptions_per_session(self) -> int: ...
+    @property
+    def max_registrations_per_session(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Defaults:
+    call_timeout_ms: int = 30_000
+    max_pending_calls_per_session: int = 10_000
+    max_subscriptions_per_session: int = 1_000
+    max_registrations_per_session: int = 1_000
+
+
+_DEFAULT_LIMITS = _Defaults()
 
 
 class RoutingObserver(Protocol):
@@ -33,15 +61,21 @@ class Realm:
         name: str,
         loop: asyncio.AbstractEventLoop,
         observers: Sequence[RoutingObserver] = (),
-        call_timeout_ms: int = 30_000,
-        max_pending_calls_per_session: int = 10_000,
+        limits: SessionLimits | None = None,
     ) -> None:
+        limits = limits or _DEFAULT_LIMITS
         self.name = name
         self.sessions: dict[int, Session] = {}
         self._throttled: set[Session] = set()
         self.set_observers(observers)
-        self.broker = Broker(self.routed)
-        self.dealer = Dealer(self.routed, loop, call_timeout_ms, max_pending_calls_per_session)
+        self.broker = Broker(self.routed, limits.max_subscriptions_per_session)
+        self.dealer = Dealer(
+            self.routed,
+            loop,
+            limits.call_timeout_ms,
+            limits.max_pending_calls_per_session,
+            limits.max_registrations_per_session,
+        )
         self._handlers = {
             m.PUBLISH: self._publish,
             m.SUBSCRIBE: self.broker.subscribe,
@@ -102,12 +136,35 @@ class Realm:
         handler = self._handlers.get(code)
         if handler is None:
             raise m.ProtocolViolation(f"message {code} not allowed in an established session")
+        if session.suspended and code in _ROUTING and not self._may_while_suspended(code, msg):
+            self._refuse_suspended(session, code, msg)
+            return
         if (code == m.PUBLISH or code == m.CALL) and session.gate is not None:
             verdict = session.gate.admit()
             if verdict != ADMIT:
                 self._over_budget(session, verdict, code, msg, nbytes)
                 return
         handler(session, msg)
+
+    def _may_while_suspended(self, code: int, msg: list[Any]) -> bool:
+        return code == m.CALL and msg[3] in self.dealer.meta  # the router's own: pay, balance
+
+    def _refuse_suspended(self, session: Session, code: int, msg: list[Any]) -> None:
+        reason = session.suspended
+        if code == m.CALL or (code == m.PUBLISH and msg[2].get("acknowledge") is True):
+            session.error(code, msg[1], m.PAYMENT_REQUIRED, reason)
+        elif code == m.YIELD or code == m.ERROR:
+            self.dealer.refuse_result(session, msg, reason)
+
+    def suspend(self, session: Session, reason: str) -> None:
+        """Route nothing from or to `session` from now on (it may still pay)."""
+        session.suspended = reason
+        self._throttled.discard(session)
+        session.held.clear()
+
+    def resume(self, session: Session) -> None:
+        if session.state is State.ESTABLISHED:
+            session.suspended = ""
 
     def _publish(self, session: Session, msg: list[Any]) -> None:
         self.broker.publish(session, msg)

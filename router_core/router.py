@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from domain.events import ChainHead
 from router_core import messages as m
 from router_core.auth import ANONYMOUS, ETH_EIP191, AuthFailed, Challenge, EthEip191Auth
 from router_core.chain_clock import ChainClock
@@ -23,7 +24,7 @@ from router_core.serializer import Serializer, serializers
 from router_core.session import Session, State
 from router_core.stakes import StakeView
 from router_core.swap import BALANCE_PROCEDURE, CHEQUE_PROCEDURE, SwapService
-from router_core.transport import WampServerFactory, WampServerProtocol
+from router_core.transport import TransportLimits, WampServerFactory, WampServerProtocol
 
 log = logging.getLogger("router_core.router")
 
@@ -57,7 +58,27 @@ class Limits:
     max_write_buffer_bytes: int = 64 << 20
     call_timeout_ms: int = 30_000
     max_pending_calls_per_session: int = 10_000
+    #: welcomed sessions; unauthenticated connections are limited apart (below)
     max_sessions: int = 10_000
+    max_subscriptions_per_session: int = 1_000
+    max_registrations_per_session: int = 1_000
+    #: before WELCOME: the WebSocket upgrade request, then HELLO..WELCOME, each in bounded time
+    handshake_timeout_s: float = 10.0
+    hello_timeout_s: float = 10.0
+    max_handshake_bytes: int = 16 << 10
+    max_pending_frame_bytes: int = 64 << 10
+    max_pending: int = 1_024
+    max_pending_per_address: int = 32
+
+    def transport(self) -> TransportLimits:
+        return TransportLimits(
+            max_frame_bytes=self.max_frame_bytes,
+            max_pending_frame_bytes=min(self.max_pending_frame_bytes, self.max_frame_bytes),
+            max_handshake_bytes=self.max_handshake_bytes,
+            handshake_timeout_s=self.handshake_timeout_s,
+            max_pending=self.max_pending,
+            max_pending_per_address=self.max_pending_per_address,
+        )
 
 
 class Router:
@@ -70,8 +91,15 @@ class Router:
         sink: UsageSink | None = None,
         swap: SwapService | None = None,
         limits: Limits | None = None,
+        chain_id: int = 0,
+        watermark_every_blocks: int = 0,
     ) -> None:
         self.address = address
+        self.chain_id = chain_id
+        #: emit ChainHead(block - 1) for each realm at least this often (0: never)
+        self.watermark_every_blocks = watermark_every_blocks
+        self._last_watermark = -(2**62)
+        self._reading_paused = False
         self.options = {r.name: r for r in realms}
         self.stakes = stakes
         self.clock = clock
@@ -84,6 +112,47 @@ class Router:
         self._serializers: dict[str, Serializer] = serializers()
         self._server: asyncio.Server | None = None
         self.port = 0
+
+    def pause_reading(self) -> None:
+        """Back-pressure from the ledger hand-off: read nothing more from any session."""
+        self._reading_paused = True
+        for session in self.sessions.values():
+            session.transport.pause()
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
+        for session in self.sessions.values():
+            if not session.held:  # a throttled session stays paused until its next block
+                session.transport.resume()
+
+    def _on_block(self, block: int) -> None:
+        self._check_reservations(block)
+        self._watermark(block)
+
+    def _check_reservations(self, block: int) -> None:
+        """A reservation is checked at every block, not only at join: a session whose stake
+        ended is served nothing more and closed; a changed stake changes its budget."""
+        for realm in self.realms.values():
+            for session in list(realm.sessions.values()):
+                if session.authmethod != ETH_EIP191 or session.state is not State.ESTABLISHED:
+                    continue
+                mpb = self.stakes.reserved_mpb(realm.name, session.authid, block)
+                if mpb <= 0:
+                    text = f"{session.authid} no longer holds a reservation in {realm.name!r}"
+                    realm.suspend(session, text)
+                    session.goodbye(m.NO_RESERVATION, text)
+                elif session.gate is not None:
+                    session.gate.mpb = mpb
+
+    def _watermark(self, block: int) -> None:
+        every = self.watermark_every_blocks
+        if self.sink is None or every <= 0 or block - self._last_watermark < every:
+            return
+        # everything of the blocks before `block` is metered: a signed watermark per realm, so
+        # an idle router never holds an epoch open
+        self._last_watermark = block
+        for name in self.realms:
+            self.sink.emit(ChainHead(realm=name, chain_id=self.chain_id, block=block - 1))
 
     def observers(self) -> list[RoutingObserver]:
         found: list[RoutingObserver] = []
@@ -99,22 +168,17 @@ class Router:
         loop = asyncio.get_running_loop()
         observers = self.observers()
         for name in self.options:
-            realm = Realm(
-                name,
-                loop,
-                observers,
-                self.limits.call_timeout_ms,
-                self.limits.max_pending_calls_per_session,
-            )
+            realm = Realm(name, loop, observers, self.limits)
             if self.swap is not None:
                 realm.dealer.meta[CHEQUE_PROCEDURE] = self.swap.cheque
                 realm.dealer.meta[BALANCE_PROCEDURE] = self.swap.balance
             self.realms[name] = realm
             self.clock.on_block(realm.on_block)
+        self.clock.on_block(self._on_block)
         if self.swap is not None:
             self.swap.start()
         factory = WampServerFactory(
-            self._new_session, self._serializers, self.limits.max_frame_bytes, loop
+            self._new_session, self._serializers, self.limits.transport(), loop
         )
         self._server = await loop.create_server(factory, host, port)
         self.port = int(self._server.sockets[0].getsockname()[1])
@@ -144,12 +208,23 @@ class Router:
             self.limits.max_frame_bytes,
             self.limits.max_write_buffer_bytes,
         )
-        if len(self.sessions) >= self.limits.max_sessions:
-            asyncio.get_running_loop().call_soon(
-                session.abort, m.CLOSE_SYSTEM_SHUTDOWN, "router is full"
-            )
         self.sessions[session.id] = session
+        if self._reading_paused:
+            protocol.pause()
+        asyncio.get_running_loop().call_later(
+            self.limits.hello_timeout_s, self._hello_deadline, session
+        )
         return session
+
+    def _hello_deadline(self, session: Session) -> None:
+        if session.state is State.NEW or session.state is State.CHALLENGED:
+            session.abort(
+                m.AUTHENTICATION_FAILED,
+                f"no completed login within {self.limits.hello_timeout_s:g}s",
+            )
+
+    def established(self) -> int:
+        return sum(len(realm.sessions) for realm in self.realms.values())
 
     def on_hello(self, session: Session, realm: str, details: dict[str, Any]) -> None:
         try:
@@ -198,6 +273,8 @@ class Router:
     ) -> None:
         realm = self.realms[realm_name]
         options = self.options[realm_name]
+        if self.established() >= self.limits.max_sessions:
+            raise AuthFailed(m.CLOSE_SYSTEM_SHUTDOWN, "router is full")
         session.authid = authid
         session.authrole = authrole
         session.authmethod = authmethod
@@ -208,6 +285,9 @@ class Router:
             mpb = self.stakes.reserved_mpb(realm_name, authid, self.clock.block)
             session.gate = BandwidthGate(mpb, options.burst_messages, self.clock)
         realm.join(session)
+        session.transport.admitted()
+        if self.swap is not None:
+            self.swap.admit(session)
         session.send(
             [
                 m.WELCOME,

@@ -13,12 +13,14 @@ from domain.envelope import Signer
 from domain.swap import RouterTerms
 from router_core.cashout import CashoutPolicy, CashoutQueue, CashoutSink
 from router_core.chain_clock import ChainClock, HeadEventClock, ManualClock, Web3HeadPoller
+from router_core.chequebooks import ChequebookReader, NoChain, Web3Chequebooks
 from router_core.config import RouterConfig
+from router_core.handoff import LedgerHandoff
 from router_core.ledger_follower import LedgerFollower
 from router_core.metering import NullSink, UsageSink
 from router_core.router import Limits, RealmOptions, Router
 from router_core.stakes import LedgerStakes, StakeView, StaticStakes
-from router_core.swap import SolvencyCheck, SwapService, Web3Solvency
+from router_core.swap import SwapService
 
 log = logging.getLogger("router_core.service")
 
@@ -41,6 +43,7 @@ class RouterService:
     config: RouterConfig
     router: Router | None = None
     emitter: Any = None
+    handoff: LedgerHandoff | None = None
     follower: LedgerFollower | None = None
     cashout: CashoutQueue | None = None
     cashout_sink: CashoutSink | None = None
@@ -60,7 +63,9 @@ class RouterService:
             self.emitter = Emitter(
                 signer, EmitterConfig(bootstrap=cfg.broker, spool_dir=data / "spool")
             )
-            sink = self.emitter
+            # the emitter blocks when its spool is full: never call it from the loop
+            self.handoff = LedgerHandoff(self.emitter, loop)
+            sink = self.handoff
         else:
             log.warning("no broker configured: metering and SWAP events are not published")
             sink = NullSink()
@@ -95,8 +100,8 @@ class RouterService:
                     cfg.cashout.max_batch_cheques,
                 ),
             )
-            solvency: SolvencyCheck | None = (
-                Web3Solvency(cfg.chain_rpc_url, cfg.chain_id) if cfg.chain_rpc_url else None
+            chequebooks: ChequebookReader = (
+                Web3Chequebooks(cfg.chain_rpc_url, cfg.chain_id) if cfg.chain_rpc_url else NoChain()
             )
             terms = {
                 r.name: RouterTerms(
@@ -116,7 +121,7 @@ class RouterService:
                 clock,
                 data / "swap.sqlite",
                 cfg.swap.flush_interval_ms,
-                solvency,
+                chequebooks,
                 self.cashout.add,
             )
         realms = [
@@ -125,8 +130,19 @@ class RouterService:
         ]
         limits = Limits(max_frame_bytes=cfg.max_frame_bytes, call_timeout_ms=cfg.call_timeout_ms)
         self.router = Router(
-            signer.address, realms, stakes, clock, sink if cfg.broker else None, swap, limits
+            signer.address,
+            realms,
+            stakes,
+            clock,
+            sink if cfg.broker else None,
+            swap,
+            limits,
+            chain_id=cfg.chain_id,
+            watermark_every_blocks=cfg.watermark_every_blocks,
         )
+        if self.handoff is not None:
+            self.handoff.on_full = self.router.pause_reading
+            self.handoff.on_space = self.router.resume_reading
         host, port = cfg.host_port
         await self.router.start(host, port)
         if self.cashout is not None and self.cashout_sink is not None:
@@ -153,6 +169,8 @@ class RouterService:
             await self.router.stop()
         if self.follower is not None:
             self.follower.stop()
+        if self.handoff is not None:
+            await asyncio.to_thread(self.handoff.close)
         if self.emitter is not None:
             await asyncio.to_thread(self.emitter.close)
         if self.cashout is not None:

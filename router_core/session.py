@@ -6,6 +6,7 @@ or to its realm (after). Any protocol violation aborts only this session.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections import deque
@@ -36,6 +37,9 @@ class Transport(Protocol):
     def resume(self) -> None: ...
 
     def buffered_bytes(self) -> int: ...
+
+    def admitted(self) -> None:
+        """The session was welcomed (lifts the limits of an unauthenticated connection)."""
 
 
 class State(enum.Enum):
@@ -78,7 +82,12 @@ class Session:
         "gate",
         "held",
         "max_write_buffer_bytes",
+        "suspended",
+        "closing_timer",
     )
+
+    #: how long a session in CLOSING waits for the peer's GOODBYE before the transport is closed
+    closing_timeout_s = 2.0
 
     def __init__(
         self,
@@ -109,6 +118,10 @@ class Session:
         self.swap: PeerSwap | None = None
         self.gate: BandwidthGate | None = None
         self.held: deque[tuple[int, list[Any], int]] = deque()
+        #: why nothing is routed from or to this session ("" = served); it may still call the
+        #: router's own procedures (e.g. pay a cheque)
+        self.suspended = ""
+        self.closing_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.authid or '?'} {self.state.value}>"
@@ -180,14 +193,21 @@ class Session:
 
     def violation(self, reason: str) -> None:
         log.warning("session %s (%s): protocol violation: %s", self.id, self.transport.peer, reason)
-        self.abort(m.PROTOCOL_VIOLATION, reason)
+        if self.state is State.ESTABLISHED or self.state is State.CLOSING:
+            # an established WAMP client (autobahn) accepts no ABORT, only GOODBYE with a reason
+            self._end(m.GOODBYE, m.PROTOCOL_VIOLATION, reason)
+        else:
+            self.abort(m.PROTOCOL_VIOLATION, reason)
 
     def abort(self, uri: str, message: str) -> None:
         """ABORT and close the connection (protocol violations, refused joins)."""
+        self._end(m.ABORT, uri, message)
+
+    def _end(self, code: int, uri: str, message: str) -> None:
         if self.state is State.CLOSED:
             return
         try:
-            self.transport.send_frame(self.serializer.encode([m.ABORT, {"message": message}, uri]))
+            self.transport.send_frame(self.serializer.encode([code, {"message": message}, uri]))
         finally:
             self.close_transport()
 
@@ -198,6 +218,10 @@ class Session:
             return
         self.state = State.CLOSING
         self.transport.send_frame(self.serializer.encode([m.GOODBYE, {"message": message}, uri]))
+        # a peer that never answers does not hold its connection (or its routes) open
+        self.closing_timer = asyncio.get_running_loop().call_later(
+            self.closing_timeout_s, self.close_transport
+        )
 
     def close_transport(self) -> None:
         if self.state is State.CLOSED:
@@ -210,4 +234,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
+        if self.closing_timer is not None:
+            self.closing_timer.cancel()
+            self.closing_timer = None
         self.handler.on_closed(self)

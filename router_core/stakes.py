@@ -1,16 +1,13 @@
 """Stake views for authorization: who holds a reservation stake in a realm, and how much
-bandwidth (messages per block) it reserves. Reservation = a StakeChanged with role "user" or
-"service_operator" whose target is the realm itself (REALM_TARGET); mpb = amount // stake_per_mpb."""
+bandwidth (messages per block) it reserves; what a reservation is, is `domain.stakes`'s rule."""
 
 from __future__ import annotations
 
-import bisect
 import threading
 from typing import Protocol
 
 from domain.events import REALM_TARGET, StakeChanged
-
-RESERVING_ROLES = ("user", "service_operator")
+from domain.stakes import RealmStakes, is_reservation, value_at
 
 
 class StakeView(Protocol):
@@ -40,43 +37,35 @@ class StaticStakes:
 
 class LedgerStakes:
     """Reservations from StakeChanged events (fed by `router_core.ledger_follower`), answered as
-    of a block: the latest change at or before it counts. Thread-safe."""
+    of a block by the ledger's own rules (`domain.stakes`). Thread-safe."""
 
     def __init__(self, stake_per_mpb: dict[str, int]) -> None:
         self._stake_per_mpb = stake_per_mpb
-        # (realm, staker, role) -> sorted [(block, log_index)], [amount]
-        self._keys: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
-        self._amounts: dict[tuple[str, str, str], list[int]] = {}
+        self._realms: dict[str, RealmStakes] = {}
+        self._seen: set[tuple[str, int, int]] = set()  # (realm, block, log index): one log once
         self._lock = threading.Lock()
 
     def apply(self, event: StakeChanged) -> None:
-        if event.role not in RESERVING_ROLES or event.target.lower() != REALM_TARGET:
+        if not is_reservation(event.role, event.target):
             return
-        key = (event.realm, event.staker.lower(), event.role)
-        pos = (event.block, event.log_index)
         with self._lock:
-            keys = self._keys.setdefault(key, [])
-            amounts = self._amounts.setdefault(key, [])
-            i = bisect.bisect_left(keys, pos)
-            if i < len(keys) and keys[i] == pos:
-                amounts[i] = event.amount  # the same log twice: idempotent
-                return
-            keys.insert(i, pos)
-            amounts.insert(i, event.amount)
-
-    def _amount(self, realm: str, address: str, role: str, block: int) -> int:
-        key = (realm, address.lower(), role)
-        with self._lock:
-            keys = self._keys.get(key)
-            if not keys:
-                return 0
-            i = bisect.bisect_right(keys, (block, 2**63)) - 1
-            return self._amounts[key][i] if i >= 0 else 0
+            log_id = (event.realm, event.block, event.log_index)
+            if log_id in self._seen:
+                return  # the same log twice: idempotent
+            self._seen.add(log_id)
+            stakes = self._realms.setdefault(event.realm, RealmStakes())
+            stakes.apply(
+                event.staker.lower(), event.role, REALM_TARGET, event.block, event.log_index,
+                event.amount,
+            )  # fmt: skip
 
     def reserved_mpb(self, realm: str, address: str, block: int) -> int:
-        per = self._stake_per_mpb.get(realm, 10**18)
-        total = sum(self._amount(realm, address, role, block) for role in RESERVING_ROLES)
-        return total // per
+        with self._lock:
+            stakes = self._realms.get(realm)
+            if stakes is None:
+                return 0
+            stake = value_at(stakes.reserved_steps(client=address.lower()), block)
+        return stake // self._stake_per_mpb.get(realm, 10**18)
 
     def has_reservation(self, realm: str, address: str, block: int) -> bool:
         return self.reserved_mpb(realm, address, block) > 0

@@ -13,7 +13,10 @@ the router stops; so a clean restart resumes every balance exactly and a crash l
 
 Payment: when the debt reaches the payment threshold the router sends the peer an EVENT on
 `mesh.swap.payment_due` (if subscribed); the peer calls `mesh.swap.cheque` with a cumulative
-EIP-712 cheque. Past the disconnect threshold the session is closed with
+EIP-712 cheque. The cheque's pure checks run first (`domain.swap.check_claim`), then the
+chequebook's issuer, token, balance and paidOut are read from the chain without blocking the loop
+(`router_core.chequebooks`), then `check_cheque` decides, with no await between that decision
+and recording it. Past the disconnect threshold the session is closed with
 `mesh.error.payment_required`.
 """
 
@@ -24,7 +27,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -32,6 +35,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from domain.events import ChequeReceived, ChequeRejected, HandshakeCompleted, PeerDisconnected
 from domain.swap import (
     AgreedTerms,
+    ChequebookAccount,
     ChequeClaim,
     ChequeInvalid,
     HandshakeRefused,
@@ -39,70 +43,23 @@ from domain.swap import (
     RouterTerms,
     account_id,
     check_cheque,
+    check_claim,
+    chequebook_id,
     negotiate,
 )
 from router_core import messages as m
 from router_core.auth import AuthFailed
 from router_core.chain_clock import ChainClock
+from router_core.chequebooks import ChequebookReader, NoChain
 from router_core.dealer import MetaError
 from router_core.metering import UsageSink
-from router_core.session import Session
+from router_core.session import Session, State
 
 log = logging.getLogger("router_core.swap")
 
 PAYMENT_DUE_TOPIC = "mesh.swap.payment_due"
 CHEQUE_PROCEDURE = "mesh.swap.cheque"
 BALANCE_PROCEDURE = "mesh.swap.balance"
-
-
-class SolvencyCheck(Protocol):
-    def covers(self, chain_id: int, chequebook: str, beneficiary: str, cumulative: int) -> bool:
-        """Whether the chequebook can pay `cumulative` (minus what it already paid out)."""
-
-
-class Web3Solvency:
-    """Solvency from the chain: the chequebook's token balance plus what it already paid the
-    beneficiary must cover the cumulative amount (a synchronous RPC with a short timeout)."""
-
-    _ABI: list[dict[str, Any]] = [
-        {
-            "name": "token",
-            "type": "function",
-            "stateMutability": "view",
-            "inputs": [],
-            "outputs": [{"name": "", "type": "address"}],
-        },
-        {
-            "name": "paidOut",
-            "type": "function",
-            "stateMutability": "view",
-            "inputs": [{"name": "beneficiary", "type": "address"}],
-            "outputs": [{"name": "", "type": "uint256"}],
-        },
-        {
-            "name": "balanceOf",
-            "type": "function",
-            "stateMutability": "view",
-            "inputs": [{"name": "account", "type": "address"}],
-            "outputs": [{"name": "", "type": "uint256"}],
-        },
-    ]
-
-    def __init__(self, rpc_url: str, chain_id: int, timeout_s: float = 3.0) -> None:
-        from web3 import HTTPProvider, Web3
-
-        self._w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
-        self.chain_id = chain_id
-
-    def covers(self, chain_id: int, chequebook: str, beneficiary: str, cumulative: int) -> bool:
-        if chain_id != self.chain_id:
-            return False
-        w3 = self._w3
-        book = w3.eth.contract(address=w3.to_checksum_address(chequebook), abi=self._ABI)
-        token = w3.eth.contract(address=book.functions.token().call(), abi=self._ABI)
-        paid = int(book.functions.paidOut(w3.to_checksum_address(beneficiary)).call())
-        balance = int(token.functions.balanceOf(book.address).call())
-        return balance + paid >= cumulative
 
 
 #: called with every accepted cheque (the cash-out queue)
@@ -143,6 +100,7 @@ class PeerSwap:
         "due_notified",
         "disconnecting",
         "sessions",
+        "verifying",
     )
 
     def __init__(self, account: PeerAccount, agreed: AgreedTerms, realm: str) -> None:
@@ -157,6 +115,8 @@ class PeerSwap:
         self.due_notified = False
         self.disconnecting = False
         self.sessions: set[Session] = set()
+        #: a cheque of this peer is being read from the chain (one at a time per peer)
+        self.verifying = False
 
     @property
     def debt(self) -> int:
@@ -183,18 +143,24 @@ class SwapService:
         clock: ChainClock,
         db_path: Path | None,
         flush_interval_ms: int = 200,
-        solvency: SolvencyCheck | None = None,
+        chequebooks: ChequebookReader | None = None,
         on_cheque: ChequeSink | None = None,
+        max_cached_chequebooks: int = 10_000,
+        payment_grace_ms: int = 10_000,
     ) -> None:
         self.router = router
         self.terms = terms
         self._sink = sink
         self._clock = clock
         self._flush_s = flush_interval_ms / 1000
-        self._solvency = solvency
+        self._chequebooks: ChequebookReader = chequebooks or NoChain()
         self._on_cheque = on_cheque
         self.accounts = open_accounts(db_path)
         self._live: dict[UUID, PeerSwap] = {}
+        self._books: dict[UUID, ChequebookAccount] = {}
+        self._max_books = max_cached_chequebooks
+        #: how long a peer that joins past its disconnect threshold may take to pay
+        self._grace_s = payment_grace_ms / 1000
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -219,6 +185,7 @@ class SwapService:
             self._task = None
         self.flush()
         self.accounts.close()
+        await self._chequebooks.close()
 
     def flush(self) -> None:
         changed = [ps.account for ps in self._live.values() if ps.fold_pending()]
@@ -234,6 +201,23 @@ class SwapService:
             return PeerAccount(self.router, realm, peer)
         assert isinstance(account, PeerAccount)
         return account
+
+    def _book(self, chain_id: int, chequebook: str) -> ChequebookAccount:
+        """The chequebook's account (cached; every change is saved, so a reload is current)."""
+        key = chequebook_id(self.router, chain_id, chequebook)
+        book = self._books.get(key)
+        if book is not None:
+            return book
+        try:
+            found: Any = self.accounts.repository.get(key)
+            assert isinstance(found, ChequebookAccount)
+            book = found
+        except AggregateNotFoundError:
+            book = ChequebookAccount(self.router, chain_id, chequebook)
+        if len(self._books) >= self._max_books:
+            self._books.pop(next(iter(self._books)))
+        self._books[key] = book
+        return book
 
     def join(self, session: Session, realm: str, details: dict[str, Any]) -> dict[str, Any]:
         """Run the handshake; returns the router's side for WELCOME authextra.swap."""
@@ -253,12 +237,17 @@ class SwapService:
         ps = self._live.get(key)
         if ps is None:
             account: PeerAccount = self._load(realm, peer)
+            book = self._book(agreed.chain_id, agreed.chequebook)
             if (
                 account.chequebook.lower() != agreed.chequebook.lower()
                 or account.chain_id != agreed.chain_id
+                or account.last_cumulative != book.last_cumulative
             ):
                 account.complete_handshake(
-                    agreed.chequebook, agreed.chain_id, agreed.price_per_message
+                    agreed.chequebook,
+                    agreed.chain_id,
+                    agreed.price_per_message,
+                    book.last_cumulative,
                 )
             self.accounts.save(account)
             ps = self._live[key] = PeerSwap(account, agreed, realm)
@@ -288,8 +277,26 @@ class SwapService:
             debt=ps.debt,
             last_cumulative=int(ps.account.last_cumulative),
             chequebook=agreed.chequebook,
+            suspended=ps.debt > ps.disconnect_threshold,
         )
         return reply
+
+    def admit(self, session: Session) -> None:
+        """After the session joined its realm: a peer still past its disconnect threshold (from
+        an earlier session) is served nothing; it may pay within the grace period, else it is
+        closed."""
+        ps = session.swap
+        realm = session.realm
+        if ps is None or realm is None or ps.debt <= ps.disconnect_threshold:
+            return
+        text = f"debt {ps.debt} is past the disconnect threshold {ps.disconnect_threshold}: pay"
+        realm.suspend(session, text)
+        asyncio.get_running_loop().call_later(self._grace_s, self._grace_over, session, text)
+
+    @staticmethod
+    def _grace_over(session: Session, text: str) -> None:
+        if session.suspended and session.state is State.ESTABLISHED:
+            session.goodbye(m.PAYMENT_REQUIRED, text)
 
     def leave(self, session: Session) -> None:
         ps = session.swap
@@ -336,11 +343,13 @@ class SwapService:
 
     def _disconnect(self, ps: PeerSwap, debt: int) -> None:
         ps.disconnecting = True
-        loop = asyncio.get_running_loop()
         text = f"debt {debt} is past the disconnect threshold {ps.disconnect_threshold}"
         log.info("peer %s in %s: %s, disconnecting", ps.account.peer, ps.realm, text)
+        # at once, not deferred: the rest of this read (pipelined publishes) is not routed
         for session in list(ps.sessions):
-            loop.call_soon(session.goodbye, m.PAYMENT_REQUIRED, text)
+            if session.realm is not None:
+                session.realm.suspend(session, text)
+            session.goodbye(m.PAYMENT_REQUIRED, text)
         self._sink.emit(
             PeerDisconnected(
                 realm=ps.realm,
@@ -360,70 +369,97 @@ class SwapService:
             raise MetaError(m.INVALID_ARGUMENT, "this session runs no SWAP")
         return {"debt": ps.debt, "last_cumulative": int(ps.account.last_cumulative)}
 
-    def cheque(self, session: Session, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    async def cheque(
+        self, session: Session, args: list[Any], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """`mesh.swap.cheque`: accept a cumulative cheque the chain would pay, or refuse it."""
         ps = session.swap
         if ps is None:
             raise MetaError(m.CHEQUE_REJECTED, "this session runs no SWAP", {"reason": "no_swap"})
-        account = ps.account
-        block = self._clock.block
+        peer = session.authid
         claim: ChequeClaim | None = None
         try:
             claim = ChequeClaim.from_wire(kwargs)
-            amount = check_cheque(
+            if ps.verifying:
+                raise ChequeInvalid("busy", "another cheque of this peer is being verified")
+            book = self._book(claim.chain_id, claim.chequebook)
+            check_claim(
                 claim,
-                issuer=session.authid,
+                peer=peer,
                 beneficiary=self.router,
                 agreed=ps.agreed,
-                last_cumulative=int(account.last_cumulative),
+                last_cumulative=book.last_cumulative,
             )
-            if self._solvency is not None and not self._solvency.covers(
-                claim.chain_id, claim.chequebook, claim.beneficiary, claim.cumulative
-            ):
-                raise ChequeInvalid(
-                    "insolvent", f"chequebook cannot cover cumulative {claim.cumulative}"
-                )
+            ps.verifying = True
+            try:
+                state = await self._chequebooks.read(claim.chain_id, claim.chequebook, self.router)
+            finally:
+                ps.verifying = False
+            if session.swap is not ps:
+                raise MetaError(m.CHEQUE_REJECTED, "the session ended", {"reason": "session_gone"})
+            # decided and recorded with no await in between: nothing can interleave
+            book = self._book(claim.chain_id, claim.chequebook)
+            amount = check_cheque(
+                claim,
+                peer=peer,
+                beneficiary=self.router,
+                agreed=ps.agreed,
+                last_cumulative=book.last_cumulative,
+                book=state,
+            )
         except ChequeInvalid as exc:
-            cumulative = claim.cumulative if claim is not None else 0
-            ps.fold_pending()
-            account.reject_cheque(cumulative, exc.reason)
-            self.accounts.save(account)
-            self._sink.emit(
-                ChequeRejected(
-                    realm=ps.realm,
-                    peer=session.authid,
-                    chequebook=str(kwargs.get("chequebook", ""))
-                    if isinstance(kwargs, dict)
-                    else "",
-                    cumulative=cumulative,
-                    reason=exc.reason,
-                    block=block,
-                )
-            )
+            self._rejected(ps, peer, claim, exc)
             raise MetaError(m.CHEQUE_REJECTED, exc.detail, {"reason": exc.reason}) from exc
+        account = ps.account
         ps.fold_pending()
         account.accept_cheque(claim.cumulative, amount, claim.signature)
-        self.accounts.save(account)
+        book.accept(claim.cumulative)
+        self.accounts.save(account, book)
         self._sink.emit(
             ChequeReceived(
                 realm=ps.realm,
-                peer=session.authid,
+                peer=peer,
                 beneficiary=claim.beneficiary,
                 chain_id=claim.chain_id,
                 chequebook=claim.chequebook,
                 cumulative=claim.cumulative,
                 amount=amount,
                 signature=claim.signature,
-                block=block,
+                block=self._clock.block,
             )
         )
         if self._on_cheque is not None:
-            self._on_cheque(ps.realm, session.authid, claim)
+            self._on_cheque(ps.realm, peer, claim)
         debt = ps.debt
-        if debt < ps.payment_threshold:
-            ps.due_notified = False
+        ps.due_notified = False
+        if debt >= ps.payment_threshold:
+            # charges that arrived while the cheque was read from the chain are due again
+            self._payment_due(ps, session, debt)
         if debt <= ps.disconnect_threshold:
             ps.disconnecting = False
+            for other in ps.sessions:
+                if other.suspended and other.realm is not None:
+                    other.realm.resume(other)
         return {"accepted": True, "amount": amount, "cumulative": claim.cumulative, "debt": debt}
+
+    def _rejected(
+        self, ps: PeerSwap, peer: str, claim: ChequeClaim | None, exc: ChequeInvalid
+    ) -> None:
+        # only validated fields reach the event: a malformed cheque records no chequebook
+        cumulative = claim.cumulative if claim is not None else 0
+        ps.fold_pending()
+        ps.account.reject_cheque(cumulative, exc.reason)
+        self.accounts.save(ps.account)
+        self._sink.emit(
+            ChequeRejected(
+                realm=ps.realm,
+                peer=peer,
+                chequebook=claim.chequebook if claim is not None else "",
+                cumulative=cumulative,
+                reason=exc.reason,
+                block=self._clock.block,
+            )
+        )
 
     # -- queries (tests, operators) ---------------------------------------------------------------
 
@@ -437,3 +473,6 @@ class SwapService:
         ps = self._live.get(account_id(self.router, realm, peer))
         account = ps.account if ps is not None else self._load(realm, peer)
         return int(account.last_cumulative)
+
+    def chequebook_cumulative(self, chain_id: int, chequebook: str) -> int:
+        return int(self._book(chain_id, chequebook).last_cumulative)

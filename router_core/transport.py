@@ -1,8 +1,15 @@
-"""WebSocket transport (autobahn's asyncio server): subprotocol negotiation and framing.
+"""WebSocket transport (autobahn's asyncio server): subprotocol negotiation, framing, and the
+limits an unauthenticated client meets before anything is buffered.
 
 Inbound frames go to the connection's `Session`; outbound frames bypass autobahn's general
 `sendMessage` path (compression, fragmentation and statistics we never use) and are written as
 single unmasked frames, which is what a server sends.
+
+Until its session is welcomed a connection is *pending*: at most `max_pending_per_address` per
+source address and `max_pending` in all (more are closed at accept), its HTTP upgrade request
+may not exceed `max_handshake_bytes` (cut before it is buffered or parsed), and its frames may
+not exceed `max_pending_frame_bytes` (refused at the frame header, close code 1009). Once
+welcomed (`admitted`) its frames may be up to `max_frame_bytes`.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from autobahn.asyncio.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -26,6 +34,16 @@ _pack_16 = struct.Struct("!BBH").pack
 _pack_64 = struct.Struct("!BBQ").pack
 
 SessionFactory = Callable[["WampServerProtocol", Serializer], Session]
+
+
+@dataclass(frozen=True, slots=True)
+class TransportLimits:
+    max_frame_bytes: int = 1 << 20
+    max_pending_frame_bytes: int = 64 << 10
+    max_handshake_bytes: int = 16 << 10
+    handshake_timeout_s: float = 10.0
+    max_pending: int = 1024
+    max_pending_per_address: int = 32
 
 
 def frame_header(length: int, binary: bool) -> bytes:
@@ -44,6 +62,72 @@ class WampServerProtocol(WebSocketServerProtocol):
     factory: WampServerFactory
     session: Session | None = None
     _binary = False
+    #: the source address while the connection is pending (counted), "" once admitted
+    _pending_from = ""
+    _refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        factory = self.factory
+        limits = factory.limits
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if (
+            factory.pending >= limits.max_pending
+            or factory.pending_by_address.get(address, 0) >= limits.max_pending_per_address
+        ):
+            self._refused = True
+            log.warning("refusing a connection from %s: too many unauthenticated", address)
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+            else:
+                transport.close()
+            return
+        factory.pending += 1
+        factory.pending_by_address[address] = factory.pending_by_address.get(address, 0) + 1
+        self._pending_from = address
+        # per connection: autobahn copies factory options only where the instance has none
+        self.maxFramePayloadSize = limits.max_pending_frame_bytes
+        self.maxMessagePayloadSize = limits.max_pending_frame_bytes
+        super().connection_made(transport)  # type: ignore[no-untyped-call]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self._release()
+        super().connection_lost(exc)  # type: ignore[no-untyped-call]
+
+    def _release(self) -> None:
+        address = self._pending_from
+        if not address:
+            return
+        self._pending_from = ""
+        factory = self.factory
+        factory.pending -= 1
+        left = factory.pending_by_address.get(address, 1) - 1
+        if left > 0:
+            factory.pending_by_address[address] = left
+        else:
+            factory.pending_by_address.pop(address, None)
+
+    def _dataReceived(self, data: bytes) -> None:  # noqa: N802 (autobahn API)
+        if (
+            self.state == WebSocketProtocol.STATE_CONNECTING
+            and len(self.data) + len(data) > self.factory.limits.max_handshake_bytes
+        ):
+            # cut before buffering: autobahn rescans the whole buffer on every chunk
+            log.warning("closing %s: upgrade request over the header limit", self.peer)
+            self.data = b""
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        super()._dataReceived(data)
+
+    def admitted(self) -> None:
+        """The session was welcomed: no longer pending, frames up to `max_frame_bytes`."""
+        self._release()
+        limit = self.factory.limits.max_frame_bytes
+        self.maxFramePayloadSize = limit
+        self.maxMessagePayloadSize = limit
 
     def onConnect(self, request: ConnectionRequest) -> str:  # noqa: N802 (autobahn API)
         for proto in request.protocols:
@@ -102,21 +186,23 @@ class WampServerFactory(WebSocketServerFactory):
         self,
         new_session: SessionFactory,
         serializers: dict[str, Serializer],
-        max_frame_bytes: int,
+        limits: TransportLimits,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         super().__init__(loop=loop, protocols=list(serializers))
         self.new_session = new_session
         self.serializers = serializers
-        # The WAMP layer enforces `max_frame_bytes` with a protocol violation; the WebSocket layer
-        # has a hard cap above it so a huge frame is never buffered in full.
+        self.limits = limits
+        self.pending = 0
+        self.pending_by_address: dict[str, int] = {}
+        # frame limits are set per connection (pending / admitted); these are the defaults
         self.setProtocolOptions(
-            maxMessagePayloadSize=4 * max_frame_bytes,
-            maxFramePayloadSize=4 * max_frame_bytes,
+            maxMessagePayloadSize=limits.max_pending_frame_bytes,
+            maxFramePayloadSize=limits.max_pending_frame_bytes,
             utf8validateIncoming=False,
             autoFragmentSize=0,
             tcpNoDelay=True,
-            openHandshakeTimeout=10,
+            openHandshakeTimeout=limits.handshake_timeout_s,
             closeHandshakeTimeout=2,
             perMessageCompressionAccept=lambda offers: None,
         )

@@ -9,14 +9,13 @@ from hypothesis import strategies as st
 
 from domain.economics import (
     Payout,
-    capacity_messages,
     compute_payouts,
     epoch_funding,
     payout_digest,
     split_pool,
-    stake_block_sum,
 )
 from domain.events import RealmParams
+from domain.stakes import block_sum
 
 accounts = st.sampled_from([f"0x{i:040x}" for i in range(1, 9)])
 counts = st.dictionaries(accounts, st.integers(min_value=0, max_value=10**9), max_size=8)
@@ -135,8 +134,8 @@ def test_stake_block_sum_matches_a_block_by_block_sum(changes, first, length) ->
         current = by_block.get(block, current)
         if block >= first:
             expected += current
-    assert stake_block_sum(sorted(by_block.items()), first, last) == expected
+    assert block_sum(sorted(by_block.items()), first, last) == expected
 
 
 def test_capacity_floors_each_block() -> None:
-    assert capacity_messages([(0, 25)], 0, 9, stake_per_mpb=10) == 20
+    assert block_sum([(0, 25)], 0, 9, divisor=10) == 20

@@ -6,9 +6,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from router_harness import Harness
+from router_harness import Chain, Harness
+
+from infra.anvil import Anvil
 
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
     yield Harness(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def chain(anvil_l2: Anvil) -> Chain:
+    """The WMP token on the session's anvil; chequebooks are deployed per test peer."""
+    return Chain(anvil_l2.url, anvil_l2.chain_id)
+
+
+@pytest.fixture
+def paying(tmp_path: Path, chain: Chain) -> Iterator[Harness]:
+    """A harness whose router reads chequebooks from the real chain."""
+    yield Harness(tmp_path, chain=chain)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import CallOptions, PublishOptions, SubscribeOptions
-from router_harness import REALM, Harness, run
+from router_harness import REALM, Harness, run, until
 
 from router_core.router import Limits
 
@@ -37,7 +37,7 @@ def test_publish_reaches_subscribers_but_not_the_publisher(
         await pub.publish(
             "com.example.topic", 99, options=PublishOptions(acknowledge=True, exclude_me=False)
         )
-        await asyncio.sleep(0.1)
+        await until(lambda: len(received) == 4 and own == [(99,)], "all four events arrived")
         assert received == [
             ((0,), {"key": "v0"}),
             ((1,), {"key": "v1"}),
@@ -60,10 +60,15 @@ def test_prefix_subscription_and_unsubscribe(harness: Harness) -> None:
             lambda x: got.append(x), "com.prefix", options=SubscribeOptions(match="prefix")
         )
         await pub.publish("com.prefix.a", 1, options=PublishOptions(acknowledge=True))
-        await asyncio.sleep(0.05)
+        await until(lambda: got == [1], "the prefix-matched event arrived")
         await subscription.unsubscribe()
         await pub.publish("com.prefix.b", 2, options=PublishOptions(acknowledge=True))
-        await asyncio.sleep(0.05)
+        # a marker on an exact subscription of the same session, published after: once it is
+        # in, the unsubscribed event would have been too (one connection, in order)
+        marker: list[int] = []
+        await sub.subscribe(marker.append, "com.marker")
+        await pub.publish("com.marker", 3, options=PublishOptions(acknowledge=True))
+        await until(lambda: marker == [3], "the marker arrived")
         assert got == [1]
         await router.stop()
 
