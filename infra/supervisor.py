@@ -51,7 +51,7 @@ class ServiceFailed(RuntimeError):
 
 
 class Interrupted(BaseException):  # not an Exception: wait_until's probe loop must not eat it
-    """SIGINT/SIGTERM arrived while the stack was starting."""
+    """SIGINT, SIGTERM or SIGHUP arrived while the stack was starting."""
 
 
 @dataclass
