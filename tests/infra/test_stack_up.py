@@ -263,6 +263,18 @@ def test_up_serves_a_client_down_stops_all_up_resumes_a_dead_child_stops_the_sta
     assert read_topic(bootstrap, MARKER_TOPIC) == [(marker.offset, None, b"kept across down/up")]
     assert read_topic(bootstrap, LEDGER_TOPIC)[: len(ledger_before)] == ledger_before
 
+    # a second supervisor over the same var/ is refused while this one runs
+    again = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "up", "--config", str(config), "--var", str(var)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 1 and "`meshledger down` first" in again.stderr
+    still = read_pid_file(layout.pid_file)
+    assert still is not None and still["supervisor"] == record["supervisor"]
+    assert [e["pid"] for e in still["services"]] == [e["pid"] for e in record["services"]]
+
     # -- a child killed mid-way is reported and stops the stack; nothing restarts it ----------
     router = children["router-r1"]
     assert same_process(router["pid"], router["start"])
