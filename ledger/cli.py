@@ -1,5 +1,5 @@
-"""The `meshledger` command line. Commands of other packages (router, settle, bench router,
-bench settlement) plug in through the `meshledger.commands` entry-point group."""
+"""The `meshledger` command line. Commands of other packages (router, settle, broker, up, down,
+bench router, bench settlement) plug in through the `meshledger.commands` entry-point group."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -98,35 +97,6 @@ def cli(verbose: int) -> None:
     )
     if verbose < 2:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
-
-
-@cli.group()
-def broker() -> None:
-    """The local Kafka-compatible broker (Tansu, memory storage) for development."""
-
-
-@broker.command("start")
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Listen address (loopback in dev)."
-)
-@click.option("--port", type=int, default=None, help="Port (default: a free one).")
-@click.option("--partitions", type=int, default=1, show_default=True, help="Partitions per topic.")
-def broker_start(host: str, port: int | None, partitions: int) -> None:
-    """Start the broker, create the topics, and keep it running until Ctrl-C."""
-    from infra.broker import start_broker
-
-    node = start_broker(host, port, partitions=partitions)
-    console.print(
-        f"broker ready: bootstrap [bold]{node.bootstrap}[/] (pid {node.pid}); Ctrl-C stops it"
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.stop()
 
 
 @cli.command()
