@@ -4,9 +4,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.meshledger-setup
-PACKAGES := domain ledger router_core settlement infra
+PACKAGES := domain ledger router_core settlement infra indexer
 
-.PHONY: setup demo test lint typecheck unit bench fault clean
+.PHONY: setup demo test lint typecheck unit bench clean subgraph fault
 
 setup: $(STAMP)
 
@@ -28,17 +28,31 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy $(PACKAGES)
 
-test: setup lint typecheck
+# the subgraph (infra/subgraph) builds offline: codegen, then AssemblyScript to wasm
+subgraph: setup
+	cd infra/subgraph && ../../node_modules/.bin/graph codegen --output-dir generated \
+	  && ../../node_modules/.bin/graph build --output-dir build
+
+test: setup lint typecheck subgraph
 	$(BIN)/pytest -q
 
-bench: setup
-	$(BIN)/meshledger bench ingest --json
-
-# long fault runs: make fault SEEDS=1,2,3 (default 1..200) DURATION=60 (seconds of broker faults)
+# Long fault campaigns; `make test` runs a short, seeded one of each.
+# Contract invariants under fuzzing (EpochSettlement on anvil): random seeds unless SEED is given.
+# Data faults (tests/faults: spool and database storage faults, broker faults): SEEDS=1,2,3
+# (default 1..200), DURATION=60 (seconds of broker faults per seed).
+CONTRACT_FUZZ_EXAMPLES ?= 500
+CONTRACT_FUZZ_STEPS ?= 30
 SEEDS    ?= $(shell seq -s, 1 200)
 DURATION ?= 60
 fault: setup
-	FAULT_SEEDS="$(SEEDS)" FAULT_DURATION_S="$(DURATION)" $(BIN)/pytest -q tests/faults
+	MESHLEDGER_CONTRACT_FUZZ_EXAMPLES=$(CONTRACT_FUZZ_EXAMPLES) \
+	MESHLEDGER_CONTRACT_FUZZ_STEPS=$(CONTRACT_FUZZ_STEPS) \
+	  $(BIN)/pytest -q --timeout=0 $(if $(SEED),--hypothesis-seed=$(SEED)) \
+	  tests/settlement/test_contract_fuzz.py
+	FAULT_SEEDS="$(SEEDS)" FAULT_DURATION_S="$(DURATION)" $(BIN)/pytest -q --timeout=0 tests/faults
+
+bench: setup
+	$(BIN)/meshledger bench ingest --json
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

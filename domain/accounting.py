@@ -114,6 +114,15 @@ class Schedule:
         self._build()
         return change
 
+    def retract(self, source: str, seq: int) -> bool:
+        """Forget the change a retracted chain log made; the schedule is rebuilt without it."""
+        kept = [c for c in self.changes if (c.source, c.seq) != (source, seq)]
+        if len(kept) == len(self.changes):
+            return False
+        self.changes = kept
+        self._build()
+        return True
+
     def latest(self) -> RealmParams:
         return max(self.changes).params if self.changes else self.initial
 
@@ -253,6 +262,20 @@ class RealmBook:
             source,
             seq,
         )
+
+    def retract_stake(
+        self, staker: str, role: str, target: str, block: int, log_index: int, source: str, seq: int
+    ) -> bool:
+        """Undo a stake change whose chain log was retracted (a reorg deeper than the
+        indexer's confirmation depth)."""
+        key = (canonical_account(staker), role, canonical_account(target))
+        return self.stakes.history(key).retract(block, log_index, source, seq)
+
+    def retract_api(self, prefix: str, source: str, seq: int) -> bool:
+        kept = [a for a in self.apis if (a.prefix, a.source, a.seq) != (prefix, source, seq)]
+        found = len(kept) != len(self.apis)
+        self.apis = kept
+        return found
 
     def enable_api(self, prefix: str, vendor: str, source: str = "", seq: int = 0) -> None:
         self.apis.append(Api(prefix, canonical_account(vendor), source, seq))

@@ -32,10 +32,21 @@ class Event:
     realm: str
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = {name: getattr(self, name) for name in _field_names(type(self))}
         data["type"] = self.TYPE
         data["v"] = self.class_version
         return data
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Event]) -> tuple[str, ...]:
+    # dataclasses.fields() is slow on the encoding path: every emitted event goes through here
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 EVENT_TYPES: dict[str, type[Event]] = {}
@@ -85,28 +96,70 @@ class RealmParams:
 
 PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(RealmParams))
 
+# -- chain identity -------------------------------------------------------------------------------
+#
+# An event the indexer derives from an on-chain log is identified end to end by
+# (chain_id, block_hash, log_index); `LogRetracted` names a retracted log by the same triple.
+# In the types that predate the indexer these fields have defaults: chain_id 0 and an empty
+# block_hash mean "not derived from a chain log" (simulated, or upcast from an older version).
+
+LOG_ID_FIELDS = ("chain_id", "block_hash", "log_index")
+
+
+def _no_chain_identity(state: dict[str, Any], *fields: str) -> None:
+    """Upcaster step for a type that gained chain identity fields: older events had none."""
+    defaults = {"chain_id": 0, "block_hash": "", "log_index": 0, "tx_hash": "", "cause": ""}
+    for name in fields:
+        state.setdefault(name, defaults[name])
+
+
+def log_identity(event: Event) -> tuple[int, str, int] | None:
+    """(chain_id, block_hash, log_index) of a chain-derived event; None for any other event."""
+    block_hash = getattr(event, "block_hash", "")
+    log_index = getattr(event, "log_index", None)
+    if not block_hash or log_index is None:
+        return None
+    return (getattr(event, "chain_id", 0), block_hash, log_index)
+
 
 @register
 @dataclass(frozen=True, slots=True)
 class RealmCreated(Event):
     TYPE: ClassVar[str] = "RealmCreated"
-    class_version: ClassVar[int] = 2
+    class_version: ClassVar[int] = 3
     keeper: str
     params: RealmParams
     block: int
+    chain_id: int = 0
+    block_hash: str = ""
+    log_index: int = 0
+    tx_hash: str = ""
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
         # v1 had no SWAP price; realms created then priced a message at the default.
         state["params"].setdefault("price_per_message", str(DEFAULT_PRICE_PER_MESSAGE))
 
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        _no_chain_identity(state, "chain_id", "block_hash", "log_index", "tx_hash")
+
 
 @register
 @dataclass(frozen=True, slots=True)
 class RealmParamsChanged(Event):
     TYPE: ClassVar[str] = "RealmParamsChanged"
+    class_version: ClassVar[int] = 2
     params: RealmParams
     block: int
+    chain_id: int = 0
+    block_hash: str = ""
+    log_index: int = 0
+    tx_hash: str = ""
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        _no_chain_identity(state, "chain_id", "block_hash", "log_index", "tx_hash")
 
 
 @register
@@ -115,9 +168,40 @@ class ApiEnabled(Event):
     """The keeper enables an API (a URI prefix) in the realm; `vendor` earns by its calls."""
 
     TYPE: ClassVar[str] = "ApiEnabled"
+    class_version: ClassVar[int] = 2
     api: str
     vendor: str
     block: int
+    chain_id: int = 0
+    block_hash: str = ""
+    log_index: int = 0
+    tx_hash: str = ""
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        _no_chain_identity(state, "chain_id", "block_hash", "log_index", "tx_hash")
+
+
+@dataclass(frozen=True, slots=True)
+class ChainLogEvent(Event):
+    """An event derived from one on-chain log; (chain_id, block_hash, log_index) identifies it.
+    Not a type of its own: the base of the indexer's newer event types."""
+
+    chain_id: int
+    block: int
+    block_hash: str
+    log_index: int
+    tx_hash: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class KeeperChanged(ChainLogEvent):
+    """The realm's keeper handed the realm over to `keeper`."""
+
+    TYPE: ClassVar[str] = "KeeperChanged"
+    keeper: str
+    previous_keeper: str
 
 
 # -- stakes (indexer) ---------------------------------------------------------------------------
@@ -128,13 +212,19 @@ ROLES = ("user", "router_operator", "service_operator", "developer", "publisher"
 REALM_TARGET = "0x" + "00" * 20
 
 
+#: what changed a stake, by RealmStaking event: Staked, UnstakeRequested, Withdrawn, Slashed
+STAKE_CAUSES = ("stake", "unstake_request", "withdraw", "slash")
+
+
 @register
 @dataclass(frozen=True, slots=True)
 class StakeChanged(Event):
     """Directed stake of `staker` (in `role`) on `target`; `amount` is the new total after the
-    change. A stake whose target is `REALM_TARGET` is a stake on the realm itself."""
+    change. A stake whose target is `REALM_TARGET` is a stake on the realm itself. `cause` is one
+    of `STAKE_CAUSES` ("" when upcast from v1)."""
 
     TYPE: ClassVar[str] = "StakeChanged"
+    class_version: ClassVar[int] = 2
     staker: str
     role: str
     target: str
@@ -142,6 +232,13 @@ class StakeChanged(Event):
     tx_hash: str
     block: int
     log_index: int
+    chain_id: int = 0
+    block_hash: str = ""
+    cause: str = ""
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        _no_chain_identity(state, "chain_id", "block_hash", "cause")
 
 
 @register
@@ -153,6 +250,218 @@ class ChainHead(Event):
     chain_id: int
     block: int
     block_hash: str = ""
+
+
+# -- chain logs the indexer reads besides realms and stakes ---------------------------------------
+#
+# Chequebook and token events are chain-wide (realm ""); EpochSettlement events go to the realm
+# whose id (`realm_id`, keccak256 of the name) the indexer knows from RealmStaking, else to "".
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ChequebookDeposited(ChainLogEvent):
+    TYPE: ClassVar[str] = "ChequebookDeposited"
+    chequebook: str
+    sender: str
+    amount: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ChequeCashed(ChainLogEvent):
+    """A cheque cashed on chain: `paid` now, towards `cumulative` (see ChequeBounced)."""
+
+    TYPE: ClassVar[str] = "ChequeCashed"
+    chequebook: str
+    beneficiary: str
+    caller: str
+    cumulative: int
+    paid: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ChequeBounced(ChainLogEvent):
+    """The chequebook's balance covered only `paid` of the `due` amount of a cheque."""
+
+    TYPE: ClassVar[str] = "ChequeBounced"
+    chequebook: str
+    beneficiary: str
+    cumulative: int
+    due: int
+    paid: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ChequebookWithdrawn(ChainLogEvent):
+    TYPE: ClassVar[str] = "ChequebookWithdrawn"
+    chequebook: str
+    recipient: str
+    amount: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class TokenTransferred(ChainLogEvent):
+    """A transfer of the staked/payout token to or from one of the mesh's contracts."""
+
+    TYPE: ClassVar[str] = "TokenTransferred"
+    token: str
+    sender: str
+    recipient: str
+    amount: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class SettlementFunded(ChainLogEvent):
+    """`fund(realm, amount)` seen on chain."""
+
+    TYPE: ClassVar[str] = "SettlementFunded"
+    contract: str
+    realm_id: str
+    sender: str
+    amount: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class SettlementPosted(ChainLogEvent):
+    """An epoch's payout root and total posted on chain."""
+
+    TYPE: ClassVar[str] = "SettlementPosted"
+    contract: str
+    realm_id: str
+    epoch: int
+    root: str
+    total: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class SettlementPushed(ChainLogEvent):
+    """A push batch of an epoch paid on chain."""
+
+    TYPE: ClassVar[str] = "SettlementPushed"
+    contract: str
+    realm_id: str
+    epoch: int
+    batch_idx: int
+    entries: int
+    amount: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class SettlementClaimed(ChainLogEvent):
+    """A payee claimed `amount` (its cumulative claim now `cumulative`) on chain."""
+
+    TYPE: ClassVar[str] = "SettlementClaimed"
+    contract: str
+    realm_id: str
+    account: str
+    epoch: int
+    cumulative: int
+    amount: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class LogUnmapped(ChainLogEvent):
+    """A log of a watched contract the indexer could not turn into a domain event (a value out
+    of the ledger's range, an event it does not know); recorded, never silently skipped."""
+
+    TYPE: ClassVar[str] = "LogUnmapped"
+    contract: str
+    topic0: str
+    reason: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class LogRetracted(Event):
+    """The log (chain_id, block_hash, log_index), emitted earlier as an event of type
+    `retracted`, is no longer canonical (a reorg deeper than the confirmation depth): undo it.
+    Carried in the partition of the retracted event's realm."""
+
+    TYPE: ClassVar[str] = "LogRetracted"
+    chain_id: int
+    block: int
+    block_hash: str
+    log_index: int
+    retracted: str
+
+
+#: PriceObserved.status values; only "valid" may price anything
+PRICE_STATUSES = (
+    "valid",  # fresh, positive, in bounds, sequencer up past its grace period
+    "stale",  # updated_at older than the feed's heartbeat
+    "non_positive",  # answer <= 0
+    "out_of_bounds",  # outside the configured [min, max]
+    "sequencer_down",  # the L2 sequencer-uptime feed says down
+    "sequencer_grace",  # the sequencer is up again, but for less than the grace period
+    "unreadable",  # the feed's call failed (no contract there, a revert)
+)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class PriceObserved(Event):
+    """A Chainlink AggregatorV3 reading (`latestRoundData` at `block`) judged by the indexer;
+    `answer` is signed (a feed can report <= 0), `round_id` is a uint80."""
+
+    TYPE: ClassVar[str] = "PriceObserved"
+    chain_id: int
+    feed: str
+    round_id: int
+    answer: int
+    decimals: int
+    updated_at: int
+    status: str
+    block: int
+    block_hash: str
+
+
+#: every event type an indexer source emits
+INDEXER_EVENTS: tuple[type[Event], ...] = (
+    RealmCreated,
+    RealmParamsChanged,
+    ApiEnabled,
+    KeeperChanged,
+    StakeChanged,
+    ChainHead,
+    ChequebookDeposited,
+    ChequeCashed,
+    ChequeBounced,
+    ChequebookWithdrawn,
+    TokenTransferred,
+    SettlementFunded,
+    SettlementPosted,
+    SettlementPushed,
+    SettlementClaimed,
+    LogUnmapped,
+    LogRetracted,
+    PriceObserved,
+)
+#: types that may be carried under realm "" (chain-wide); settlement events go there when their
+#: realm id was never registered
+CHAIN_WIDE_EVENTS: tuple[type[Event], ...] = (
+    ChainHead,
+    ChequebookDeposited,
+    ChequeCashed,
+    ChequeBounced,
+    ChequebookWithdrawn,
+    TokenTransferred,
+    SettlementFunded,
+    SettlementPosted,
+    SettlementPushed,
+    SettlementClaimed,
+    LogUnmapped,
+    LogRetracted,
+    PriceObserved,
+)
 
 
 # -- metering and SWAP (routers) ----------------------------------------------------------------
@@ -307,19 +616,31 @@ AMOUNT_FIELDS = frozenset(
         "funding",
         "total",
         "remainder",
+        "paid",
+        "due",
+        "round_id",
     }
 )
+#: like AMOUNT_FIELDS, but may be negative (a Chainlink answer is an int256)
+SIGNED_AMOUNT_FIELDS = frozenset({"answer"})
+_STRING_INTS = AMOUNT_FIELDS | SIGNED_AMOUNT_FIELDS
 
 
 def _amounts_to_str(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: str(v) if k in AMOUNT_FIELDS and isinstance(v, int) else v for k, v in data.items()}
+    for key in _STRING_INTS.intersection(data):
+        if isinstance(data[key], int):
+            data[key] = str(data[key])
+    return data
 
 
 def _amounts_from_str(data: dict[str, Any], where: str) -> dict[str, Any]:
     out = dict(data)
-    for key in AMOUNT_FIELDS.intersection(data):
+    for key in _STRING_INTS.intersection(data):
         value = data[key]
-        if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+        digits = value
+        if key in SIGNED_AMOUNT_FIELDS and isinstance(value, str) and value.startswith("-"):
+            digits = value[1:]
+        if not (isinstance(digits, str) and digits.isascii() and digits.isdigit()):
             raise EventDecodeError(
                 "schema", f"{where}.{key} must be a decimal string, got {value!r}"
             )

@@ -68,6 +68,19 @@ class StakeHistory:
             raise ValueError(f"a stake total is never negative, got {change.amount}")
         bisect.insort(self._changes, change)
 
+    def retract(self, block: int, log_index: int, source: str, seq: int) -> bool:
+        """Forget the change a retracted chain log made (a reorg orphaned it)."""
+        for i, change in enumerate(self._changes):
+            if (change.block, change.log_index, change.source, change.seq) == (
+                block,
+                log_index,
+                source,
+                seq,
+            ):
+                del self._changes[i]
+                return True
+        return False
+
     def changes(self, marks: Marks | None = None) -> list[StakeChange]:
         if marks is None:
             return list(self._changes)

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.procs import free_port, stop_pid, wait_until
+from infra.procs import free_port, stop_pid, stop_process, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ANVIL_BIN = REPO_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
@@ -28,9 +28,10 @@ class Anvil:
         return f"http://{self.host}:{self.port}"
 
     def stop(self) -> None:
-        stop_pid(self.pid)
         if self._proc is not None:
-            self._proc.wait(timeout=10)
+            stop_process(self._proc)
+        else:
+            stop_pid(self.pid)
 
 
 def anvil_binary() -> Path:
@@ -41,26 +42,25 @@ def anvil_binary() -> Path:
     return ANVIL_BIN
 
 
-def _answers(url: str) -> bool:
+def rpc_chain_id(url: str, timeout_s: float = 2.0) -> int:
+    """The chain id a JSON-RPC node at `url` answers with (raises when it does not answer)."""
     import json
     import urllib.request
 
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}).encode()
     req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=2) as resp:
-        return "result" in json.loads(resp.read())
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return int(json.loads(resp.read())["result"], 16)
 
 
-def start_anvil(
-    chain_id: int = 31337,
-    host: str = "127.0.0.1",
-    port: int | None = None,
+def anvil_command(
+    chain_id: int,
+    host: str,
+    port: int,
     block_time_s: float | None = None,
     extra_args: tuple[str, ...] = (),
-    timeout_s: float = 30.0,
-) -> Anvil:
-    """Start anvil (auto-mining unless `block_time_s`), wait until it answers eth_chainId."""
-    port = port or free_port(host)
+) -> list[str]:
+    """The anvil command line: loopback, quiet, auto-mining unless `block_time_s`."""
     args = [
         str(anvil_binary()),
         "--host",
@@ -73,13 +73,26 @@ def start_anvil(
     ]
     if block_time_s is not None:
         args += ["--block-time", str(block_time_s)]
-    args += list(extra_args)
+    return args + list(extra_args)
+
+
+def start_anvil(
+    chain_id: int = 31337,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    block_time_s: float | None = None,
+    extra_args: tuple[str, ...] = (),
+    timeout_s: float = 30.0,
+) -> Anvil:
+    """Start anvil (auto-mining unless `block_time_s`), wait until it answers eth_chainId."""
+    port = port or free_port(host)
+    args = anvil_command(chain_id, host, port, block_time_s, extra_args)
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
     )
     node = Anvil(host=host, port=port, chain_id=chain_id, pid=proc.pid, _proc=proc)
     try:
-        wait_until(lambda: _answers(node.url), timeout_s, "anvil", proc)
+        wait_until(lambda: rpc_chain_id(node.url) == chain_id, timeout_s, "anvil", proc)
     except BaseException:
         node.stop()
         raise

@@ -37,6 +37,8 @@ class AuditReport:
     gaps: list[tuple[str, int, int]]
     diffs: list[TableDiff]
     tables: int
+    #: (realm, epoch, retracted type, block): closed epochs that counted a retracted chain log
+    reorg_flags: list[tuple[str, int, str, int]] = field(default_factory=list)
 
     @property
     def matches(self) -> bool:
@@ -127,6 +129,12 @@ def run_audit(
             gaps=gaps,
             diffs=diffs,
             tables=len(store.AUDITED_TABLES),
+            reorg_flags=[
+                (str(r), int(e), str(t), int(b))
+                for r, e, t, b in con.execute(
+                    "SELECT DISTINCT realm, epoch, retracted, block FROM reorg_flags ORDER BY ALL"
+                ).fetchall()
+            ],
         )
     finally:
         service.close()

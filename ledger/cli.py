@@ -1,5 +1,5 @@
-"""The `meshledger` command line. Commands of other packages (router, settle, bench router,
-bench settlement) plug in through the `meshledger.commands` entry-point group."""
+"""The `meshledger` command line. Commands of other packages (router, settle, broker, up, down,
+bench router, bench settlement) plug in through the `meshledger.commands` entry-point group."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -98,35 +97,6 @@ def cli(verbose: int) -> None:
     )
     if verbose < 2:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
-
-
-@cli.group()
-def broker() -> None:
-    """The local Kafka-compatible broker (Tansu, memory storage) for development."""
-
-
-@broker.command("start")
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Listen address (loopback in dev)."
-)
-@click.option("--port", type=int, default=None, help="Port (default: a free one).")
-@click.option("--partitions", type=int, default=1, show_default=True, help="Partitions per topic.")
-def broker_start(host: str, port: int | None, partitions: int) -> None:
-    """Start the broker, create the topics, and keep it running until Ctrl-C."""
-    from infra.broker import start_broker
-
-    node = start_broker(host, port, partitions=partitions)
-    console.print(
-        f"broker ready: bootstrap [bold]{node.bootstrap}[/] (pid {node.pid}); Ctrl-C stops it"
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.stop()
 
 
 @cli.command()
@@ -220,7 +190,17 @@ def project(
             emitter.close(timeout_s=5)
 
 
-QUERY_NAMES = ["realms", "bandwidth", "usage", "epochs", "payouts", "dead", "sources"]
+QUERY_NAMES = [
+    "realms",
+    "bandwidth",
+    "usage",
+    "epochs",
+    "payouts",
+    "dead",
+    "sources",
+    "reorgs",
+    "prices",
+]
 
 
 @cli.command()
@@ -235,21 +215,39 @@ QUERY_NAMES = ["realms", "bandwidth", "usage", "epochs", "payouts", "dead", "sou
 )
 @_db_option("DuckDB file; read directly when no projector is running.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@click.option(
+    "--usd", is_flag=True, help="epochs, payouts: value at the last price at the epoch's end."
+)
+@click.option("--feed", default=None, help="The price feed for --usd and prices (an address).")
 def query(
-    what: str, realm: str | None, epoch: int | None, url: str | None, db_path: Path, as_json: bool
+    what: str,
+    realm: str | None,
+    epoch: int | None,
+    url: str | None,
+    db_path: Path,
+    as_json: bool,
+    usd: bool,
+    feed: str | None,
 ) -> None:
-    """Query the ledger: realms | bandwidth | usage | epochs | payouts | dead | sources.
+    """Query the ledger: realms | bandwidth | usage | epochs | payouts | dead | sources |
+    reorgs (closed epochs that counted a log a reorg retracted) | prices.
 
     Works while the projector runs (through its query endpoint) and without it (from the file).
+    With --usd, epochs and payouts carry a USD value, or "stale" when the last price observed
+    at or before the epoch's last block was not valid.
     """
     from ledger.query import QueryClient, QueryError
     from ledger.render import print_query
 
+    if usd:
+        if what not in ("epochs", "payouts"):
+            raise click.UsageError("--usd applies to epochs and payouts")
+        what = f"{what}_usd"
     url = url or _query_url(db_path)
     rows: list[dict[str, Any]]
     if url:
         try:
-            rows = QueryClient(url).rows(what, realm=realm, epoch=epoch)
+            rows = QueryClient(url).rows(what, realm=realm, epoch=epoch, feed=feed)
         except QueryError as exc:
             raise click.ClickException(str(exc)) from exc
     elif db_path.exists():
@@ -257,7 +255,7 @@ def query(
         from ledger.query import run_query
 
         con = store.connect(db_path, read_only=True)
-        data = run_query(con, what, {"realm": realm, "epoch": epoch})
+        data = run_query(con, what, {"realm": realm, "epoch": epoch, "feed": feed})
         rows = [dict(zip(data["columns"], r, strict=True)) for r in data["rows"]]
     else:
         raise click.ClickException(f"no projector endpoint and no database at {db_path}")

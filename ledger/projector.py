@@ -36,6 +36,7 @@ from domain.accounting import (
 )
 from domain.envelope import Record
 from domain.events import (
+    CHAIN_WIDE_EVENTS,
     METER_KINDS,
     ApiEnabled,
     ChainHead,
@@ -45,14 +46,20 @@ from domain.events import (
     EpochClosed,
     Event,
     HandshakeCompleted,
+    KeeperChanged,
+    LogRetracted,
     PayoutsComputed,
     PeerDisconnected,
+    PriceObserved,
     RealmCreated,
     RealmParams,
     RealmParamsChanged,
     SettlementConfirmed,
     SettlementSubmitted,
     StakeChanged,
+    event_from_dict,
+    event_to_dict,
+    log_identity,
 )
 from domain.stakes import provision_key
 from ledger import store
@@ -183,8 +190,8 @@ class Projector:
                 if event.realm in self.realms or event.realm in created:
                     raise _Refused("realm_exists", f"realm {event.realm!r} already exists")
                 created.add(event.realm)
-            elif isinstance(event, ChainHead) and event.realm == "":
-                continue  # chain-wide head of an indexer
+            elif isinstance(event, CHAIN_WIDE_EVENTS) and event.realm == "":
+                pass  # chain-wide facts of an indexer (heads, chequebooks, token, prices)
             elif event.realm not in self.realms and event.realm not in created:
                 raise _Refused("unknown_realm", f"realm {event.realm!r} does not exist")
             if isinstance(event, EpochClosed):
@@ -193,6 +200,12 @@ class Projector:
                 )
             if isinstance(event, PayoutsComputed):
                 self._check_payouts(event)
+            if isinstance(event, LogRetracted) and self._find_log(event) is None:
+                raise _Refused(
+                    "unknown_log",
+                    f"retraction of log {event.log_index} of block {event.block_hash}, which is "
+                    "not (or no longer) in the ledger",
+                )
 
     def declare_gap(self, record: Record) -> None:
         """Accept that the seqs before `record` will not come: record the gap, resume the chain."""
@@ -238,6 +251,12 @@ class Projector:
             return
         for seq, event in record.iter_events():
             _HANDLERS[type(event)](self, record, seq, event)
+            ident = log_identity(event)
+            if ident is not None and not isinstance(event, LogRetracted):
+                self._batch.rows["chain_logs"].append(
+                    (event.realm, *ident, event.TYPE, getattr(event, "block", 0),
+                     orjson.dumps(event_to_dict(event)).decode(), record.source, seq, None)
+                )  # fmt: skip
 
     def _apply_metered(self, record: Record) -> None:
         m = record.metered
@@ -367,6 +386,84 @@ class Projector:
             (e.realm, e.epoch, e.TYPE, e.chain_id, e.contract, e.tx_hash, getattr(e, "root", ""),
              getattr(e, "total", 0), getattr(e, "block", 0), record.source, seq)
         )  # fmt: skip
+
+    # -- chain facts seen by the indexer, and their retraction ----------------------------------------
+    def _chain_fact(self, record: Record, seq: int, e: Event) -> None:
+        """Chequebook, token and settlement logs: kept in chain_logs (see _apply), nothing else."""
+
+    def _keeper_changed(self, record: Record, seq: int, e: KeeperChanged) -> None:
+        book = self._realm(e.realm)
+        book.keeper = e.keeper
+        self._stage_realm(book)
+
+    def _price_observed(self, record: Record, seq: int, e: PriceObserved) -> None:
+        self._batch.rows["prices"].append(
+            (e.chain_id, e.feed, e.round_id, str(e.answer), e.decimals, e.updated_at, e.status,
+             e.block, e.block_hash, record.source, seq)
+        )  # fmt: skip
+
+    def _find_log(self, e: LogRetracted) -> tuple[Event, str, int] | None:
+        """The live (not retracted) chain log a retraction names: (event, source, seq)."""
+        ident = (e.chain_id, e.block_hash, e.log_index)
+        retracted = {tuple(r[:3]) for r in self._batch.retracted_logs}
+        if ident in retracted:
+            return None
+        for row in reversed(self._batch.rows["chain_logs"]):
+            if tuple(row[1:4]) == ident:
+                return event_from_dict(orjson.loads(row[6])), row[7], row[8]
+        found = store.chain_log(self.con, *ident)
+        if found is None:
+            return None
+        body, source_seq, source = found
+        return event_from_dict(orjson.loads(body)), source, source_seq
+
+    def _log_retracted(self, record: Record, seq: int, e: LogRetracted) -> None:
+        """Undo what a retracted log did; flag (never rewrite) the closed epochs it counted in."""
+        found = self._find_log(e)
+        assert found is not None  # _precheck refused the record otherwise
+        event, source, source_seq = found
+        batch = self._batch
+        batch.retracted_logs.append((e.chain_id, e.block_hash, e.log_index, seq))
+        book = self.realms.get(event.realm)
+        if book is None:
+            return  # a chain-wide fact: marked retracted, nothing derived from it
+        counted = source_seq <= book.marks.get(source, 0)
+        closed = sorted(
+            set(store.closed_epochs_ending_from(self.con, event.realm, e.block))
+            | {k[1] for k in self._staged_digests if k[0] == event.realm}
+        )
+        if counted:
+            batch.rows["reorg_flags"].extend(
+                (event.realm, epoch, e.chain_id, e.block_hash, e.log_index, e.retracted, e.block,
+                 record.source, seq)
+                for epoch in closed
+            )  # fmt: skip
+        own = {"realm": event.realm, "source": source, "seq": source_seq}
+        if isinstance(event, StakeChanged):
+            book.retract_stake(
+                event.staker, event.role, event.target, event.block, event.log_index,
+                source, source_seq,
+            )  # fmt: skip
+            key = (canonical_account(event.staker), event.role, canonical_account(event.target))
+            for kind, account in book.stakes.series_moved_by(key):
+                series = (event.realm, kind, account)
+                self._dirty_series[series] = min(self._dirty_series.get(series, e.block), e.block)
+            batch.undone_rows.append(("stakes", {**own, "log_index": event.log_index}))
+        elif isinstance(event, ApiEnabled):
+            book.retract_api(event.api, source, source_seq)
+            batch.undone_rows.append(("apis", own))
+        elif isinstance(event, RealmParamsChanged):
+            book.schedule.retract(source, source_seq)
+            self._stage_realm(book)
+            batch.undone_rows.append(("realm_params", own))
+        elif isinstance(event, KeeperChanged):
+            book.keeper = event.previous_keeper
+            self._stage_realm(book)
+        elif isinstance(event, RealmCreated):
+            # its later logs were retracted before it (newest first); what remains is the realm
+            del self.realms[event.realm]
+            batch.realms.pop(event.realm, None)
+            batch.undone_rows += [("realms", {"realm": event.realm}), ("realm_params", own)]
 
     def _realm(self, name: str) -> RealmBook:
         realm = self.realms.get(name)
@@ -576,6 +673,14 @@ _HANDLERS: dict[type[Event], Callable[[Projector, Record, int, Any], None]] = {
     PayoutsComputed: Projector._payouts_computed,
     SettlementSubmitted: Projector._settlement,
     SettlementConfirmed: Projector._settlement,
+    KeeperChanged: Projector._keeper_changed,
+    PriceObserved: Projector._price_observed,
+    LogRetracted: Projector._log_retracted,
+    **{
+        t: Projector._chain_fact
+        for t in CHAIN_WIDE_EVENTS
+        if t not in (ChainHead, LogRetracted, PriceObserved)
+    },
 }
 
 __all__ = ["Projector", "Trust", "Verdict", "Outcome"]

@@ -22,6 +22,20 @@ import duckdb
 from domain.economics import Payout
 from ledger import store
 
+TOKEN_DECIMALS = 18
+_USD = (
+    "SELECT e.*, CASE WHEN p.status = 'valid' THEN printf('%d.%02d',"
+    " ({amount}::HUGEINT * p.answer::HUGEINT // ('1' || repeat('0', p.decimals + "
+    + str(TOKEN_DECIMALS - 2)
+    + "))::HUGEINT) // 100, ({amount}::HUGEINT * p.answer::HUGEINT // ('1' || repeat('0',"
+    " p.decimals + "
+    + str(TOKEN_DECIMALS - 2)
+    + "))::HUGEINT) % 100) ELSE 'stale' END AS usd, coalesce(p.status, 'no price') AS price_status,"
+    " p.block AS price_block"
+    " FROM e ASOF LEFT JOIN (SELECT * FROM prices WHERE feed = coalesce($feed, feed)) p"
+    " ON e.last_block >= p.block ORDER BY ALL"
+)
+
 QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "realms": ("SELECT * FROM realms ORDER BY realm", ()),
     "sources": ("SELECT * FROM sources ORDER BY source", ()),
@@ -44,6 +58,28 @@ QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("realm", "epoch"),
     ),
     "dead": ("SELECT reason, records FROM rejected ORDER BY records DESC, reason", ()),
+    "reorgs": (
+        "SELECT * FROM reorg_flags WHERE realm = coalesce($realm, realm)"
+        " ORDER BY realm, epoch, block, log_index",
+        ("realm",),
+    ),
+    "prices": (
+        "SELECT * FROM prices WHERE feed = coalesce($feed, feed) ORDER BY feed, block, seq",
+        ("feed",),
+    ),
+    # USD values at the last price observed at or before the epoch's last block; a price that
+    # was not valid then (or none) shows as "stale". Cents, rounded down; WMP has 18 decimals.
+    "epochs_usd": (
+        f"WITH e AS (SELECT realm, epoch, last_block, funding, total FROM epochs"
+        f" WHERE realm = coalesce($realm, realm)) {_USD.format(amount='e.total')}",
+        ("realm", "feed"),
+    ),
+    "payouts_usd": (
+        f"WITH e AS (SELECT p.realm, p.epoch, e.last_block, p.account, p.payee_class, p.amount"
+        f" FROM payouts p JOIN epochs e USING (realm, epoch) WHERE p.realm = coalesce($realm,"
+        f" p.realm) AND p.epoch = coalesce($epoch, p.epoch)) {_USD.format(amount='e.amount')}",
+        ("realm", "epoch", "feed"),
+    ),
 }
 
 

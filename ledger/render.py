@@ -48,6 +48,11 @@ def print_audit(console: Console, report: AuditReport) -> None:
     )
     for source, first, last in report.gaps:
         console.print(f"  [yellow]gap[/] {source}: seq {first}..{last} missing from the log")
+    for realm, epoch, retracted, block in report.reorg_flags:
+        console.print(
+            f"  [yellow]reorg[/] {realm} epoch {epoch} was closed on a {retracted} of block "
+            f"{block} that a reorg retracted (flagged, not rewritten)"
+        )
     for diff in report.diffs:
         console.print(
             f"[red]MISMATCH[/] table [bold]{diff.table}[/]: live {diff.live[0]} rows, replay {diff.replayed[0]} rows"

@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS rejected (reason VARCHAR PRIMARY KEY, records BIGINT)
 CREATE TABLE IF NOT EXISTS seq_gaps (source VARCHAR, from_seq BIGINT, to_seq BIGINT);
 CREATE TABLE IF NOT EXISTS late_records (realm VARCHAR, source VARCHAR, last_seq BIGINT, block_epoch BIGINT,
     counted_epoch BIGINT, messages BIGINT);
+CREATE TABLE IF NOT EXISTS chain_logs (realm VARCHAR, chain_id BIGINT, block_hash VARCHAR, log_index BIGINT,
+    type VARCHAR, block BIGINT, body VARCHAR, source VARCHAR, seq BIGINT, retracted_seq BIGINT);
+CREATE TABLE IF NOT EXISTS prices (chain_id BIGINT, feed VARCHAR, round_id HUGEINT, answer VARCHAR,
+    decimals INTEGER, updated_at BIGINT, status VARCHAR, block BIGINT, block_hash VARCHAR, source VARCHAR,
+    seq BIGINT);
+CREATE TABLE IF NOT EXISTS reorg_flags (realm VARCHAR, epoch BIGINT, chain_id BIGINT, block_hash VARCHAR,
+    log_index BIGINT, retracted VARCHAR, block BIGINT, source VARCHAR, seq BIGINT);
 """
 
 #: Bandwidth per realm and block. The stake series come from `domain.stakes` (stake_points: the
@@ -108,6 +115,9 @@ AUDITED_TABLES = (
     "rejected",
     "seq_gaps",
     "late_records",
+    "chain_logs",
+    "prices",
+    "reorg_flags",
 )
 
 COLUMNS: dict[str, list[str]] = {}
@@ -181,10 +191,16 @@ class Batch:
     sources: list[tuple[Any, ...]] = field(default_factory=list)
     rejected: list[tuple[str, int]] | None = None
     offsets: dict[tuple[str, int], tuple[int, list[int]]] = field(default_factory=dict)
+    #: chain logs retracted by a reorg: (chain_id, block_hash, log_index, retracting seq)
+    retracted_logs: list[tuple[int, str, int, int]] = field(default_factory=list)
+    #: rows a retraction undoes: (table, {column: value}) deleted where every column matches
+    undone_rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
             any(self.rows.values())
+            or self.retracted_logs
+            or self.undone_rows
             or self.realms
             or self.confirmations
             or self.counted_usage
@@ -236,6 +252,15 @@ def _write(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         )
     for table, rows in batch.rows.items():
         append_rows(con, table, rows)
+    for chain_id, block_hash, log_index, seq in batch.retracted_logs:
+        con.execute(
+            "UPDATE chain_logs SET retracted_seq = ? WHERE chain_id = ? AND block_hash = ?"
+            " AND log_index = ? AND retracted_seq IS NULL",
+            [seq, chain_id, block_hash, log_index],
+        )
+    for table, match in batch.undone_rows:
+        where = " AND ".join(f"{column} = ?" for column in match)
+        con.execute(f"DELETE FROM {table} WHERE {where}", list(match.values()))
     for realm, epoch, digest in batch.confirmations:
         con.execute(
             "UPDATE epochs SET confirmed_digest = ? WHERE realm = ? AND epoch = ?",
@@ -275,6 +300,28 @@ def epoch_digest(con: duckdb.DuckDBPyConnection, realm: str, epoch: int) -> str 
         "SELECT digest FROM epochs WHERE realm = ? AND epoch = ?", [realm, epoch]
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+def chain_log(
+    con: duckdb.DuckDBPyConnection, chain_id: int, block_hash: str, log_index: int
+) -> tuple[str, int, str] | None:
+    """(body, seq, source) of a chain log not retracted yet, or None."""
+    row = con.execute(
+        "SELECT body, seq, source FROM chain_logs WHERE chain_id = ? AND block_hash = ?"
+        " AND log_index = ? AND retracted_seq IS NULL",
+        [chain_id, block_hash, log_index],
+    ).fetchone()
+    return None if row is None else (str(row[0]), int(row[1]), str(row[2]))
+
+
+def closed_epochs_ending_from(con: duckdb.DuckDBPyConnection, realm: str, block: int) -> list[int]:
+    return [
+        int(r[0])
+        for r in con.execute(
+            "SELECT epoch FROM epochs WHERE realm = ? AND last_block >= ? ORDER BY epoch",
+            [realm, block],
+        ).fetchall()
+    ]
 
 
 def unconfirmed_epochs(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:

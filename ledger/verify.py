@@ -8,7 +8,7 @@ from enum import Enum
 
 from domain.envelope import ZERO_HASH, Record, RecordError, decode
 from domain.events import (
-    ApiEnabled,
+    INDEXER_EVENTS,
     ChainHead,
     ChequeIssued,
     ChequeReceived,
@@ -18,11 +18,8 @@ from domain.events import (
     HandshakeCompleted,
     PayoutsComputed,
     PeerDisconnected,
-    RealmCreated,
-    RealmParamsChanged,
     SettlementConfirmed,
     SettlementSubmitted,
-    StakeChanged,
 )
 
 
@@ -71,7 +68,7 @@ class Trust:
 #: the event types each kind of source may emit (routers' metered messages aside)
 ALLOWED: dict[str, tuple[type[Event], ...]] = {
     "ledger": (EpochClosed, PayoutsComputed),
-    "indexer": (RealmCreated, RealmParamsChanged, ApiEnabled, StakeChanged, ChainHead),
+    "indexer": INDEXER_EVENTS,
     "settlement": (SettlementSubmitted, SettlementConfirmed),
     "router": (
         ChainHead,

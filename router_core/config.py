@@ -19,6 +19,8 @@ never from the configuration itself. Example: see README / `router_core.cli`.
     [cashout]
     min_batch_value = 100_000_000_000_000_000
     max_age_s = 3600
+    key_file = "cashout.key"           # sends Chequebook.cashChequeBatch (holds gas); omit: no cash-out
+    chain_rpc_url = ""                 # default: chain_rpc_url above
 
     [[realms]]
     name = "realm1"
@@ -66,6 +68,13 @@ class CashoutConfig:
     min_batch_value: int = 10**17
     max_age_s: float = 3600.0
     max_batch_cheques: int = 64
+    max_pending_cheques: int = 100_000
+    key_file: str = ""  # the key that sends cash-out transactions (pays gas); none: no cash-out
+    chain_rpc_url: str = ""  # the cheques' chain; default: the router's chain_rpc_url
+    interval_s: float = 5.0  # how often the queue is checked for a due batch
+    confirmations: int = 3
+    max_fee_wei: int = 50 * 10**9  # fee cap per gas of a cash-out transaction
+    rpc_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from domain.envelope import Signer
 from domain.swap import RouterTerms
-from router_core.cashout import CashoutPolicy, CashoutQueue, CashoutSink
+from router_core.cashout import CashoutPolicy, CashoutQueue, CashoutSink, open_chequebook_sink
 from router_core.chain_clock import ChainClock, HeadEventClock, ManualClock, Web3HeadPoller
 from router_core.chequebooks import ChequebookReader, NoChain, Web3Chequebooks
 from router_core.config import RouterConfig
@@ -47,6 +47,7 @@ class RouterService:
     follower: LedgerFollower | None = None
     cashout: CashoutQueue | None = None
     cashout_sink: CashoutSink | None = None
+    _opened_sink: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> Router:
@@ -98,8 +99,12 @@ class RouterService:
                     cfg.cashout.min_batch_value,
                     cfg.cashout.max_age_s,
                     cfg.cashout.max_batch_cheques,
+                    cfg.cashout.max_pending_cheques,
                 ),
             )
+            if self.cashout_sink is None:
+                self._opened_sink = await asyncio.to_thread(open_chequebook_sink, cfg, data)
+                self.cashout_sink = self._opened_sink
             chequebooks: ChequebookReader = (
                 Web3Chequebooks(cfg.chain_rpc_url, cfg.chain_id) if cfg.chain_rpc_url else NoChain()
             )
@@ -152,7 +157,7 @@ class RouterService:
     async def _cashout_loop(self) -> None:
         assert self.cashout is not None and self.cashout_sink is not None
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(self.config.cashout.interval_s)
             try:
                 cashed = await asyncio.to_thread(self.cashout.run_once, self.cashout_sink)
                 if cashed:
@@ -175,3 +180,5 @@ class RouterService:
             await asyncio.to_thread(self.emitter.close)
         if self.cashout is not None:
             self.cashout.close()
+        if self._opened_sink is not None:
+            self._opened_sink.close()

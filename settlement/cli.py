@@ -1,8 +1,8 @@
-"""`meshledger settle`: the settlement job's command line, wired to the ledger and the L2 node.
+"""`meshledger settle`: the settlement job's command line, wired to the live ledger and the L2 node.
 
-The lead's `meshledger` group attaches `settlement.cli.settle`. The ledger adapters (query API,
-log reader, emitter) are imported only when the command runs, so `settlement` stays importable
-without them.
+The `meshledger` group attaches `settlement.cli.settle` (entry point). The ledger adapters (query
+endpoint, log reader, emitter) are imported only when the command runs, so `settlement` stays
+importable without them.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from settlement.job import (
     EXIT_WRONG_DEPLOYMENT,
     JobConfig,
     JobError,
+    LedgerConflict,
+    NotDue,
     PayoutSource,
     Recorder,
     SettlementJob,
@@ -49,16 +51,21 @@ log = logging.getLogger(__name__)
 KEY_FILE_ENV = "MESHLEDGER_SETTLEMENT_KEY_FILE"
 LEDGER_SOURCES_ENV = "MESHLEDGER_LEDGER_SOURCES"
 DEFAULT_JOURNAL = "~/.meshledger/settlement-journal.sqlite"
+DEFAULT_DB = Path("var/ledger.duckdb")  # as `meshledger project`
 RECORD_FLUSH_TIMEOUT_S = 30.0
 
 HELP = f"""Pay the ledger's payouts of closed realm epochs on the L2 EpochSettlement contract.
 
-For each epoch: read the payouts, check them against the PayoutsComputed digest on the log,
-build the payout tree (cumulative claims per account across epochs), fund the realm if --fund
-and short, post the root, push payees of at least --push-min-amount in batches that fit the
-block gas limit (the rest can claim), and record SettlementSubmitted / SettlementConfirmed in
-mesh.ledger. Every transaction is journaled before it is sent and every send is preceded by an
-on-chain "already done?" check, so a rerun after any failure pays nobody twice.
+For each epoch: read the payouts from the projector's query endpoint (--query-url, or the one
+`meshledger project` wrote next to --db), read the epoch's PayoutsComputed digest from mesh.ledger
+(only records signed by a --ledger-source key whose seq chain verifies), refuse unless the
+payouts hash to that digest; build the payout tree (cumulative claims per account, continuing the
+realm's earlier epochs exactly as they were posted on chain; epochs settle in order), fund the
+realm if --fund and short, post the root, push payees of at least --push-min-amount in batches
+that fit the block gas limit (the rest can claim), and record SettlementSubmitted /
+SettlementConfirmed in mesh.ledger. Every transaction is journaled before it is sent and every
+send is preceded by an on-chain "already done?" check, so a rerun after any failure pays nobody
+twice.
 
 The key comes from --key-file / ${KEY_FILE_ENV} (a file holding the 0x-hex private key, readable
 by its owner only), never from the repository.
@@ -67,8 +74,10 @@ by its owner only), never from the repository.
 Exit codes:
   0  settled, or already settled (nothing to do)
   2  usage error
-  3  not due (no PayoutsComputed on the log), payouts do not match the logged digest, or the
-     epoch is posted on chain with another root: do not retry blindly, investigate
+  3  not due (no PayoutsComputed on the log, or an earlier epoch of the realm is not posted
+     yet), or the ledger disagrees with itself (the query endpoint's payouts do not hash to the
+     logged digest, two digests for one epoch, a forked ledger key), or the epoch or an earlier
+     one is posted on chain with a root this job cannot rebuild: investigate before retrying
   4  realm underfunded (and --fund off, or the key holds too little): nothing was sent
   5  chain or ledger error (node or ledger unreachable, fee cap, stuck or reverted
      transaction, sender busy): retry later, the journal resumes where it stopped
@@ -78,20 +87,20 @@ Exit codes:
 
 
 class LedgerPayouts:
-    """PayoutSource over the ledger: query API for epochs and payouts, the log for the digest."""
+    """PayoutSource over the live ledger: the projector's query endpoint for epochs and payouts,
+    the log (trusted ledger sources, signatures and seq chains verified) for the digest."""
 
-    def __init__(self, query_url: str, bootstrap: str, trusted_sources: tuple[str, ...]) -> None:
+    def __init__(self, query_url: str, log_reader: Any) -> None:
         from ledger.query import QueryClient
 
         self.query = QueryClient(query_url)
-        self.bootstrap = bootstrap
-        self.trusted_sources = trusted_sources
+        self.log_reader = log_reader  # ledger.logreader.LedgerLog
 
     def due_epochs(self, realm: str | None) -> list[tuple[str, int]]:
         try:
             rows = self.query.epochs(realm)
         except Exception as err:  # noqa: BLE001 - QueryError, malformed answers
-            raise SourceUnavailable(f"ledger query API: {err}") from err
+            raise SourceUnavailable(f"ledger query endpoint: {err}") from err
         due = [(str(r["realm"]), int(r["epoch"])) for r in rows if int(r.get("payees") or 0) > 0]
         return sorted(due, key=lambda k: (k[1], k[0]))
 
@@ -99,14 +108,16 @@ class LedgerPayouts:
         try:
             return list(self.query.payouts(realm, epoch))
         except Exception as err:  # noqa: BLE001
-            raise SourceUnavailable(f"ledger query API: {err}") from err
+            raise SourceUnavailable(f"ledger query endpoint: {err}") from err
 
     def logged_digest(self, realm: str, epoch: int) -> str | None:
-        try:
-            from ledger.logreader import payouts_computed  # type: ignore[import-not-found]
+        from ledger.logreader import ConflictingPayouts, LogReadError, SourceForked
 
-            event = payouts_computed(self.bootstrap, realm, epoch, self.trusted_sources)
-        except Exception as err:  # noqa: BLE001 - broker down, reader missing
+        try:
+            event = self.log_reader.payouts_computed(realm, epoch)
+        except (ConflictingPayouts, SourceForked) as err:
+            raise LedgerConflict(f"the log contradicts itself: {err}") from err
+        except LogReadError as err:
             raise SourceUnavailable(f"PayoutsComputed from the log: {err}") from err
         return None if event is None else str(event.digest)
 
@@ -122,8 +133,26 @@ class EmitterRecorder:
         self.emitter.flush(RECORD_FLUSH_TIMEOUT_S)
 
 
-def ledger_payouts(query_url: str, bootstrap: str, trusted: tuple[str, ...]) -> PayoutSource:
-    return LedgerPayouts(query_url, bootstrap, trusted)
+def ledger_payouts(
+    query_url: str | None, db_path: Path, bootstrap: str, trusted: tuple[str, ...]
+) -> PayoutSource:
+    """The live ledger: the query endpoint given, or the one the projector of `db_path` wrote to
+    its `DB.query` marker; the log on `bootstrap`, believing only the `trusted` ledger keys."""
+    from ledger.logreader import LedgerLog
+
+    url = query_url or query_url_of(db_path)
+    if not url:
+        raise SourceUnavailable(
+            f"no ledger query endpoint: no --query-url and no marker {db_path}.query "
+            "(is `meshledger project` running on that database?)"
+        )
+    return LedgerPayouts(url, LedgerLog(bootstrap, trusted))
+
+
+def query_url_of(db_path: Path) -> str | None:
+    """The query endpoint `meshledger project` announced next to its DuckDB file."""
+    marker = Path(f"{db_path}.query")
+    return marker.read_text().strip() or None if marker.exists() else None
 
 
 def ledger_recorder(key: bytes, bootstrap: str, spool_dir: Path) -> tuple[Recorder, Any]:
@@ -171,7 +200,18 @@ def load_key(path: str | Path) -> LocalAccount:
     show_default=True,
 )
 @click.option(
-    "--query-url", envvar="MESHLEDGER_QUERY_URL", default="http://127.0.0.1:8787", show_default=True
+    "--query-url",
+    envvar="MESHLEDGER_QUERY_URL",
+    default=None,
+    help="The projector's query endpoint (default: read from DB.query).",
+)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DB,
+    show_default=True,
+    help="The projector's DuckDB file; its DB.query marker names the query endpoint.",
 )
 @click.option(
     "--bootstrap", envvar="MESHLEDGER_BOOTSTRAP", default="127.0.0.1:9092", show_default=True
@@ -181,7 +221,8 @@ def load_key(path: str | Path) -> LocalAccount:
     "trusted",
     multiple=True,
     envvar="MESHLEDGER_LEDGER_SOURCE",
-    help="Address whose PayoutsComputed events are trusted (repeatable).",
+    help="Address of a ledger key whose PayoutsComputed events are trusted (repeatable; "
+    f"also ${LEDGER_SOURCES_ENV}, comma-separated).",
 )
 @click.option(
     "--spool-dir",
@@ -200,7 +241,8 @@ def load_key(path: str | Path) -> LocalAccount:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Smaller payouts are left to claim; keep it fixed per realm.",
+    help="Smaller payouts are left to claim. Applies to epochs not posted yet; a posted epoch "
+    "keeps the rule it was posted with.",
 )
 @click.option("--batch-max-entries", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--confirmations", type=click.IntRange(min=1), default=3, show_default=True)
@@ -222,7 +264,8 @@ def settle(
     contract: str,
     key_file: str | None,
     journal_path: str,
-    query_url: str,
+    query_url: str | None,
+    db_path: Path,
     bootstrap: str,
     trusted: tuple[str, ...],
     spool_dir: str,
@@ -257,10 +300,14 @@ def settle(
         for a in value.split(",")
         if a
     )
-    source = ledger_payouts(query_url, bootstrap, trusted_sources)
+    if not trusted_sources:
+        raise click.UsageError(
+            f"no trusted ledger key: give --ledger-source or set {LEDGER_SOURCES_ENV}"
+        )
     console = Console()
     code = EXIT_OK
     try:
+        source = ledger_payouts(query_url, db_path, bootstrap, trusted_sources)
         if dry_run:
             sender = account.address if account else None
             job = SettlementJob(w3, source, _NoRecorder(), config, sender=sender)
@@ -345,7 +392,13 @@ def _dry_run(job: SettlementJob, realm: str | None, epoch: int | None, console: 
     targets = [(realm, epoch)] if epoch is not None else job.source.due_epochs(realm)
     for r, e in targets:
         assert r is not None and e is not None
-        plan = job.plan(r, e)
+        try:
+            plan = job.plan(r, e)
+        except NotDue as err:
+            if epoch is not None:
+                raise
+            click.echo(f"waits: {err}")  # a later epoch waits for this run's earlier ones
+            continue
         table = Table(title=f"realm {r} epoch {e}: root {plan.root_hex}, total {plan.plan.total}")
         for column in ("step", "to", "calldata bytes", "state"):
             table.add_column(column)

@@ -11,6 +11,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from eth_abi import decode
+from eth_abi.exceptions import DecodingError
+from eth_hash.auto import keccak
 from web3 import Web3
 from web3.contract import Contract
 
@@ -109,3 +112,34 @@ def deploy_stack(
         chequebook=chequebook,
         deployer=deployer,
     )
+
+
+@cache
+def _errors(name: str) -> dict[bytes, tuple[str, tuple[str, ...]]]:
+    table: dict[bytes, tuple[str, tuple[str, ...]]] = {}
+    for item in load_artifact(name)["abi"]:
+        if item["type"] == "error":
+            types = tuple(i["type"] for i in item["inputs"])
+            table[keccak(f"{item['name']}({','.join(types)})".encode())[:4]] = (item["name"], types)
+    return table
+
+
+def revert_reason(name: str, data: str | None) -> str | None:
+    """A custom error of contract `name` decoded from revert data (`InvalidChequeSignature(0x..,
+    0x..)`), None when the data is not one of its errors."""
+    raw = bytes.fromhex((data or "").removeprefix("0x"))
+    known = _errors(name).get(raw[:4])
+    if known is None:
+        return None
+    error, types = known
+    try:
+        values = decode(list(types), raw[4:])
+    except (DecodingError, ValueError):
+        return f"{error}(undecodable arguments 0x{raw[4:].hex()})"
+    shown = [
+        Web3.to_checksum_address(v)
+        if t == "address"
+        else ("0x" + v.hex() if isinstance(v, bytes) else v)
+        for t, v in zip(types, values, strict=True)
+    ]
+    return f"{error}({', '.join(str(v) for v in shown)})"

@@ -2,8 +2,9 @@
 
 Steps for (realm, epoch), each an idempotent `Submitter` work item with its on-chain check:
 verify the payouts against the log's PayoutsComputed digest, plan the tree (cumulative claimable
-per account across the realm's epochs, active payees pushed), fund the realm when configured to
-(approve + fund), post the root, push the batches, then record SettlementSubmitted /
+per account continuing the realm's earlier epochs exactly as they were posted on chain, active
+payees pushed; an epoch waits until every earlier one is posted), fund the realm when configured
+to (approve + fund), post the root, push the batches, then record SettlementSubmitted /
 SettlementConfirmed. Wrong chain id or wrong contract code is refused before anything is signed.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from eth_hash.auto import keccak
@@ -27,6 +28,7 @@ from settlement.journal import Journal, JournaledTx
 from settlement.merkle import EpochPlan, PayoutTree, plan_epoch, realm_id
 from settlement.submitter import (
     FeeCapExceeded,
+    IsDone,
     Outcome,
     SubmitError,
     Submitter,
@@ -39,6 +41,7 @@ from settlement.submitter import (
 log = logging.getLogger(__name__)
 
 BPS = 10_000
+ZERO_ROOT = b"\x00" * 32
 # pushBatch gas model for sizing batches: fixed part and per entry (a transfer to a new holder)
 PUSH_BASE_GAS = 80_000
 PUSH_ENTRY_GAS = 32_000
@@ -68,10 +71,15 @@ class NotDue(JobError):
     exit_code = EXIT_NOT_DUE
 
 
-class DigestMismatch(JobError):
-    """The payouts read do not hash to the logged digest: do not pay, investigate."""
+class LedgerConflict(JobError):
+    """The ledger contradicts itself (query endpoint against log, two digests for one epoch, a
+    forked ledger source): do not pay, investigate."""
 
     exit_code = EXIT_NOT_DUE
+
+
+class DigestMismatch(LedgerConflict):
+    """The payouts read do not hash to the logged digest: do not pay, investigate."""
 
 
 class RootConflict(JobError):
@@ -133,40 +141,6 @@ class Recorder(Protocol):
     def record(self, event: Event) -> None: ...
 
 
-@dataclass
-class MemoryPayouts:
-    """A PayoutSource held in memory (tests, dry runs from a file)."""
-
-    epochs: dict[tuple[str, int], list[Payout]] = field(default_factory=dict)
-    digests: dict[tuple[str, int], str] = field(default_factory=dict)
-
-    def add(
-        self, realm: str, epoch: int, payouts: Sequence[Payout], digest: str | None = None
-    ) -> None:
-        self.epochs[(realm, epoch)] = list(payouts)
-        self.digests[(realm, epoch)] = digest or payout_digest(realm, epoch, payouts)
-
-    def due_epochs(self, realm: str | None) -> list[tuple[str, int]]:
-        keys = [k for k in self.epochs if realm is None or k[0] == realm]
-        return sorted(keys, key=lambda k: (k[1], k[0]))
-
-    def payouts(self, realm: str, epoch: int) -> list[Payout]:
-        return list(self.epochs.get((realm, epoch), []))
-
-    def logged_digest(self, realm: str, epoch: int) -> str | None:
-        return self.digests.get((realm, epoch))
-
-
-@dataclass
-class ListRecorder:
-    """A Recorder that keeps the events (tests, dry runs)."""
-
-    events: list[Event] = field(default_factory=list)
-
-    def record(self, event: Event) -> None:
-        self.events.append(event)
-
-
 # -- configuration and plan -----------------------------------------------------------------------
 
 
@@ -175,11 +149,20 @@ class JobConfig:
     chain_id: int
     contract: str  # the EpochSettlement address
     fund: bool = False  # fund the realm from the job's key when its budget falls short
-    # payouts of at least this many base units are pushed; smaller ones are left to claim. A realm
-    # must keep this value: earlier epochs' claimable cumulatives are recomputed with it.
+    # payouts of at least this many base units are pushed; smaller ones are left to claim. Applies
+    # to epochs this job posts: a posted epoch keeps the rule it was posted with.
     push_min_amount: int = 1
     batch_max_entries: int = 200  # upper bound; lowered to fit the block gas limit
     block_gas_fill_bps: int = 5_000  # a push batch uses at most this share of the block gas limit
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRule:
+    """How an epoch's payouts are split: pushed from `push_min_amount` on, in batches of at most
+    `batch_max_entries`. Part of what a posted root commits to."""
+
+    push_min_amount: int
+    batch_max_entries: int
 
 
 @dataclass(frozen=True)
@@ -188,7 +171,7 @@ class Step:
 
     name: str
     request: TxRequest
-    is_done: Callable[[], bool]
+    is_done: IsDone
 
 
 @dataclass(frozen=True)
@@ -198,7 +181,11 @@ class SettlementPlan:
     payouts: list[Payout]
     plan: EpochPlan
     tree: PayoutTree
-    batch_max_entries: int
+    rule: PlanRule
+
+    @property
+    def batch_max_entries(self) -> int:
+        return self.rule.batch_max_entries
 
     @property
     def root_hex(self) -> str:
@@ -302,60 +289,130 @@ class SettlementJob:
         return payouts
 
     def plan(self, realm: str, epoch: int) -> SettlementPlan:
-        """The tree of (realm, epoch): claimable cumulatives replayed over the realm's earlier
-        epochs with the same push rule, so every rerun (and every machine) builds the same root."""
+        """The tree of (realm, epoch). Claimable cumulatives continue those of the realm's earlier
+        epochs *as they were posted on chain*; an epoch already posted is rebuilt as it was posted
+        (whatever the configured push rule says now), so every rerun builds the same root."""
         payouts = self.verified_payouts(realm, epoch)
         claimable = self._claimable_before(realm, epoch)
+        posted = self._posted_root(realm, epoch)
+        if posted is not None:
+            return self._rebuild_posted(realm, epoch, payouts, claimable, posted)
+        return self._build(realm, epoch, payouts, claimable, self._rules(realm, epoch)[0])
+
+    def _build(
+        self,
+        realm: str,
+        epoch: int,
+        payouts: list[Payout],
+        claimable: dict[str, int],
+        rule: PlanRule,
+    ) -> SettlementPlan:
         amounts = per_account(payouts)
-        batch_max = self._batch_max_entries(realm, epoch)
-        plan = plan_epoch(amounts, claimable, self._push_set(amounts), batch_max)
+        push = {a for a, amount in amounts.items() if amount >= rule.push_min_amount}
+        plan = plan_epoch(amounts, claimable, push, rule.batch_max_entries)
         tree = PayoutTree.from_plan(
             self.config.chain_id, self.settlement.address, realm_id(realm), epoch, plan
         )
-        return SettlementPlan(realm, epoch, payouts, plan, tree, batch_max)
+        return SettlementPlan(realm, epoch, payouts, plan, tree, rule)
+
+    def _rebuild_posted(
+        self,
+        realm: str,
+        epoch: int,
+        payouts: list[Payout],
+        claimable: dict[str, int],
+        posted_root: bytes,
+    ) -> SettlementPlan:
+        """The plan whose root is the one posted on chain, under the rule kept in the journal or
+        the configured one; RootConflict when neither rebuilds it (never guess at what was paid)."""
+        rules = self._rules(realm, epoch)
+        for rule in rules:
+            plan = self._build(realm, epoch, payouts, claimable, rule)
+            if plan.tree.root == posted_root:
+                return plan
+        tried = ", ".join(f"push>={r.push_min_amount} batch<={r.batch_max_entries}" for r in rules)
+        raise RootConflict(
+            f"realm {realm} epoch {epoch} is posted on chain with root 0x{posted_root.hex()}, "
+            f"which the ledger's payouts do not rebuild under {tried}: run with the "
+            "--push-min-amount it was posted with, or with the journal of the job that posted "
+            "it; nothing was sent"
+        )
 
     def _claimable_before(self, realm: str, epoch: int) -> dict[str, int]:
-        """Every account's cumulative claimable after the realm's epochs before `epoch`.
+        """Every account's cumulative claimable after the realm's epochs before `epoch`, as posted.
 
-        Replays the verified payouts of earlier epochs; results are kept in the journal (keyed by
-        the push rule) so a long-lived realm replays only the epochs since the last run."""
+        Epochs are settled in order: an earlier epoch with payouts that is not posted yet makes
+        this one NotDue (its claim leaves would promise money no posted total allocated). Results
+        are kept in the journal with the root they were verified against, so a long-lived realm
+        rebuilds only the epochs since the last run."""
         earlier = sorted(e for r, e in self.source.due_epochs(realm) if r == realm and e < epoch)
-        journal = self.journal
         claimable: dict[str, int] = {}
         start = 0
         for i in range(len(earlier) - 1, -1, -1):
-            kept = (
-                journal.record_detail(self._claimable_key(realm, earlier[i])) if journal else None
-            )
+            kept = self._kept_claimable(realm, earlier[i])
             if kept is not None:
-                claimable = {a: int(v) for a, v in json.loads(kept).items()}
-                start = i + 1
+                claimable, start = kept, i + 1
                 break
         for e in earlier[start:]:
-            amounts = per_account(self.verified_payouts(realm, e))
-            claimable = plan_epoch(amounts, claimable, self._push_set(amounts), 1).claimable_after
-            if journal is not None:
-                journal.mark_recorded(self._claimable_key(realm, e), json.dumps(claimable))
+            payouts = self.verified_payouts(realm, e)
+            if not per_account(payouts):
+                continue  # nothing to pay, never posted
+            root = self._posted_root(realm, e)
+            if root is None:
+                raise NotDue(
+                    f"realm {realm} epoch {epoch}: epoch {e} before it is not posted on chain; "
+                    f"epochs are settled in order (settle epoch {e} first, or use --all-due)"
+                )
+            claimable = self._rebuild_posted(
+                realm, e, payouts, claimable, root
+            ).plan.claimable_after
+            if self.journal is not None:
+                detail = {"root": "0x" + root.hex(), "claimable": claimable}
+                self.journal.mark_recorded(
+                    self._record_key("claimable", realm, e), json.dumps(detail)
+                )
         return claimable
 
-    def _claimable_key(self, realm: str, epoch: int) -> str:
-        rule = f"push>={self.config.push_min_amount}"
-        return self._record_key("claimable", realm, epoch) + f":{rule}"
+    def _kept_claimable(self, realm: str, epoch: int) -> dict[str, int] | None:
+        """The journal's cumulatives after `epoch`, if the root they were built from is still the
+        one on chain (a reorg could have dropped it)."""
+        kept = (
+            self.journal.record_detail(self._record_key("claimable", realm, epoch))
+            if self.journal is not None
+            else None
+        )
+        if kept is None:
+            return None
+        detail = json.loads(kept)
+        root = self._posted_root(realm, epoch)
+        if root is None or "0x" + root.hex() != detail["root"]:
+            return None
+        return {a: int(v) for a, v in detail["claimable"].items()}
 
-    def _push_set(self, amounts: dict[str, int]) -> set[str]:
-        return {a for a, amount in amounts.items() if amount >= self.config.push_min_amount}
+    def _posted_root(self, realm: str, epoch: int) -> bytes | None:
+        root, _, _ = self.settlement.functions.epochRecord(realm_id(realm), epoch).call()
+        return None if bytes(root) == ZERO_ROOT else bytes(root)
 
-    def _batch_max_entries(self, realm: str, epoch: int) -> int:
-        """Entries per push batch: fits the block gas limit; the first choice for an epoch is kept
-        in the journal so a rerun rebuilds the same root even if the gas limit moved."""
-        key = self._record_key("plan", realm, epoch)
+    def _rules(self, realm: str, epoch: int) -> list[PlanRule]:
+        """Candidate rules of (realm, epoch): the one kept in the journal when this job planned it
+        before, then the configured one (its batch size fitted to the block gas limit)."""
+        rules = []
         journal = self.journal
-        if journal is not None and (kept := journal.record_detail(key)) is not None:
-            return int(json.loads(kept)["batch_max_entries"])
+        if journal is not None and (
+            kept := journal.record_detail(self._record_key("plan", realm, epoch))
+        ):
+            detail = json.loads(kept)
+            rules.append(
+                PlanRule(
+                    int(detail.get("push_min_amount", self.config.push_min_amount)),
+                    int(detail["batch_max_entries"]),
+                )
+            )
         gas_limit = int(self.w3.eth.get_block("latest")["gasLimit"])
         budget = gas_limit * self.config.block_gas_fill_bps // BPS - PUSH_BASE_GAS
         fits = max(1, budget // PUSH_ENTRY_GAS)
-        return min(self.config.batch_max_entries, fits)
+        configured = PlanRule(self.config.push_min_amount, min(self.config.batch_max_entries, fits))
+        return rules + [configured] if configured not in rules else rules
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -367,10 +424,16 @@ class SettlementJob:
         total = plan.plan.total
         base = f"{self.config.chain_id}:{self.settlement.address}:{plan.realm}:{epoch}"
         fn = self.settlement.functions
+        steps: list[Step] = []
+
+        def step(name: str, work_key: str, call: Any, is_done: IsDone, to: str = "") -> None:
+            data = bytes.fromhex(call._encode_transaction_data().removeprefix("0x"))
+            request = TxRequest(work_key=work_key, to=to or self.settlement.address, data=data)
+            steps.append(Step(name, request, is_done))
 
         def posted() -> bool:
             on_chain_root, on_chain_total, _ = fn.epochRecord(realm_b, epoch).call()
-            if on_chain_root == b"\x00" * 32:
+            if bytes(on_chain_root) == ZERO_ROOT:
                 return False
             if bytes(on_chain_root) != root or int(on_chain_total) != total:
                 raise RootConflict(
@@ -380,7 +443,6 @@ class SettlementJob:
                 )
             return True
 
-        steps: list[Step] = []
         shortfall = self.shortfall(plan)
         if shortfall > 0 and self.config.fund:
 
@@ -388,52 +450,30 @@ class SettlementJob:
                 return posted() or self.shortfall(plan) == 0
 
             def approved() -> bool:
-                allowance = self.token.functions.allowance(self.sender, self.settlement.address)
-                return funded() or int(allowance.call()) >= shortfall
+                allowance = self.token.functions.allowance(
+                    self.sender, self.settlement.address
+                ).call()
+                return funded() or int(allowance) >= shortfall
 
-            steps.append(
-                Step(
-                    "approve",
-                    self._request(
-                        f"approve:{base}",
-                        self.token.functions.approve(self.settlement.address, shortfall),
-                        self.token.address,
-                    ),
-                    approved,
-                )
-            )
-            steps.append(
-                Step("fund", self._request(f"fund:{base}", fn.fund(realm_b, shortfall)), funded)
-            )
-        steps.append(
-            Step(
-                "post",
-                self._request(f"post:{base}", fn.postEpoch(realm_b, epoch, root, total)),
-                posted,
-            )
-        )
+            approve = self.token.functions.approve(self.settlement.address, shortfall)
+            step("approve", f"approve:{base}", approve, approved, to=self.token.address)
+            step("fund", f"fund:{base}", fn.fund(realm_b, shortfall), funded)
+        step("post", f"post:{base}", fn.postEpoch(realm_b, epoch, root, total), posted)
         for idx in range(len(plan.tree.batches)):
 
             def pushed(i: int = idx) -> bool:
                 return bool(fn.isBatchPushed(realm_b, epoch, i).call())
 
-            call = fn.pushBatch(
-                realm_b, epoch, idx, plan.tree.packed_batch(idx), plan.tree.batch_proof(idx)
-            )
-            steps.append(Step(f"push {idx}", self._request(f"push:{base}:{idx}", call), pushed))
+            tree = plan.tree
+            push = fn.pushBatch(realm_b, epoch, idx, tree.packed_batch(idx), tree.batch_proof(idx))
+            step(f"push {idx}", f"push:{base}:{idx}", push, pushed)
         return steps
-
-    def _request(self, work_key: str, call: Any, to: str | None = None) -> TxRequest:
-        data = bytes.fromhex(call._encode_transaction_data().removeprefix("0x"))
-        return TxRequest(work_key=work_key, to=to or self.settlement.address, data=data)
 
     def shortfall(self, plan: SettlementPlan) -> int:
         """Base units the realm lacks to post this epoch (0 once posted or funded enough)."""
-        realm_b = realm_id(plan.realm)
-        on_chain_root, _, _ = self.settlement.functions.epochRecord(realm_b, plan.epoch).call()
-        if on_chain_root != b"\x00" * 32:
+        if self._posted_root(plan.realm, plan.epoch) is not None:
             return 0
-        funded, allocated, _ = self.settlement.functions.realmBudget(realm_b).call()
+        funded, allocated, _ = self.settlement.functions.realmBudget(realm_id(plan.realm)).call()
         return max(0, plan.plan.total - (int(funded) - int(allocated)))
 
     # -- running -------------------------------------------------------------------------------
@@ -446,9 +486,9 @@ class SettlementJob:
         plan = self.plan(realm, epoch)
         if plan.plan.total == 0:
             raise NotDue(f"realm {realm} epoch {epoch}: no payouts to settle")
-        self._keep_batch_size(plan)
         steps = self.steps(plan)
         self._check_funds(plan)
+        self._keep_plan(plan)
         submitted_key = self._record_key("submitted", realm, epoch)
         post_key = next(s.request.work_key for s in steps if s.name == "post")
 
@@ -500,8 +540,8 @@ class SettlementJob:
         """Settle every closed epoch with payouts (ascending); settled ones cost a few reads."""
         results = []
         for r, e in self.source.due_epochs(realm):
-            if not self.source.payouts(r, e):
-                continue
+            if not per_account(self.source.payouts(r, e)):
+                continue  # nothing to pay (as `_claimable_before` skips it)
             results.append(self.settle(r, e))
         return results
 
@@ -530,11 +570,17 @@ class SettlementJob:
                 f"the job key {self.sender} holds {balance} of the {shortfall} to fund",
             )
 
-    def _keep_batch_size(self, plan: SettlementPlan) -> None:
+    def _keep_plan(self, plan: SettlementPlan) -> None:
+        """Keep the rule before anything is signed: a rerun (new gas limit, new push rule) rebuilds
+        the root this run journals transactions for."""
         key = self._record_key("plan", plan.realm, plan.epoch)
         journal = self.journal
         if journal is not None and journal.record_detail(key) is None:
-            detail = {"batch_max_entries": plan.batch_max_entries, "root": plan.root_hex}
+            detail = {
+                "push_min_amount": plan.rule.push_min_amount,
+                "batch_max_entries": plan.rule.batch_max_entries,
+                "root": plan.root_hex,
+            }
             journal.mark_recorded(key, json.dumps(detail))
 
     def _submitted(self, plan: SettlementPlan, tx_hash: str) -> SettlementSubmitted:

@@ -9,6 +9,7 @@ import pytest
 
 from domain.swap import ChequeClaim
 from router_core.cashout import CashoutPolicy, CashoutQueue, QueuedCheque
+from settlement.cashout import CashResult
 
 BENEFICIARY = "0x" + "aa" * 20
 
@@ -30,10 +31,11 @@ class Sink:
         self.batches: list[list[tuple[str, int, int]]] = []
         self.fail = fail
 
-    def cash_out(self, batch: Sequence[QueuedCheque]) -> None:
+    def cash_out(self, batch: Sequence[QueuedCheque]) -> list[CashResult[QueuedCheque]]:
         if self.fail:
             raise RuntimeError("chain unavailable")
         self.batches.append([(c.chequebook, c.cumulative, c.value) for c in batch])
+        return [CashResult(c, c.cumulative) for c in batch]
 
 
 def test_batch_waits_for_the_value_threshold(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
@@ -13,6 +14,8 @@ from settlement.submitter import FeePolicy, Observer, Submitter, SubmitterConfig
 
 SETTLE_CHAIN_ID = 42161
 FAST_POLL_S = 0.02
+# init code that deploys a contract whose every call reverts (PUSH1 0 PUSH1 0 REVERT)
+ALWAYS_REVERTS_INITCODE = bytes.fromhex("6005600c60003960056000f3" + "60006000fd")
 
 
 def rpc(w3: Web3, method: str, *params: Any) -> Any:
@@ -44,9 +47,12 @@ def fast_config(chain_id: int = SETTLE_CHAIN_ID, **overrides: Any) -> SubmitterC
         "chain_id": chain_id,
         "fees": FeePolicy(max_fee_cap_wei=100 * 10**9),
         "confirmations": 3,
-        "stuck_after_s": 5.0,
-        "receipt_timeout_s": 30.0,
-        "confirm_timeout_s": 30.0,
+        # unmined for 30 s on a 0.1 s chain is stuck; 5 s was reached on a loaded machine, and the
+        # fee-bumped replacement broke tests that count journal rows (the replacement test sets
+        # its own stuck_after_s)
+        "stuck_after_s": 30.0,
+        "receipt_timeout_s": 90.0,
+        "confirm_timeout_s": 90.0,
         "poll_interval_s": FAST_POLL_S,
         "lock_timeout_s": 60.0,
     }
@@ -62,3 +68,21 @@ def make_submitter(
     **overrides: Any,
 ) -> Submitter:
     return Submitter(w3, account, Journal(journal_path), fast_config(**overrides), observer)
+
+
+def deploy_reverter(w3: Web3) -> str:
+    deployer = Account.create()
+    fund_eth(w3, deployer.address)
+    tx = {
+        "chainId": SETTLE_CHAIN_ID,
+        "nonce": 0,
+        "data": ALWAYS_REVERTS_INITCODE,
+        "gas": 100_000,
+        "maxFeePerGas": 100 * 10**9,
+        "maxPriorityFeePerGas": 10**9,
+    }
+    signed = deployer.sign_transaction(tx)
+    receipt = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_raw_transaction(signed.raw_transaction), timeout=10, poll_latency=0.02
+    )
+    return str(receipt["contractAddress"])

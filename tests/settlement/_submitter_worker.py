@@ -13,14 +13,14 @@ import os
 import sys
 from pathlib import Path
 
+from _submitter_chain import make_submitter
+from _submitter_settle import MemoryPayouts
 from eth_account import Account
 from web3 import Web3
 
 from domain.economics import Payout
 from domain.events import Event
-from settlement.job import JobConfig, JobError, MemoryPayouts, SettlementJob
-from settlement.journal import Journal
-from settlement.submitter import FeePolicy, Submitter, SubmitterConfig
+from settlement.job import JobConfig, JobError, SettlementJob
 
 
 class FileRecorder:
@@ -39,21 +39,12 @@ def main(spec_path: str) -> int:
     w3 = Web3(Web3.HTTPProvider(spec["url"], request_kwargs={"timeout": 10}))
     source = MemoryPayouts()
     source.add(spec["realm"], spec["epoch"], [Payout(*p) for p in spec["payouts"]])
-    config = SubmitterConfig(
-        chain_id=spec["chain_id"],
-        fees=FeePolicy(max_fee_cap_wei=100 * 10**9),
-        confirmations=3,
-        stuck_after_s=5.0,
-        receipt_timeout_s=30.0,
-        confirm_timeout_s=30.0,
-        poll_interval_s=0.02,
-        lock_timeout_s=60.0,
-    )
     account = Account.from_key(spec["key"])
     job_config = JobConfig(
         chain_id=spec["chain_id"], contract=spec["contract"], batch_max_entries=2
     )
-    with Submitter(w3, account, Journal(spec["journal"]), config) as submitter:
+    submitter = make_submitter(w3, account, Path(spec["journal"]), chain_id=spec["chain_id"])
+    with submitter:
         job = SettlementJob(w3, source, FileRecorder(Path(spec["events"])), job_config, submitter)
         try:
             result = job.settle(spec["realm"], spec["epoch"])

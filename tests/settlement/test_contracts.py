@@ -15,6 +15,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
+from web3.types import RPCEndpoint
 
 from domain.cheque import Cheque
 from infra.anvil import DEV_MNEMONIC, Anvil
@@ -24,7 +25,11 @@ from settlement.merkle import PayoutTree, pack_entry, plan_epoch, realm_id
 pytestmark = pytest.mark.integration
 
 UNSTAKE_DELAY_S = 3600
-REALM = realm_id("com.example.realm")
+REALM_NAME = "com.example.realm"
+REALM = realm_id(REALM_NAME)
+#: RealmStaking.RealmParams in field order: rfrBps, stakePerMpb, epochBlocks, fundingPeriodBlocks,
+#: weightRouterBps, weightServiceBps, weightVendorBps, pricePerMessage
+PARAMS = (200, 10**18, 100, 100, 5000, 3000, 2000, 10**12)
 ARTIFACTS = ("WMPToken", "RealmStaking", "Chequebook", "EpochSettlement", "PlainERC20")
 
 Account.enable_unaudited_hdwallet_features()
@@ -140,17 +145,31 @@ def test_transfer_batch_reverts_on_zero_receiver_or_short_balance(
 ROUTER_OPERATOR = 1
 
 
-def test_register_realm_and_hand_over_keeper(w3: Web3, stack: Stack, accounts: list[str]) -> None:
+def register(w3: Web3, staking: Contract, keeper: str, sender: str) -> Any:
+    return transact(w3, staking.functions.registerRealm(REALM_NAME, keeper, PARAMS), sender)
+
+
+def test_register_realm_by_name_and_hand_over_keeper(
+    w3: Web3, stack: Stack, accounts: list[str]
+) -> None:
     staking = stack.staking
-    receipt = transact(w3, staking.functions.registerRealm(REALM, accounts[1]), accounts[5])
-    assert events(staking, "RealmRegistered", receipt)[0]["keeper"] == accounts[1]
-    assert reverts(staking.functions.registerRealm(REALM, accounts[2]), accounts[2]) == (
-        "RealmAlreadyRegistered",
-        (REALM, accounts[1]),
+    receipt = register(w3, staking, accounts[1], accounts[5])
+    registered = events(staking, "RealmRegistered", receipt)[0]
+    assert (registered["realm"], registered["keeper"], registered["name"]) == (
+        REALM,
+        accounts[1],
+        REALM_NAME,
     )
-    assert reverts(staking.functions.registerRealm(b"\x01" * 32, "0x" + "00" * 20), accounts[2])[
-        0
-    ] == ("ZeroAddress")
+    assert tuple(registered["params"].values()) == PARAMS
+    assert tuple(staking.functions.paramsOf(REALM).call()) == PARAMS
+    call = staking.functions.registerRealm(REALM_NAME, accounts[2], PARAMS)
+    assert reverts(call, accounts[2]) == ("RealmAlreadyRegistered", (REALM, accounts[1]))
+    zero_keeper = staking.functions.registerRealm("other", "0x" + "00" * 20, PARAMS)
+    assert reverts(zero_keeper, accounts[2])[0] == "ZeroAddress"
+    # "" is the ledger's chain-wide partition, never a realm
+    assert reverts(staking.functions.registerRealm("", accounts[2], PARAMS), accounts[2])[0] == (
+        "EmptyName"
+    )
     assert reverts(staking.functions.setKeeper(REALM, accounts[2]), accounts[2]) == (
         "NotKeeper",
         (REALM, accounts[2], accounts[1]),
@@ -159,27 +178,67 @@ def test_register_realm_and_hand_over_keeper(w3: Web3, stack: Stack, accounts: l
     assert staking.functions.keeperOf(REALM).call() == accounts[2]
 
 
+def test_keeper_sets_params_the_ledger_accepts(w3: Web3, stack: Stack, accounts: list[str]) -> None:
+    staking = stack.staking
+    keeper = accounts[1]
+    register(w3, staking, keeper, keeper)
+    changed = (300, 5, 50, 200, 6000, 2000, 2000, 7)
+    assert reverts(staking.functions.setRealmParams(REALM, changed), accounts[2]) == (
+        "NotKeeper",
+        (REALM, accounts[2], keeper),
+    )
+    bad = {
+        "WeightsNotWhole": ((300, 5, 50, 200, 6000, 2000, 1999, 7), (9999,)),
+        "RateTooHigh": ((10_001, 5, 50, 200, 6000, 2000, 2000, 7), (10_001,)),
+        "ZeroParameter": ((300, 0, 50, 200, 6000, 2000, 2000, 7), ("stakePerMpb",)),
+    }
+    for error, (params, args) in bad.items():
+        assert reverts(staking.functions.setRealmParams(REALM, params), keeper) == (error, args)
+    receipt = transact(w3, staking.functions.setRealmParams(REALM, changed), keeper)
+    assert tuple(events(staking, "RealmParamsSet", receipt)[0]["params"].values()) == changed
+    assert tuple(staking.functions.paramsOf(REALM).call()) == changed
+
+
+def test_keeper_enables_an_api_once(w3: Web3, stack: Stack, accounts: list[str]) -> None:
+    staking = stack.staking
+    keeper, vendor = accounts[1], accounts[7]
+    register(w3, staking, keeper, keeper)
+    enable = staking.functions.enableApi(REALM, "com.example.api", vendor)
+    assert reverts(enable, vendor) == ("NotKeeper", (REALM, vendor, keeper))
+    assert reverts(staking.functions.enableApi(REALM, "", vendor), keeper)[0] == "EmptyPrefix"
+    receipt = transact(w3, enable, keeper)
+    enabled = events(staking, "ApiEnabled", receipt)[0]
+    assert (enabled["prefix"], enabled["vendor"]) == ("com.example.api", vendor)
+    assert staking.functions.apiVendor(REALM, keccak(b"com.example.api")).call() == vendor
+    again = staking.functions.enableApi(REALM, "com.example.api", accounts[8])
+    assert reverts(again, keeper) == ("ApiAlreadyEnabled", (REALM, "com.example.api", vendor))
+
+
 def test_stake_requires_a_registered_realm_and_an_amount(
     w3: Web3, stack: Stack, accounts: list[str]
 ) -> None:
     staking = stack.staking
     call = staking.functions.stake(REALM, ROUTER_OPERATOR, accounts[3], 100)
     assert reverts(call, accounts[0]) == ("UnknownRealm", (REALM,))
-    transact(w3, staking.functions.registerRealm(REALM, accounts[1]), accounts[1])
+    register(w3, staking, accounts[1], accounts[1])
     assert reverts(staking.functions.stake(REALM, ROUTER_OPERATOR, accounts[3], 0), accounts[0])[
         0
     ] == ("ZeroAmount")
     receipt = transact(w3, call, accounts[0])
-    assert events(staking, "Staked", receipt)[0]["amount"] == 100
+    staked = events(staking, "Staked", receipt)[0]
+    assert (staked["amount"], staked["staked"]) == (100, 100)
+    receipt = transact(w3, call, accounts[0])
+    staked = events(staking, "Staked", receipt)[0]
+    assert (staked["amount"], staked["staked"]) == (100, 200)
     position = staking.functions.positionOf(REALM, accounts[0], ROUTER_OPERATOR, accounts[3]).call()
-    assert position == [100, 0, 0]
-    assert balance(stack, staking.address) == 100
+    assert position == [200, 0, 0]
+    assert balance(stack, staking.address) == 200
 
 
 def test_unstake_waits_for_the_delay(w3: Web3, stack: Stack, accounts: list[str]) -> None:
     staking = stack.staking
     target = "0x" + "00" * 20  # staked on the realm itself
-    transact(w3, staking.functions.registerRealm(REALM, accounts[1]), accounts[1])
+    register(w3, staking, accounts[1], accounts[1])
     transact(w3, staking.functions.stake(REALM, 0, target, 1000), accounts[0])
     assert reverts(staking.functions.requestUnstake(REALM, 0, target, 1001), accounts[0]) == (
         "InsufficientStake",
@@ -189,15 +248,18 @@ def test_unstake_waits_for_the_delay(w3: Web3, stack: Stack, accounts: list[str]
         "NothingToWithdraw"
     )
     receipt = transact(w3, staking.functions.requestUnstake(REALM, 0, target, 400), accounts[0])
-    unlock_at = events(staking, "UnstakeRequested", receipt)[0]["unlockAt"]
+    requested = events(staking, "UnstakeRequested", receipt)[0]
+    assert (requested["amount"], requested["staked"]) == (400, 600)
+    unlock_at = requested["unlockAt"]
     assert unlock_at == w3.eth.get_block(receipt["blockNumber"])["timestamp"] + UNSTAKE_DELAY_S
     name, args = reverts(staking.functions.withdraw(REALM, 0, target), accounts[0])
     assert name == "StillLocked" and args[0] == unlock_at
-    w3.provider.make_request("evm_increaseTime", [UNSTAKE_DELAY_S])
-    w3.provider.make_request("evm_mine", [])
+    w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [UNSTAKE_DELAY_S])
+    w3.provider.make_request(RPCEndpoint("evm_mine"), [])
     before = balance(stack, accounts[0])
     receipt = transact(w3, staking.functions.withdraw(REALM, 0, target), accounts[0])
-    assert events(staking, "Withdrawn", receipt)[0]["amount"] == 400
+    withdrawn = events(staking, "Withdrawn", receipt)[0]
+    assert (withdrawn["amount"], withdrawn["staked"]) == (400, 600)
     assert balance(stack, accounts[0]) == before + 400
     assert staking.functions.positionOf(REALM, accounts[0], 0, target).call()[:2] == [600, 0]
 
@@ -207,7 +269,7 @@ def test_only_the_keeper_slashes_staked_then_unstaking(
 ) -> None:
     staking = stack.staking
     keeper, staker, treasury, operator = accounts[1], accounts[0], accounts[6], accounts[3]
-    transact(w3, staking.functions.registerRealm(REALM, keeper), keeper)
+    register(w3, staking, keeper, keeper)
     transact(w3, staking.functions.stake(REALM, ROUTER_OPERATOR, operator, 1000), staker)
     transact(w3, staking.functions.requestUnstake(REALM, ROUTER_OPERATOR, operator, 300), staker)
     slash = staking.functions.slash(REALM, staker, ROUTER_OPERATOR, operator, 800, treasury)
@@ -215,7 +277,8 @@ def test_only_the_keeper_slashes_staked_then_unstaking(
     too_much = staking.functions.slash(REALM, staker, ROUTER_OPERATOR, operator, 1001, treasury)
     assert reverts(too_much, keeper) == ("InsufficientStake", (1001, 1000))
     receipt = transact(w3, slash, keeper)
-    assert events(staking, "Slashed", receipt)[0]["amount"] == 800
+    slashed = events(staking, "Slashed", receipt)[0]
+    assert (slashed["amount"], slashed["staked"]) == (800, 0)
     assert balance(stack, treasury) == 800
     position = staking.functions.positionOf(REALM, staker, ROUTER_OPERATOR, operator).call()
     assert position[:2] == [0, 200]

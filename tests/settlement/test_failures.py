@@ -19,10 +19,10 @@ from _submitter_settle import (
     deploy,
     fund_realm,
     job_key,
-    make_job,
-    one_epoch,
+    opened,
     payees,
     payouts_for,
+    ready_job,
 )
 from eth_account import Account
 from web3 import Web3
@@ -30,12 +30,7 @@ from web3 import Web3
 from domain.events import SettlementConfirmed
 from infra.anvil import Anvil
 from settlement.contracts import Stack, transact
-from settlement.job import (
-    EXIT_WRONG_DEPLOYMENT,
-    ListRecorder,
-    Underfunded,
-    WrongDeployment,
-)
+from settlement.job import EXIT_WRONG_DEPLOYMENT, Underfunded, WrongDeployment
 from settlement.journal import Journal, JournaledTx, TxState
 from settlement.merkle import realm_id
 from settlement.submitter import CRASH_ENV
@@ -159,35 +154,26 @@ def test_two_jobs_at_once_one_pays_the_other_finds_it_done(
 def test_reorg_dropping_the_settlement_is_detected_and_sent_again(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
-    accounts = payees(2)
-    source = one_epoch(realm, 4, accounts)
-    fund_realm(w3, stack, realm, 10_000)
     reorged: list[str] = []
+    stages: list[str] = []
 
     def reorg_once(stage: str, row: JournaledTx) -> None:
+        stages.append(stage)
         if stage == "mined" and row.work_key.startswith("post:") and not reorged:
             assert row.block_number is not None
             rpc(w3, "anvil_reorg", reorg_depth(w3, row.block_number), [])
             reorged.append(row.tx_hash)
 
-    stages: list[str] = []
-    recorder = ListRecorder()
-    job = make_job(
-        w3,
-        stack,
-        job_key(w3, stack),
-        tmp_path / "j.sqlite",
-        source,
-        recorder,
-        observer=lambda stage, row: (stages.append(stage), reorg_once(stage, row)),
+    ready = ready_job(
+        w3, stack, realm, tmp_path / "j.sqlite", epoch=4, n_payees=2, observer=reorg_once
     )
     bury_setup(w3)
-    with job.submitter:  # type: ignore[union-attr]
-        job.settle(realm, 4)
+    with opened(ready.job):
+        ready.job.settle(realm, 4)
 
     assert reorged and "reorged" in stages
-    assert balances(stack, accounts) == expected(accounts)
-    confirmed = recorder.events[-1]
+    assert balances(stack, ready.accounts) == ready.expected()
+    confirmed = ready.recorder.events[-1]
     assert isinstance(confirmed, SettlementConfirmed)
     canonical = w3.eth.get_block(confirmed.block)["hash"]
     assert "0x" + bytes(canonical).hex() == confirmed.block_hash
@@ -198,36 +184,29 @@ def test_reorg_dropping_the_settlement_is_detected_and_sent_again(
 def test_underfunded_contract_pays_nothing_and_records_nothing(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
-    accounts = payees(3)
-    source = one_epoch(realm, 4, accounts)
-    fund_realm(w3, stack, realm, 1000)
-    recorder = ListRecorder()
-    key = job_key(w3, stack)
-    job = make_job(w3, stack, key, tmp_path / "j.sqlite", source, recorder)
-    with job.submitter, pytest.raises(Underfunded, match="needs 3003 base units, 1000 available"):  # type: ignore[union-attr]
-        job.settle(realm, 4)
-    assert recorder.events == []
-    assert Journal(tmp_path / "j.sqlite").all() == []
-    assert w3.eth.get_transaction_count(key.address) == 0
-    assert balances(stack, accounts) == dict.fromkeys(accounts, 0)
+    ready = ready_job(w3, stack, realm, tmp_path / "j.sqlite", epoch=4, funding=1000)
+    with (
+        opened(ready.job),
+        pytest.raises(Underfunded, match="needs 3003 base units, 1000 available"),
+    ):
+        ready.job.settle(realm, 4)
+    assert ready.recorder.events == []
+    assert Journal(ready.journal_path).all() == []
+    assert w3.eth.get_transaction_count(ready.key.address) == 0
+    assert balances(stack, ready.accounts) == dict.fromkeys(ready.accounts, 0)
     root, _, _ = stack.settlement.functions.epochRecord(realm_id(realm), 4).call()
     assert root == b"\x00" * 32
 
     fund_realm(w3, stack, realm, 2003)  # topped up: the next run pays in full
-    with job.submitter:  # type: ignore[union-attr]
-        assert job.settle(realm, 4).status == "settled"
-    assert balances(stack, accounts) == expected(accounts)
+    with opened(ready.job):
+        assert ready.job.settle(realm, 4).status == "settled"
+    assert balances(stack, ready.accounts) == ready.expected()
 
 
 @pytest.mark.parametrize("what", ["chain id", "contract code", "no code", "not a poster"])
 def test_wrong_chain_or_contract_is_refused_before_signing(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path, what: str
 ) -> None:
-    source = one_epoch(realm, 4, payees(2))
-    fund_realm(w3, stack, realm, 10_000)
-    key = job_key(w3, stack)
-    if what == "not a poster":
-        transact(w3, stack.settlement.functions.setPoster(key.address, False), stack.deployer)
     chain_id = 1 if what == "chain id" else SETTLE_CHAIN_ID
     contract = {
         "chain id": stack.settlement.address,
@@ -235,11 +214,28 @@ def test_wrong_chain_or_contract_is_refused_before_signing(
         "contract code": stack.chequebook.address,
         "no code": str(Account.create().address),
     }[what]
-    job = make_job(
-        w3, stack, key, tmp_path / "j.sqlite", source, chain_id=chain_id, contract=contract
+    ready = ready_job(
+        w3,
+        stack,
+        realm,
+        tmp_path / "j.sqlite",
+        epoch=4,
+        n_payees=2,
+        chain_id=chain_id,
+        contract=contract,
     )
-    with pytest.raises(WrongDeployment) as err:
-        job.settle(realm, 4)  # before the submitter is even opened
+    if what == "not a poster":
+        transact(w3, stack.settlement.functions.setPoster(ready.key.address, False), stack.deployer)
+    with pytest.raises(WrongDeployment, match=WRONG_DEPLOYMENT_MESSAGES[what]) as err:
+        ready.job.settle(realm, 4)  # before the submitter is even opened
     assert err.value.exit_code == EXIT_WRONG_DEPLOYMENT
-    assert Journal(tmp_path / "j.sqlite").all() == []
-    assert w3.eth.get_transaction_count(key.address) == 0
+    assert Journal(ready.journal_path).all() == []
+    assert w3.eth.get_transaction_count(ready.key.address) == 0
+
+
+WRONG_DEPLOYMENT_MESSAGES = {
+    "chain id": "node is on chain id 42161, configured chain id is 1",
+    "contract code": "is not EpochSettlement's",
+    "no code": "no contract code at",
+    "not a poster": "may not post roots",
+}

@@ -10,15 +10,21 @@ from typing import Any
 import pytest
 from _submitter_chain import SETTLE_CHAIN_ID
 from _submitter_settle import (
+    ListRecorder,
+    MemoryPayouts,
     balances,
+    budget,
+    claim_all,
     deploy,
     fund_realm,
     job_key,
     make_job,
     mint,
     one_epoch,
+    opened,
     payees,
     payouts_for,
+    ready_job,
 )
 from click.testing import CliRunner, Result
 from web3 import Web3
@@ -30,10 +36,12 @@ from settlement.contracts import Stack
 from settlement.job import (
     EXIT_NOT_DUE,
     EXIT_UNDERFUNDED,
+    PUSH_BASE_GAS,
+    PUSH_ENTRY_GAS,
     DigestMismatch,
-    ListRecorder,
-    MemoryPayouts,
     NotDue,
+    RootConflict,
+    SettlementJob,
     Underfunded,
     per_account,
 )
@@ -60,21 +68,17 @@ def realm() -> Iterator[str]:
 def test_settles_an_epoch_and_records_it(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
-    accounts = payees(5)
-    source = one_epoch(realm, 3, accounts)
-    fund_realm(w3, stack, realm, 10_000)
-    recorder = ListRecorder()
-    job = make_job(w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", source, recorder)
+    ready = ready_job(w3, stack, realm, tmp_path / "j.sqlite", epoch=3, n_payees=5)
 
-    with job.submitter:  # type: ignore[union-attr]
-        result = job.settle(realm, 3)
+    with opened(ready.job):
+        result = ready.job.settle(realm, 3)
 
     assert result.status == "settled"
-    assert balances(stack, accounts) == {a: 1000 + i for i, a in enumerate(accounts)}
+    assert balances(stack, ready.accounts) == ready.expected()
     root, total, pushed = stack.settlement.functions.epochRecord(realm_id(realm), 3).call()
     assert "0x" + bytes(root).hex() == result.root
-    assert total == pushed == sum(1000 + i for i in range(5))
-    submitted, confirmed = recorder.events
+    assert total == pushed == sum(ready.expected().values())
+    submitted, confirmed = ready.recorder.events
     assert isinstance(submitted, SettlementSubmitted) and isinstance(confirmed, SettlementConfirmed)
     assert (submitted.root, submitted.total, submitted.epoch) == (result.root, total, 3)
     assert confirmed.tx_hash == submitted.tx_hash == result.post_tx
@@ -85,52 +89,42 @@ def test_settles_an_epoch_and_records_it(
 def test_rerun_finds_it_done_and_records_nothing_new(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
-    accounts = payees(3)
-    source = one_epoch(realm, 1, accounts)
-    fund_realm(w3, stack, realm, 10_000)
-    recorder = ListRecorder()
-    key = job_key(w3, stack)
-    job = make_job(w3, stack, key, tmp_path / "j.sqlite", source, recorder)
-    with job.submitter:  # type: ignore[union-attr]
-        job.settle(realm, 1)
-        again = job.settle(realm, 1)
+    ready = ready_job(w3, stack, realm, tmp_path / "j.sqlite", epoch=1)
+    with opened(ready.job):
+        assert ready.job.settle(realm, 1).status == "settled"
+        again = ready.job.settle(realm, 1)
     assert again.status == "already_settled"
     assert [o.status for o in again.outcomes] == ["already_done", "already_done"]
-    assert len(recorder.events) == 2
-    assert len(Journal(tmp_path / "j.sqlite").all()) == 2  # post + one push batch
-    assert balances(stack, accounts) == {a: 1000 + i for i, a in enumerate(accounts)}
+    assert len(ready.recorder.events) == 2
+    assert len(Journal(ready.journal_path).all()) == 2  # post + one push batch
+    assert balances(stack, ready.accounts) == ready.expected()
 
 
 def test_batches_are_bounded_and_all_pushed(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
-    accounts = payees(7)
-    source = one_epoch(realm, 0, accounts)
-    fund_realm(w3, stack, realm, 10_000)
-    job = make_job(
-        w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", source, batch_max_entries=3
+    ready = ready_job(
+        w3, stack, realm, tmp_path / "j.sqlite", epoch=0, n_payees=7, batch_max_entries=3
     )
-    plan = job.plan(realm, 0)
-    assert [len(b) for b in plan.tree.batches] == [3, 3, 1]
-    with job.submitter:  # type: ignore[union-attr]
-        job.settle(realm, 0)
+    assert [len(b) for b in ready.job.plan(realm, 0).tree.batches] == [3, 3, 1]
+    with opened(ready.job):
+        ready.job.settle(realm, 0)
     assert all(
         stack.settlement.functions.isBatchPushed(realm_id(realm), 0, i).call() for i in range(3)
     )
-    assert sum(balances(stack, accounts).values()) == sum(1000 + i for i in range(7))
+    assert balances(stack, ready.accounts) == ready.expected()
 
 
 def test_batch_size_fits_the_block_gas_limit(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
-    source = one_epoch(realm, 0, payees(2))
-    job = make_job(
-        w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", source, batch_max_entries=10**6
+    ready = ready_job(
+        w3, stack, realm, tmp_path / "j.sqlite", epoch=0, funding=0, batch_max_entries=10**6
     )
     gas_limit = int(w3.eth.get_block("latest")["gasLimit"])
-    entries = job.plan(realm, 0).batch_max_entries
+    entries = ready.job.plan(realm, 0).batch_max_entries
     assert 1 < entries < 10**6
-    assert 80_000 + entries * 32_000 <= gas_limit // 2
+    assert PUSH_BASE_GAS + entries * PUSH_ENTRY_GAS <= gas_limit // 2  # block_gas_fill_bps
 
 
 def test_small_payouts_accumulate_as_claims_across_epochs(
@@ -148,77 +142,169 @@ def test_small_payouts_accumulate_as_claims_across_epochs(
     job = make_job(
         w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", source, push_min_amount=1000
     )
-    with job.submitter:  # type: ignore[union-attr]
+    with opened(job):
         results = job.settle_all_due(realm)
     assert [r.epoch for r in results] == [0, 1]
-    assert balances(stack, [big, small]) == {
-        big: 11_000,
-        small: 0,
-    }  # small amounts wait for a claim
+    # small amounts wait for a claim
+    assert balances(stack, [big, small]) == {big: 11_000, small: 0}
 
     plan = job.plan(realm, 1)
     assert dict(plan.plan.claims) == {Web3.to_checksum_address(small): 75}  # 40 + 30 + 5
     fresh = make_job(
         w3, stack, job_key(w3, stack), tmp_path / "other.sqlite", source, push_min_amount=1000
     )
-    assert fresh.plan(realm, 1).root_hex == plan.root_hex  # replayed without the kept cumulatives
-    tx_hash = stack.settlement.functions.claim(
-        realm_id(realm), 1, small, 75, plan.tree.claim_proof(small)
-    ).transact({"from": w3.eth.accounts[1]})  # anyone may claim for the payee
-    assert w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10)["status"] == 1
-    assert balances(stack, [small]) == {small: 75}
+    assert fresh.plan(realm, 1).root_hex == plan.root_hex  # rebuilt without the journal
+    claim_all(w3, stack, plan.tree)
+    assert balances(stack, [big, small]) == {big: 11_000, small: 75}
+    assert budget(stack, realm) == (20_000, 11_075, 11_075)
+
+
+# -- epochs settle on what was posted, in order ------------------------------------------------
+
+
+def drifting_ledger(realm: str) -> tuple[MemoryPayouts, list[str]]:
+    """Epoch 0 pays 100, 50, 50; epoch 1 pays 1 each. With a push minimum of 100 the first
+    payee is pushed in epoch 0 and the others claim; with 1000 everybody claims."""
+    accounts = payees(3)
+    source = MemoryPayouts()
+    source.add(
+        realm, 0, [Payout(a, "router", v) for a, v in zip(accounts, (100, 50, 50), strict=True)]
+    )
+    source.add(realm, 1, [Payout(a, "router", 1) for a in accounts])
+    return source, accounts
+
+
+def claims_pay_the_drifting_entitlements(
+    w3: Web3, stack: Stack, realm: str, job: SettlementJob, accounts: list[str]
+) -> None:
+    """After epoch 1, every claim leaf claimed: each payee holds exactly its two epochs' payouts
+    and the realm paid exactly what it allocated (nobody was paid twice, nobody starved)."""
+    claim_all(w3, stack, job.plan(realm, 1).tree)
+    assert list(balances(stack, accounts).values()) == [101, 51, 51]
+    assert budget(stack, realm) == (203, 203, 203)
+
+
+def test_push_rule_changed_between_runs_pays_each_payee_its_entitlement(
+    w3: Web3, stack: Stack, realm: str, tmp_path: Path
+) -> None:
+    source, accounts = drifting_ledger(realm)
+    fund_realm(w3, stack, realm, 203)  # exactly both epochs: an overpayment starves someone
+    key, journal = job_key(w3, stack), tmp_path / "j.sqlite"
+    first = make_job(w3, stack, key, journal, source, push_min_amount=100)
+    with opened(first):
+        first.settle(realm, 0)
+    assert list(balances(stack, accounts).values()) == [100, 0, 0]
+
+    second = make_job(w3, stack, key, journal, source, push_min_amount=1000)  # the rule changed
+    with opened(second):
+        second.settle(realm, 1)
+
+    claims_pay_the_drifting_entitlements(w3, stack, realm, second, accounts)
+
+
+def test_a_posted_epoch_this_job_cannot_rebuild_stops_it_before_signing(
+    w3: Web3, stack: Stack, realm: str, tmp_path: Path
+) -> None:
+    source, accounts = drifting_ledger(realm)
+    fund_realm(w3, stack, realm, 203)
+    first = make_job(
+        w3, stack, job_key(w3, stack), tmp_path / "a.sqlite", source, push_min_amount=100
+    )
+    with opened(first):
+        first.settle(realm, 0)
+
+    # another machine (no journal) with another push rule cannot know how epoch 0 was split
+    key = job_key(w3, stack)
+    other = make_job(w3, stack, key, tmp_path / "b.sqlite", source, push_min_amount=1000)
+    with opened(other), pytest.raises(RootConflict, match="epoch 0 is posted") as err:
+        other.settle(realm, 1)
+    assert err.value.exit_code == EXIT_NOT_DUE
+    assert "push>=1000" in str(err.value)
+    assert Journal(tmp_path / "b.sqlite").all() == []
+    assert w3.eth.get_transaction_count(key.address) == 0
+
+    # with the rule epoch 0 was posted with, it rebuilds it from the chain and pays epoch 1 right
+    third = make_job(w3, stack, key, tmp_path / "c.sqlite", source, push_min_amount=100)
+    with opened(third):
+        third.settle(realm, 1)
+    claims_pay_the_drifting_entitlements(w3, stack, realm, third, accounts)
+
+
+def test_an_epoch_waits_until_the_one_before_it_is_posted(
+    w3: Web3, stack: Stack, realm: str, tmp_path: Path
+) -> None:
+    a, b = payees(2)
+    source = MemoryPayouts()
+    source.add(realm, 0, [Payout(a, "router", 40), Payout(b, "router", 30)])
+    source.add(realm, 1, [Payout(a, "router", 5), Payout(b, "router", 7)])
+    fund_realm(w3, stack, realm, 82)
+    key = job_key(w3, stack)
+    job = make_job(w3, stack, key, tmp_path / "j.sqlite", source, push_min_amount=1000)
+
+    with opened(job), pytest.raises(NotDue, match="epoch 0 before it is not posted"):
+        job.settle(realm, 1)
+    assert Journal(tmp_path / "j.sqlite").all() == []
+    assert w3.eth.get_transaction_count(key.address) == 0
+
+    with opened(job):
+        assert [r.epoch for r in job.settle_all_due(realm)] == [0, 1]
+    claim_all(w3, stack, job.plan(realm, 1).tree)
+    assert balances(stack, [a, b]) == {a: 45, b: 37}
+    assert budget(stack, realm) == (82, 82, 82)
+
+
+# -- refusals --------------------------------------------------------------------------------------
 
 
 def test_job_funds_the_realm_when_configured(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
-    accounts = payees(2)
-    source = one_epoch(realm, 0, accounts)
-    key = job_key(w3, stack)
-    mint(w3, stack, key.address, 5_000)
-    job = make_job(w3, stack, key, tmp_path / "j.sqlite", source, fund=True)
-    with job.submitter:  # type: ignore[union-attr]
-        result = job.settle(realm, 0)
+    ready = ready_job(
+        w3, stack, realm, tmp_path / "j.sqlite", epoch=0, n_payees=2, funding=0, fund=True
+    )
+    mint(w3, stack, ready.key.address, 5_000)
+    with opened(ready.job):
+        result = ready.job.settle(realm, 0)
     assert [o.status for o in result.outcomes] == ["confirmed"] * 4  # approve, fund, post, push
-    funded, allocated, paid = stack.settlement.functions.realmBudget(realm_id(realm)).call()
-    assert funded == allocated == paid == 2001
-    assert stack.token.functions.balanceOf(key.address).call() == 5_000 - 2001
+    assert budget(stack, realm) == (2001, 2001, 2001)
+    assert stack.token.functions.balanceOf(ready.key.address).call() == 5_000 - 2001
+    assert balances(stack, ready.accounts) == ready.expected()
 
 
 def test_underfunded_without_funding_is_refused_before_signing(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
-    source = one_epoch(realm, 0, payees(2))
-    fund_realm(w3, stack, realm, 100)
-    job = make_job(w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", source)
+    ready = ready_job(w3, stack, realm, tmp_path / "j.sqlite", epoch=0, n_payees=2, funding=100)
     with (
-        job.submitter,
+        opened(ready.job),
         pytest.raises(Underfunded, match="needs 2001 base units, 100 available") as err,
-    ):  # type: ignore[union-attr]
-        job.settle(realm, 0)
+    ):
+        ready.job.settle(realm, 0)
     assert err.value.exit_code == EXIT_UNDERFUNDED
-    assert Journal(tmp_path / "j.sqlite").all() == []
+    assert Journal(ready.journal_path).all() == []
+    assert w3.eth.get_transaction_count(ready.key.address) == 0
 
 
 def test_payouts_not_matching_the_logged_digest_are_refused(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
     source = MemoryPayouts()
-    accounts = payees(2)
-    source.add(realm, 0, payouts_for(accounts), digest="0x" + "ab" * 32)
+    source.add(realm, 0, payouts_for(payees(2)), digest="0x" + "ab" * 32)
     fund_realm(w3, stack, realm, 10_000)
-    job = make_job(w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", source)
-    with job.submitter, pytest.raises(DigestMismatch) as err:  # type: ignore[union-attr]
+    key = job_key(w3, stack)
+    job = make_job(w3, stack, key, tmp_path / "j.sqlite", source)
+    with opened(job), pytest.raises(DigestMismatch, match="the log says 0xabab") as err:
         job.settle(realm, 0)
     assert err.value.exit_code == EXIT_NOT_DUE
     assert Journal(tmp_path / "j.sqlite").all() == []
+    assert w3.eth.get_transaction_count(key.address) == 0
 
 
 def test_epoch_without_logged_payouts_is_not_due(
     w3: Web3, stack: Stack, realm: str, tmp_path: Path
 ) -> None:
     job = make_job(w3, stack, job_key(w3, stack), tmp_path / "j.sqlite", MemoryPayouts())
-    with job.submitter, pytest.raises(NotDue):  # type: ignore[union-attr]
+    with opened(job), pytest.raises(NotDue, match="no PayoutsComputed on the log"):
         job.settle(realm, 9)
 
 
@@ -251,6 +337,7 @@ def cli_env(
         "--contract", stack.settlement.address,
         "--journal", str(tmp_path / "journal.sqlite"),
         "--confirmations", "2",
+        "--ledger-source", "0x" + "11" * 20,  # the ledger itself is replaced by `source`
     ]  # fmt: skip
     return {"args": args, "key_file": key_file, "accounts": accounts, "recorder": recorder}
 

@@ -99,13 +99,17 @@ def test_payout_tree_proves_claims_and_batches() -> None:
 
 
 def test_payout_tree_rejects_bad_input() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="two claim leaves for"):
         PayoutTree(CHAIN_ID, CONTRACT, REALM, 1, claims=[(account(1), 5), (account(1), 6)])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="claim leaf for the zero address"):
         PayoutTree(CHAIN_ID, CONTRACT, REALM, 1, claims=[(ZERO_ADDRESS, 5)])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be positive"):
+        PayoutTree(CHAIN_ID, CONTRACT, REALM, 1, claims=[(account(1), 0)])
+    with pytest.raises(ValueError, match=r"push amount 79228162514264337593543950336 outside"):
         pack_entry(account(1), 2**96)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="push entry to the zero address"):
+        pack_entry(ZERO_ADDRESS, 1)
+    with pytest.raises(ValueError, match="needs at least one leaf"):
         PayoutTree(CHAIN_ID, CONTRACT, REALM, 1)
 
 
