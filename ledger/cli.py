@@ -361,6 +361,24 @@ def bench_ingest(events: int, baseline_events: int, as_json: bool) -> None:
     click.echo(json.dumps(result))
 
 
+@bench.command("epoch-close")
+@click.option("--history", type=int, default=10, show_default=True, help="Epochs of history (Nx).")
+@click.option(
+    "--records-per-epoch", type=int, default=8, show_default=True, help="4096-event records."
+)
+@click.option("--json", "as_json", is_flag=True, help="Only the JSON line.")
+def bench_epoch_close(history: int, records_per_epoch: int, as_json: bool) -> None:
+    """Cost of closing an epoch after 1x and after Nx the history (in-process projector)."""
+    from ledger.bench import run_epoch_close_bench
+
+    result = run_epoch_close_bench(history, records_per_epoch)
+    if not as_json:
+        console.print(
+            f"close after 1 epoch: {result['close_ms_1x']} ms; after {history}: ratio {result['ratio']}"
+        )
+    click.echo(json.dumps(result))
+
+
 @cli.command()
 @click.option(
     "--data-dir", type=click.Path(path_type=Path), default=None, help="Keep the demo's files here."
