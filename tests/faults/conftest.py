@@ -6,27 +6,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kafka_proxy import KafkaProxy  # noqa: E402
+from kafka_proxy import KafkaProxy, ProxiedBroker  # noqa: E402
 
 from infra.broker import _serves_metadata, create_topics, tansu_binary  # noqa: E402
 from infra.procs import free_port, stop_pid, wait_until  # noqa: E402
-
-
-@dataclass
-class ProxiedBroker:
-    proxy: KafkaProxy
-    pid: int
-
-    @property
-    def bootstrap(self) -> str:
-        return self.proxy.bootstrap
 
 
 @pytest.fixture

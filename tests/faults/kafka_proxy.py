@@ -9,6 +9,7 @@ import socket
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
@@ -148,3 +149,15 @@ class KafkaProxy:
         # response header: correlation id, plus an empty tagged-field set in flexible versions
         header = struct.pack(">i", correlation) + (b"\x00" if version >= 9 else b"")
         return struct.pack(">i", len(header) + len(body)) + header + body
+
+
+@dataclass
+class ProxiedBroker:
+    """A broker that clients reach only through `proxy` (the conftest's `proxied_broker`)."""
+
+    proxy: KafkaProxy
+    pid: int
+
+    @property
+    def bootstrap(self) -> str:
+        return self.proxy.bootstrap

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import ProxiedBroker
 from kafka import KafkaConsumer, TopicPartition
+from kafka_proxy import ProxiedBroker
 
 from domain.envelope import decode
 from domain.events import ChequeRejected
