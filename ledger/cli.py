@@ -148,12 +148,19 @@ def project(
     emitter = None
     if key_file:
         from ledger.emitter import Emitter
+        from ledger.keys import KeyError_
+        from ledger.spool import SpoolError
 
-        signer = load_signer(key_file)
-        emitter = Emitter(
-            signer,
-            EmitterConfig(bootstrap=bootstrap, spool_dir=db_path.parent / "spool" / signer.address),
-        )
+        try:
+            signer = load_signer(key_file)
+            emitter = Emitter(
+                signer,
+                EmitterConfig(
+                    bootstrap=bootstrap, spool_dir=db_path.parent / "spool" / signer.address
+                ),
+            )
+        except (KeyError_, SpoolError) as exc:  # a loose key file, a damaged or busy spool
+            raise click.ClickException(str(exc)) from exc
         ledger_sources = (*ledger_sources, signer.address)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     trust = _trust(ledger_sources, indexer_sources, settlement_sources)
