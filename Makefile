@@ -33,8 +33,9 @@ subgraph: setup
 	cd infra/subgraph && ../../node_modules/.bin/graph codegen --output-dir generated \
 	  && ../../node_modules/.bin/graph build --output-dir build
 
+# three workers: most tests wait on anvil, the broker or routers rather than on the CPU
 test: setup lint typecheck subgraph
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3
 
 # Long fault campaigns; `make test` runs a short, seeded one of each.
 # Contract invariants under fuzzing (EpochSettlement on anvil): random seeds unless SEED is given.
