@@ -123,8 +123,11 @@ def test_fees_never_exceed_the_cap(w3: Web3, sender: LocalAccount, tmp_path: Pat
     payee = new_payee()
     with make_submitter(w3, sender, tmp_path / "j.sqlite", fees=fees, confirmations=1) as sub:
         sub.submit(transfer(payee, 1), lambda: balance_reached(w3, payee, 1))
-    (row,) = Journal(tmp_path / "j.sqlite").all()
-    assert row.max_fee_wei == cap and row.priority_fee_wei < cap
+    rows = Journal(tmp_path / "j.sqlite").all()
+    # a slow block may bring a fee bump (a superseded row): every attempt stays at the cap
+    assert rows and all(r.max_fee_wei <= cap and r.priority_fee_wei < cap for r in rows), rows
+    assert rows[0].max_fee_wei == cap  # the first attempt already met the cap
+    (row,) = [r for r in rows if r.state is TxState.CONFIRMED]
     receipt = w3.eth.get_transaction_receipt(row.tx_hash)  # type: ignore[arg-type]
     assert int(receipt["effectiveGasPrice"]) <= cap
 
