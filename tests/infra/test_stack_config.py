@@ -39,6 +39,8 @@ def config(**overrides: Any) -> dict[str, Any]:
         (config(broker={"memory": 1}), "[broker] memory = 1: expected bool"),
         (config(chain={"block_time_s": -1}), "block_time_s must be >= 0"),
         (config(extra=1), "unknown top-level keys: ['extra']"),
+        (config(indexer={"confirmations": -1}), "[indexer] confirmations and start_block"),
+        (config(indexer={"lag": 1}), "unknown keys in [indexer]: ['lag']"),
         ({"routers": []}, "the stack defines no [[routers]]"),
         (config(routers=[{**ROUTER, "key_file": "k"}]), "['key_file'] are set by `meshledger up`"),
         (config(routers=[{**ROUTER, "name": "R 1"}]), "`name` must be 1-32 of a-z"),
@@ -48,7 +50,13 @@ def config(**overrides: Any) -> dict[str, Any]:
         (config(routers=[{**ROUTER, "colour": "red"}]), "unknown keys in top level: ['colour']"),
         (
             config(
-                contracts={"token": "0x1", "staking": "x", "settlement": "x", "chequebook": "x"}
+                contracts={
+                    "token": "0x1",
+                    "staking": "x",
+                    "settlement": "x",
+                    "chequebook": "x",
+                    "chequebook_factory": "x",
+                }
             ),
             "is not an address",
         ),
