@@ -116,7 +116,9 @@ Children, in this order, each in its own process group, each healthy before the 
   indexer      `meshledger indexer run` with VAR/indexer/indexer.toml generated from those
                addresses: stakes, realms, chequebooks the factory created (cashed and bounced
                cheques), settlements, all into the log; healthy once it wrote its checkpoint
-  projector    `meshledger project` with its query endpoint, trusting the indexer's key
+  projector    `meshledger project` with its query endpoint, trusting the indexer's key and
+               the stack's settle key (VAR/keys/settle.key: a poster on EpochSettlement, for
+               `meshledger settle --key-file VAR/keys/settle.key`)
   router-NAME  `meshledger router run` for every [[routers]] entry, trusting the indexer's key
                for stakes; received cheques are cashed with a cash-out key of its own (funded
                with ETH for gas on the dev chain)
@@ -129,8 +131,8 @@ Ctrl-C or SIGTERM stops everything, routers first (exit code 0). `meshledger dow
 stack running elsewhere by the process ids in VAR/run/stack.json.
 
 \b
-VAR keeps what the next `up` resumes from: keys/ (ledger, indexer, router and cash-out keys,
-generated with mode 0600), run/ (pids, ports), contracts.json, broker/, chain/, indexer/
+VAR keeps what the next `up` resumes from: keys/ (ledger, indexer, settle, router and cash-out
+keys, generated with mode 0600), run/ (pids, ports), contracts.json, broker/, chain/, indexer/
 (config, checkpoint, spool), ledger.duckdb (where `meshledger query` looks), spool/,
 routers/NAME/ (generated router.toml, SWAP state, cash-out queue), logs/.
 

@@ -378,6 +378,28 @@ def ensure_contracts(
     return Deployment(addresses, start_block)
 
 
+def ensure_poster(rpc_url: str, settlement: str, poster: str, console: Console) -> None:
+    """Let the stack's settle key post roots on EpochSettlement (`setPoster`, sent by anvil's
+    first dev account, the owner of what `up` deployed); contracts of another owner are left
+    to their owner (the settle job refuses a key that may not post)."""
+    from web3 import HTTPProvider, Web3
+
+    from settlement.contracts import at, transact
+
+    w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    contract = at(w3, "EpochSettlement", settlement)
+    if contract.functions.isPoster(poster).call():
+        return
+    owner = contract.functions.owner().call()
+    if owner not in w3.eth.accounts:
+        console.print(
+            f"[yellow]EpochSettlement {settlement} is owned by {owner}: let {poster} post roots "
+            "(setPoster) to settle with the stack's key"
+        )
+        return
+    transact(w3, contract.functions.setPoster(poster, True), owner)
+
+
 def fund_dev_gas(rpc_url: str, addresses: list[str]) -> None:
     """Give keys that send transactions (cash-out) ETH for gas on the dev chain (anvil's
     `anvil_setBalance`); a key that holds at least half of DEV_GAS_WEI keeps what it has."""
@@ -557,6 +579,8 @@ def ledger_services(
                 str(layout.key("ledger")),
                 "--indexer-source",
                 sources["indexer"],
+                "--settlement-source",
+                sources["settle"],
                 "--grace-blocks",
                 str(config.projector.grace_blocks),
                 "--query-port",
@@ -619,12 +643,12 @@ def _probe_ws(host: str, port: int) -> Callable[[], bool]:
 
 
 def stack_keys(config: StackConfig, layout: Layout) -> dict[str, str]:
-    """Addresses of the stack's keys (ledger, indexer, per router its own and its cash-out key),
-    generated on first `up`.
+    """Addresses of the stack's keys (ledger, indexer, settle, per router its own and its
+    cash-out key), generated on first `up`.
 
-    The indexer key is made now so the ledger trusts it from the first run on.
+    The indexer and settle keys are made now so the ledger trusts them from the first run on.
     """
-    names = ["ledger", "indexer"]
+    names = ["ledger", "indexer", "settle"]
     for r in config.routers:
         names += [f"router-{r.name}", f"cashout-{r.name}"]
     return {name: ensure_key(layout.key(name)) for name in names}
@@ -650,7 +674,7 @@ class RunningStack:
     config: StackConfig
     endpoints: Endpoints
     deployment: Deployment
-    #: key name -> address (ledger, indexer, router-NAME, cashout-NAME)
+    #: key name -> address (ledger, indexer, settle, router-NAME, cashout-NAME)
     sources: dict[str, str]
 
     @property
@@ -703,7 +727,11 @@ def start_stack(
     endpoints = Endpoints(broker_service.address, chain_service.address)
     try:
         deployment = ensure_contracts(endpoints.rpc_url, config, layout, console)
-        fund_dev_gas(endpoints.rpc_url, [sources[f"cashout-{r.name}"] for r in config.routers])
+        senders = ["settle", *(f"cashout-{r.name}" for r in config.routers)]
+        fund_dev_gas(endpoints.rpc_url, [sources[name] for name in senders])
+        ensure_poster(
+            endpoints.rpc_url, deployment.addresses["settlement"], sources["settle"], console
+        )
     except StackConfigError:
         raise
     except Exception as exc:  # web3: a node error or a reverted deployment
@@ -766,7 +794,8 @@ def _print_usage(console: Console, stack: RunningStack) -> None:
     layout, sources = stack.layout, stack.sources
     console.print(
         f"contracts: {json.dumps(stack.contracts)}\n"
-        f"ledger key {sources['ledger']}, indexer key {sources['indexer']} (in {layout.keys})\n"
+        f"ledger key {sources['ledger']}, indexer key {sources['indexer']}, settle key "
+        f"{sources['settle']} (a poster on EpochSettlement; in {layout.keys})\n"
         f"routers: "
         + ", ".join(
             f"{r.name} ws://{r.listen[0]}:{r.listen[1]}/ws "
