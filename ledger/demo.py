@@ -175,9 +175,9 @@ class DemoResult:
         }
 
 
-#: a fault drill run beside the traffic from round `at_round` on (the end-to-end test restarts
-#: the broker with it); it gets the running stack
-Drill = tuple[int, Callable[[Any], None]]
+#: a fault drill run beside the traffic from round `at_round` on, after the drills before it
+#: finished (the end-to-end test restarts the broker with it); it gets the running demo
+Drill = tuple[int, Callable[["RealDemo"], None]]
 
 
 def stack_config(plan: DemoPlan, keepers: dict[str, str], ports: dict[str, int]) -> Any:
@@ -245,6 +245,8 @@ class RealDemo:
                     self.actors[name] = Actor.new(name, self.keys)
         self.chequebooks: dict[str, str] = {}
         self.stack: Any = None
+        #: the traffic round under way (drills read it)
+        self.round = -1
         self.result = DemoResult(Tally(), routers=len(plan.routers))
 
     # -- the stack ---------------------------------------------------------------------------
@@ -409,6 +411,7 @@ class RealDemo:
         errors: list[BaseException] = []
 
         async def on_round(n: int) -> None:
+            self.round = n
             change = plan.stake_change
             if change is not None and n == change[2]:
                 user, extra, _ = change
@@ -419,7 +422,8 @@ class RealDemo:
                 self.console.print(f"round {n}: {user} stakes {extra} WMP more in {realm}")
             for at_round, drill in drills:
                 if n == at_round:
-                    thread = threading.Thread(target=_guarded(drill, self.stack, errors))
+                    after = threads[-1] if threads else None
+                    thread = threading.Thread(target=_guarded(drill, self, errors, after))
                     thread.start()
                     threads.append(thread)
 
@@ -434,7 +438,10 @@ class RealDemo:
         with self.console.status(f"{plan.rounds} rounds of publish/subscribe and calls…"):
             asyncio.run(body())
         if errors:
-            raise RuntimeError(f"a drill failed: {errors[0]!r}") from errors[0]
+            import traceback
+
+            detail = "".join(traceback.format_exception(errors[0]))
+            raise RuntimeError(f"a drill failed: {errors[0]!r}\n{detail}") from errors[0]
         self.result.tally = traffic.tally()
         self.traffic_clients = traffic.clients
         return traffic
@@ -738,11 +745,16 @@ class RealDemo:
 
 
 def _guarded(
-    drill: Callable[[Any], None], stack: Any, errors: list[BaseException]
+    drill: Callable[[RealDemo], None],
+    demo: RealDemo,
+    errors: list[BaseException],
+    after: threading.Thread | None,
 ) -> Callable[[], None]:
     def run() -> None:
+        if after is not None:
+            after.join()
         try:
-            drill(stack)
+            drill(demo)
         except BaseException as exc:  # reported by the traffic's caller
             errors.append(exc)
 
