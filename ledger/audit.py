@@ -161,9 +161,17 @@ def run_audit(
 ) -> AuditReport:
     snap = live.snapshot()
     targets = {(t, int(p)): int(o) for t, p, o in snap["offsets"]}
+    ahead: dict[tuple[str, int], set[int]] = {}
+    for t, p, o in snap.get("ahead", []):
+        ahead.setdefault((t, int(p)), set()).add(int(o))
     work_dir.mkdir(parents=True, exist_ok=True)
     service = replay(
-        bootstrap, work_dir / "audit.duckdb", trust, targets=targets, on_progress=on_progress
+        bootstrap,
+        work_dir / "audit.duckdb",
+        trust,
+        targets=targets,
+        on_progress=on_progress,
+        ahead=ahead,
     )
     try:
         con = service.con
