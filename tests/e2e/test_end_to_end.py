@@ -92,7 +92,7 @@ def test_the_whole_system_with_broker_restarts_and_an_idle_router(tmp_path: Path
     assert result.onchain_paid_total == result.ledger_payout_total > 0
     assert sum(e.pushed for e in chain.epochs) == result.onchain_paid_total
     # cheques: what each router accepted is what the chequebook paid out and the log recorded
-    assert len(result.cheques) == 4  # u1, u2, svc on r1; u3, svc on r2
+    assert len(result.cheques) == 5  # u1, u2, svc on r1; u3, svc on r2
     assert all(accepted == paid == cashed > 0 for *_, accepted, paid, cashed in result.cheques)
     assert result.cheques_cashed >= len(result.cheques)
     assert result.cheques_received >= result.cheques_cashed
