@@ -766,8 +766,10 @@ def run_demo_plan(
     work: Path,
     console: Console,
     drills: list[Drill] | None = None,
+    before_stop: Callable[[RealDemo], None] | None = None,
 ) -> DemoResult:
-    """Run the plan in `work`; the stack is stopped afterwards, whatever happened."""
+    """Run the plan in `work`; the stack is stopped afterwards, whatever happened (after
+    `before_stop`, which the end-to-end test uses to run the audit CLI on the stack)."""
     started = time.monotonic()
     demo = RealDemo(plan, work, console)
     console.rule("[bold]meshledger demo: the stack (`meshledger up`)")
@@ -789,6 +791,8 @@ def run_demo_plan(
         demo.print_tables()
         demo.result.seconds = time.monotonic() - started
         demo.print_summary()
+        if before_stop is not None:
+            before_stop(demo)
     except Exception as exc:  # reported, the stack stopped, the exit code says it
         demo.result.error = f"{type(exc).__name__}: {exc}"
         demo.result.seconds = time.monotonic() - started

@@ -7,6 +7,8 @@ one router goes idle half-way. Every number is checked against the plan and the 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +71,28 @@ def test_the_whole_system_with_broker_restarts_and_an_idle_router(tmp_path: Path
     drills = [(4, broker_restarts(restarts))]
     console = Console(width=120, force_terminal=False)
 
-    result = run_demo_plan(PLAN, tmp_path, console, drills)
+    audit_cli: list[subprocess.CompletedProcess[str]] = []
+
+    def audit_through_the_cli(demo: Any) -> None:
+        """`meshledger audit --chain-rpc` on the running stack, the contract from its var/."""
+        stack = demo.stack
+        s = stack.sources
+        args = [
+            sys.executable, "-m", "ledger.cli", "audit",
+            "--bootstrap", stack.endpoints.bootstrap,
+            "--url", stack.address_of("projector"),
+            "--ledger-source", s["ledger"], "--indexer-source", s["indexer"],
+            "--settlement-source", s["settle"],
+            "--chain-rpc", stack.endpoints.rpc_url,
+            "--var", str(stack.layout.root),
+            "--journal", str(demo.journal),
+            "--work-dir", str(tmp_path / "cli-audit"),
+        ]  # fmt: skip
+        audit_cli.append(
+            subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+        )
+
+    result = run_demo_plan(PLAN, tmp_path, console, drills, audit_through_the_cli)
 
     assert result.error == "", result.error
     # both stops hit a live broker in the middle of the traffic (routers, indexer and projector
@@ -97,6 +120,10 @@ def test_the_whole_system_with_broker_restarts_and_an_idle_router(tmp_path: Path
     assert result.cheques_cashed >= len(result.cheques)
     assert result.cheques_received >= result.cheques_cashed
     assert all(not failure for failure in result.checks.values()), result.checks
+    # the audit CLI on the stack: the same answer, exit 0
+    (cli,) = audit_cli
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "all tables match" in cli.stdout and "the chain matches the replayed log" in cli.stdout
 
     # the idle router: r2 metered nothing after u3 stopped, yet later epochs closed, because its
     # watermark kept moving (the projector's own tables, read after the stack stopped)
