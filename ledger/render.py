@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
 from typing import Any
 
 from rich import box
@@ -59,11 +58,6 @@ def format_amount(
     return f"{text} {symbol}" if symbol else text
 
 
-def token_units(base_units: int) -> Decimal:
-    """The exact amount in token units (for JSON next to the printed text)."""
-    return Decimal(int(base_units)).scaleb(-TOKEN_DECIMALS).normalize()
-
-
 def _cell(column: str, value: Any, amounts: frozenset[str]) -> str:
     if column in amounts and value is not None and str(value).lstrip("-").isdigit():
         return format_amount(value, TABLE_PLACES, symbol="")
@@ -86,6 +80,9 @@ def print_query(
         return
     dropped = set(drop)
     amount_columns = frozenset(amounts)
+    columns = [c for c in rows[0] if c not in dropped]
+    if any(c in amount_columns for c in columns):
+        title = f"{title} (amounts in {TOKEN_SYMBOL})"
     table = Table(
         title=title,
         title_justify="left",
@@ -93,7 +90,6 @@ def print_query(
         pad_edge=False,
         collapse_padding=True,
     )
-    columns = [c for c in rows[0] if c not in dropped]
     for column in columns:
         numeric = isinstance(rows[0][column], int) or column in amount_columns
         table.add_column(
