@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import PublishOptions
 
 from router_core.client import JoinRefused, MeshSession, SwapOffer, connect
@@ -22,6 +23,8 @@ JOIN_TIMEOUT_S = 120.0
 JOIN_RETRY_S = 0.5
 #: how long one publish or call may take before the round gives up on it (and counts it)
 REQUEST_TIMEOUT_S = 30.0
+#: balance reads and cheques a client tries to pay off its debt with before it gives up
+PAY_OFF_ATTEMPTS = 5
 
 
 @dataclass
@@ -146,11 +149,9 @@ class Traffic:
             await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
     async def stop(self) -> None:
-        """Every client pays what it owes by one last cheque (waiting for a cheque already on
-        its way), then leaves."""
+        """Every client pays what it owes by a last cheque, then leaves."""
         for client in self.clients:
-            balance = await client.session.call(BALANCE_PROCEDURE)
-            await client.session.pay(int(balance["debt"]), int(balance["last_cumulative"]))
+            await _pay_off(client)
         for client in self.clients:
             client.session.leave()
         await asyncio.gather(
@@ -164,6 +165,24 @@ class Traffic:
             for name in ("events", "invocations", "results", "published", "calls", "failed"):
                 setattr(total, name, getattr(total, name) + getattr(client.tally, name))
         return total
+
+
+async def _pay_off(client: Client) -> None:
+    """Pay the router what the client owes. The balance is read before `pay` takes the
+    session's payment lock, so a cheque sent meanwhile (on a payment request) can make it stale:
+    `pay` then resends that cheque and the router answers `not_increasing`; read it again."""
+    for _ in range(PAY_OFF_ATTEMPTS):
+        balance = await client.session.call(BALANCE_PROCEDURE)
+        if int(balance["debt"]) <= 0:
+            return
+        try:
+            await client.session.pay(int(balance["debt"]), int(balance["last_cumulative"]))
+        except ApplicationError as exc:
+            if (exc.kwargs or {}).get("reason") != "not_increasing":
+                raise
+    raise RuntimeError(
+        f"{client.spec.name} still owes {client.spec.router} after {PAY_OFF_ATTEMPTS} cheques"
+    )
 
 
 def _subscriber(tally: Tally) -> Callable[..., None]:
