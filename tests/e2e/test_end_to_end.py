@@ -1,8 +1,9 @@
 """The whole system in one run, as `meshledger demo` runs it but smaller: the stack of `meshledger
-up` (durable broker, anvil, indexer, projector, two routers, each its own process), stock autobahn
-clients paying by SWAP cheques, cash-out, settle, audit of the log and the chain. The durable
-broker is stopped and restarted twice in the middle of the traffic (SIGTERM, then SIGKILL), and
-one router goes idle half-way. Every number is checked against the plan and the chain."""
+up` (durable broker, anvil, indexer, projector, three routers, each its own process), stock
+autobahn clients paying by SWAP cheques, cash-out, settle, audit of the log and the chain. The
+durable broker is stopped and restarted twice in the middle of the traffic (SIGTERM, then
+SIGKILL), one router goes idle early and one routes nothing at all. Every number is checked
+against the plan and the chain."""
 
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ pytestmark = pytest.mark.integration
 ROUNDS = 80
 IDLE_AFTER = 12  # u3, r2's only publishing user, stops after this round: r2 goes idle
 PLAN = DemoPlan(
-    routers=("r1", "r2"),
+    routers=("r1", "r2", "r3"),
     realms=(
         RealmPlan(
             "e2e.realm",
-            routers=("r1", "r2"),
+            # r3 is staked and serves the realm (svc registers there) but routes nothing
+            routers=("r1", "r2", "r3"),
             users=(("u1", "r1", 300, None), ("u2", "r1", 100, None), ("u3", "r2", 200, IDLE_AFTER)),
             services=(("svc", ("e2e.realm.api.echo",), 40),),
             apis=(("e2e.realm.api", "dev", 10),),
@@ -115,7 +117,7 @@ def test_the_whole_system_with_broker_restarts_and_an_idle_router(tmp_path: Path
     assert result.onchain_paid_total == result.ledger_payout_total > 0
     assert sum(e.pushed for e in chain.epochs) == result.onchain_paid_total
     # cheques: what each router accepted is what the chequebook paid out and the log recorded
-    assert len(result.cheques) == 5  # u1, u2, svc on r1; u3, svc on r2
+    assert len(result.cheques) == 5  # u1, u2, svc on r1; u3, svc on r2 (svc owes r3 nothing)
     assert all(accepted == paid == cashed > 0 for *_, accepted, paid, cashed in result.cheques)
     assert result.cheques_cashed >= len(result.cheques)
     assert result.cheques_received >= result.cheques_cashed
@@ -125,21 +127,26 @@ def test_the_whole_system_with_broker_restarts_and_an_idle_router(tmp_path: Path
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "all tables match" in cli.stdout and "the chain matches the replayed log" in cli.stdout
 
-    # the idle router: r2 metered nothing after u3 stopped, yet later epochs closed, because its
-    # watermark kept moving (the projector's own tables, read after the stack stopped)
+    # idle routers: r2 metered nothing after u3 stopped and r3 nothing at all, yet later epochs
+    # closed, their watermarks moving on (the projector's own tables, read after the stack
+    # stopped; their watermark records were applied, none rejected)
     con = store.connect(tmp_path / "var" / "ledger.duckdb", read_only=True)
     try:
-        r2 = _key_address(tmp_path / "var" / "keys" / "router-r2.key")
-        r2_last_block, r2_watermark = con.execute(
-            "SELECT (SELECT max(block) FROM usage_blocks WHERE source = ?),"
-            " (SELECT watermark FROM sources WHERE source = ?)",
-            [r2, r2],
-        ).fetchone()
         last_closed = con.execute("SELECT max(last_block) FROM epochs").fetchone()[0]
+        idle = {}
+        for name in ("r2", "r3"):
+            address = _key_address(tmp_path / "var" / "keys" / f"router-{name}.key")
+            idle[name] = con.execute(
+                "SELECT (SELECT max(block) FROM usage_blocks WHERE source = ?),"
+                " (SELECT watermark FROM sources WHERE source = ?)",
+                [address, address],
+            ).fetchone()
     finally:
         con.close()
+    (r2_last_block, r2_watermark), (r3_last_block, r3_watermark) = idle["r2"], idle["r3"]
     assert r2_last_block is not None and last_closed > r2_last_block + realm_params(10).epoch_blocks
-    assert r2_watermark >= last_closed
+    assert r3_last_block is None  # never metered a message
+    assert r2_watermark >= last_closed and r3_watermark >= last_closed
 
 
 def _key_address(path: Path) -> str:
