@@ -260,6 +260,19 @@ class ChainHead(Event):
 
 @register
 @dataclass(frozen=True, slots=True)
+class ChequebookCreated(ChainLogEvent):
+    """The mesh's `ChequebookFactory` deployed `chequebook` (cheques signed by `issuer`, paid in
+    `token`); the indexer follows the chequebook's logs from this block on."""
+
+    TYPE: ClassVar[str] = "ChequebookCreated"
+    factory: str
+    chequebook: str
+    issuer: str
+    token: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
 class ChequebookDeposited(ChainLogEvent):
     TYPE: ClassVar[str] = "ChequebookDeposited"
     chequebook: str
@@ -432,6 +445,7 @@ INDEXER_EVENTS: tuple[type[Event], ...] = (
     KeeperChanged,
     StakeChanged,
     ChainHead,
+    ChequebookCreated,
     ChequebookDeposited,
     ChequeCashed,
     ChequeBounced,
@@ -449,6 +463,7 @@ INDEXER_EVENTS: tuple[type[Event], ...] = (
 #: realm id was never registered
 CHAIN_WIDE_EVENTS: tuple[type[Event], ...] = (
     ChainHead,
+    ChequebookCreated,
     ChequebookDeposited,
     ChequeCashed,
     ChequeBounced,

@@ -69,6 +69,8 @@ class Checkpoint:
     cursor_hash: str
     window: HashWindow
     names: dict[str, str] = field(default_factory=dict)
+    #: chequebooks the factory created on the emitted chain (lowercase address -> block)
+    chequebooks: dict[str, int] = field(default_factory=dict)
     pending: Pending | None = None
     #: feed address -> [round_id, status] of the last PriceObserved emitted
     feeds: dict[str, list[Any]] = field(default_factory=dict)
@@ -86,6 +88,7 @@ class Checkpoint:
             "cursor_hash": self.cursor_hash,
             "window": self.window.to_json(),
             "names": self.names,
+            "chequebooks": self.chequebooks,
             "pending": self.pending.to_json() if self.pending else None,
             "feeds": self.feeds,
             "last_reorg": self.last_reorg,
@@ -104,6 +107,7 @@ class Checkpoint:
             cursor_hash=str(data["cursor_hash"]),
             window=HashWindow.from_json(data["window"], window_blocks),
             names=dict(data.get("names", {})),
+            chequebooks={str(a): int(b) for a, b in data.get("chequebooks", {}).items()},
             pending=Pending.from_json(pending) if pending else None,
             feeds=dict(data.get("feeds", {})),
             last_reorg=data.get("last_reorg"),

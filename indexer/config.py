@@ -33,7 +33,8 @@ compression = "gzip"                 # of the emitter's Kafka batches; or "none"
 staking = "0x..."
 settlement = "0x..."
 token = "0x..."
-chequebooks = ["0x..."]
+chequebook_factory = "0x..."         # its chequebooks are followed from their creation on
+chequebooks = ["0x..."]              # chequebooks deployed without the factory
 
 [[feeds]]
 address = "0x..."
@@ -118,6 +119,11 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> IndexerConfig:
         token=_address(raw.get("token"), "contracts.token"),
         chequebooks=tuple(
             _address(c, "contracts.chequebooks[]") for c in raw.get("chequebooks", [])
+        ),
+        chequebook_factory=(
+            _address(raw["chequebook_factory"], "contracts.chequebook_factory")
+            if "chequebook_factory" in raw
+            else ""
         ),
     )
     confirmations = data.get("confirmations")

@@ -8,7 +8,8 @@ read by their offset and length words. A log that cannot become a domain event b
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -20,6 +21,7 @@ from domain.events import (
     REALM_TARGET,
     ROLES,
     ApiEnabled,
+    ChequebookCreated,
     ChequebookDeposited,
     ChequebookWithdrawn,
     ChequeBounced,
@@ -358,6 +360,17 @@ CHEQUEBOOK_BUILDERS: dict[str, Builder] = {
     ),
 }
 
+FACTORY_BUILDERS: dict[str, Builder] = {
+    "ChequebookCreated": lambda a, m, n: ChequebookCreated(
+        realm="",
+        factory=m.contract,
+        chequebook=a["chequebook"],
+        issuer=a["issuer"],
+        token=a["token"],
+        **_ids(m),
+    ),
+}
+
 SETTLEMENT_BUILDERS: dict[str, Builder] = {
     "Funded": lambda a, m, n: SettlementFunded(
         contract=m.contract,
@@ -408,34 +421,94 @@ TOKEN_BUILDERS: dict[str, Builder] = {
 
 @dataclass(frozen=True)
 class Contracts:
-    """The watched contracts of one chain (checksummed addresses)."""
+    """The watched contracts of one chain (checksummed addresses). Chequebooks are either
+    configured (`chequebooks`) or followed: created by `chequebook_factory` (see
+    `FollowedChequebooks`)."""
 
     staking: str
     settlement: str
     token: str
     chequebooks: tuple[str, ...] = ()
+    chequebook_factory: str = ""
 
     def mesh(self) -> tuple[str, ...]:
-        """Contracts whose token transfers are indexed (to or from them)."""
+        """Configured contracts whose token transfers are indexed (to or from them)."""
         return (self.staking, self.settlement, *self.chequebooks)
 
+    def watched(self) -> tuple[str, ...]:
+        """Configured contracts whose own logs are indexed."""
+        factory = (self.chequebook_factory,) if self.chequebook_factory else ()
+        return (*self.mesh(), *factory)
+
     def addresses(self) -> tuple[str, ...]:
-        return (*self.mesh(), self.token)
+        return (*self.watched(), self.token)
+
+
+#: topic0 of `ChequebookFactory.ChequebookCreated(chequebook, issuer, token)` (all indexed)
+CHEQUEBOOK_CREATED_TOPIC = "0x" + keccak(b"ChequebookCreated(address,address,address)").hex()
+
+
+def created_chequebooks(factory: str, logs: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Chequebooks the factory's `ChequebookCreated` logs among `logs` announce (lowercase
+    address -> creation block)."""
+    factory = factory.lower()
+    return {
+        "0x" + log["topics"][1][-40:].lower(): int(log["blockNumber"], 16)
+        for log in logs
+        if factory
+        and log["address"].lower() == factory
+        and len(log["topics"]) == 4
+        and log["topics"][0] == CHEQUEBOOK_CREATED_TOPIC
+    }
+
+
+class FollowedChequebooks:
+    """Chequebooks created by the factory (lowercase address -> creation block): the indexer
+    reads their logs from that block on. Shared by the fetching threads (which learn new ones
+    from the factory's logs of their chunk) and the sync loop; only ever grows, because a
+    chequebook of an orphaned branch has no logs on the canonical one (reading it costs
+    nothing and loses nothing). Thread-safe."""
+
+    def __init__(self, known: Mapping[str, int] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._created: dict[str, int] = {}
+        self.add(known or {})
+
+    def add(self, created: Mapping[str, int]) -> None:
+        with self._lock:
+            for address, block in created.items():
+                key = address.lower()
+                self._created[key] = min(block, self._created.get(key, block))
+
+    def addresses(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._created)
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, str) and address.lower() in self._created
+
+    def __len__(self) -> int:
+        return len(self._created)
 
 
 class LogDecoder:
     """Turns one raw log (a JSON-RPC log object) into one domain event."""
 
-    def __init__(self, chain_id: int, contracts: Contracts) -> None:
+    def __init__(
+        self, chain_id: int, contracts: Contracts, followed: FollowedChequebooks | None = None
+    ) -> None:
         self.chain_id = chain_id
         self.contracts = contracts
-        chequebook = _table("Chequebook")
+        self.followed = followed if followed is not None else FollowedChequebooks()
+        self._chequebook = _table("Chequebook")
         self._by_address: dict[str, dict[str, tuple[EventAbi, Builder]]] = {
             contracts.staking.lower(): _table("RealmStaking"),
             contracts.settlement.lower(): _table("EpochSettlement"),
             contracts.token.lower(): _table("WMPToken"),
-            **{c.lower(): chequebook for c in contracts.chequebooks},
+            **{c.lower(): self._chequebook for c in contracts.chequebooks},
         }
+        if contracts.chequebook_factory:
+            self._by_address[contracts.chequebook_factory.lower()] = _table("ChequebookFactory")
         self._mesh = {c.lower() for c in contracts.mesh()}
         self._ignored = {
             topic0
@@ -444,16 +517,27 @@ class LogDecoder:
             if layout.name in IGNORED_EVENTS
         }
 
+    def _table_of(self, address: str) -> dict[str, tuple[EventAbi, Builder]]:
+        table = self._by_address.get(address)
+        if table is None and address in self.followed:
+            return self._chequebook
+        return table or {}
+
     def wants(self, log: Mapping[str, Any]) -> bool:
         """A token log counts only as a Transfer to or from one of the mesh's contracts."""
         address = log["address"].lower()
         if address != self.contracts.token.lower():
-            return address in self._by_address
+            return address in self._by_address or address in self.followed
         topics = log["topics"]
+
+        def mesh(word: str) -> bool:
+            address = "0x" + word[-40:]
+            return address in self._mesh or address in self.followed
+
         return (
             len(topics) == 3
             and topics[0] == TRANSFER_TOPIC
-            and ("0x" + topics[1][-40:] in self._mesh or "0x" + topics[2][-40:] in self._mesh)
+            and (mesh(topics[1]) or mesh(topics[2]))
         )
 
     def decode(self, log: Mapping[str, Any], names: RealmNames) -> Event | None:
@@ -468,8 +552,7 @@ class LogDecoder:
         )
         topics = log["topics"]
         topic0 = topics[0] if topics else ""
-        table = self._by_address.get(log["address"].lower(), {})
-        entry = table.get(topic0)
+        entry = self._table_of(log["address"].lower()).get(topic0)
         if entry is None and topic0 in self._ignored:
             return None
         if entry is None:
@@ -496,6 +579,7 @@ def build_event(
 BUILDERS: dict[str, Mapping[str, Builder]] = {
     "RealmStaking": STAKING_BUILDERS,
     "Chequebook": CHEQUEBOOK_BUILDERS,
+    "ChequebookFactory": FACTORY_BUILDERS,
     "EpochSettlement": SETTLEMENT_BUILDERS,
     "WMPToken": TOKEN_BUILDERS,
 }

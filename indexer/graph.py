@@ -21,7 +21,7 @@ from graphql import GraphQLSchema
 
 from domain.events import Event
 from indexer.decoding import Contracts, LogMeta, RealmNames, build_event, event_builder
-from indexer.rpc import Chunk, Header, NodeBehind, RpcUnavailable
+from indexer.rpc import Chunk, Header, Inconsistent, NodeBehind, RpcUnavailable
 
 #: graph-node's cap on `first`
 PAGE_SIZE = 1000
@@ -41,6 +41,7 @@ GRAPH_ENTITIES: dict[str, tuple[str, str]] = {
     "ChequeCashed": ("Chequebook", "ChequeCashed"),
     "ChequeBounced": ("Chequebook", "ChequeBounced"),
     "ChequebookWithdrawn": ("Chequebook", "Withdrawn"),
+    "ChequebookCreated": ("ChequebookFactory", "ChequebookCreated"),
     "Funded": ("EpochSettlement", "Funded"),
     "EpochPosted": ("EpochSettlement", "EpochPosted"),
     "BatchPushed": ("EpochSettlement", "BatchPushed"),
@@ -192,6 +193,17 @@ class GraphSource:
         return {n: (data[f"b{n}"] or {}).get("block", {}).get("hash") for n in numbers}
 
     # -- fetching ----------------------------------------------------------------------------------
+    def follow(self, chequebooks: Mapping[str, int]) -> None:
+        """Nothing to do: every chunk reads the factory's chequebooks up to its own last block."""
+
+    def complete(self, chunk: Chunk, chequebooks: frozenset[str]) -> Chunk:
+        """A chunk of this source already covers every chequebook the factory created up to its
+        last block at its pinned block; one it does not know was seen on another branch."""
+        raise Inconsistent(
+            f"chequebooks {sorted(chequebooks)} are not in the subgraph's chunk "
+            f"{chunk.first}..{chunk.last}: another branch"
+        )
+
     def fetch(self, first: int, last: int) -> Chunk:
         head, pin = self.meta()
         if last > head:
@@ -201,12 +213,20 @@ class GraphSource:
         tip_hash = known.get(last)
         if parent is None or tip_hash is None:
             raise NodeBehind(f"the subgraph does not know block {first - 1} or {last}")
+        # the factory's chequebooks up to this chunk's end (at the pinned block): their token
+        # transfers count like those of the configured contracts
+        followed = frozenset(
+            str(row["chequebook"]).lower()
+            for row in self._pages("ChequebookCreated", 0, last, pin)
+            if str(row["contract"]).lower() == self.contracts.chequebook_factory.lower()
+        )
+        mesh = [*self._mesh, *sorted(followed)]
         items: list[tuple[str, dict[str, Any]]] = []
         for entity in GRAPH_ENTITIES:
             if entity == "Transfer":
                 seen: set[str] = set()
                 for where in (", from_in: $mesh", ", to_in: $mesh"):
-                    for row in self._pages(entity, first, last, pin, where):
+                    for row in self._pages(entity, first, last, pin, where, mesh):
                         if row["id"] not in seen:
                             seen.add(row["id"])
                             items.append((entity, row))
@@ -215,10 +235,17 @@ class GraphSource:
         items.sort(key=lambda item: (int(item[1]["blockNumber"]), int(item[1]["logIndex"])))
         hashes = {int(row["blockNumber"]): str(row["blockHash"]) for _, row in items}
         hashes[last] = tip_hash
-        return Chunk(first, last, parent, hashes, Header(last, tip_hash, "", 0), items)
+        header = Header(last, tip_hash, "", 0)
+        return Chunk(first, last, parent, hashes, header, items, followed)
 
     def _pages(
-        self, entity: str, first: int, last: int, pin: str, where: str = ""
+        self,
+        entity: str,
+        first: int,
+        last: int,
+        pin: str,
+        where: str = "",
+        mesh: list[str] | None = None,
     ) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         after = "0x"
@@ -231,7 +258,7 @@ class GraphSource:
                 "pin": pin,
             }
             if where:
-                variables["mesh"] = self._mesh
+                variables["mesh"] = mesh if mesh is not None else self._mesh
             page = self._execute(query, variables)[plural(entity)]
             rows += page
             if len(page) < PAGE_SIZE:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,14 @@ import orjson
 import requests
 
 from domain.events import Event
-from indexer.decoding import TRANSFER_TOPIC, Contracts, LogDecoder, RealmNames
+from indexer.decoding import (
+    TRANSFER_TOPIC,
+    Contracts,
+    FollowedChequebooks,
+    LogDecoder,
+    RealmNames,
+    created_chequebooks,
+)
 
 #: logs per chunk the range adapts to: big enough to amortise a request, small enough that the
 #: next chunk's fetch overlaps this one's decoding and emission
@@ -222,6 +229,7 @@ class Chunk:
 
     `items` are source-specific raw records in (block, log_index) order, turned into domain
     events by the source's `decode` in the sync's own thread (it learns realm names in order).
+    `followed`: the factory-created chequebooks (lowercase) whose logs `items` include.
     """
 
     first: int
@@ -230,6 +238,7 @@ class Chunk:
     hashes: dict[int, str]
     tip: Header
     items: list[Any] = field(default_factory=list)
+    followed: frozenset[str] = frozenset()
 
 
 class RpcSource:
@@ -248,7 +257,9 @@ class RpcSource:
         self.rpc = rpc
         self.contracts = contracts
         self.chain_id = chain_id
-        self.decoder = LogDecoder(chain_id, contracts)
+        #: chequebooks the factory created: learnt by fetches, seeded from the checkpoint
+        self.followed = FollowedChequebooks()
+        self.decoder = LogDecoder(chain_id, contracts, self.followed)
         #: current eth_getLogs range: doubles on success, halves on RangeTooWide
         self.span_blocks = span_blocks
         self.span_max_blocks = span_max_blocks
@@ -276,18 +287,51 @@ class RpcSource:
         return Header.from_rpc(block) if block else None
 
     # -- fetching ---------------------------------------------------------------------------------
+    def follow(self, chequebooks: Mapping[str, int]) -> None:
+        """Read these factory-created chequebooks' logs from now on (address -> creation block)."""
+        self.followed.add(chequebooks)
+
     def fetch(self, first: int, last: int) -> Chunk:
-        """Headers and logs of `first..last`, checked to be one branch (else `Inconsistent`)."""
+        """Headers and logs of `first..last`, checked to be one branch (else `Inconsistent`).
+
+        The logs include those of every chequebook followed so far and of every chequebook the
+        factory creates in the range (found in the factory's logs of the range, then read too).
+        A chequebook created in an earlier chunk that was still being fetched is not in
+        `Chunk.followed`: the sync loop adds its logs with `complete`."""
         headers = self._headers(first, last)
-        logs = self._logs(first, last)
         hashes = {h.number: h.hash for h in headers}
-        for log in logs:
-            if hashes.get(int(log["blockNumber"], 16)) != log["blockHash"]:
-                raise Inconsistent(
-                    f"log of block {int(log['blockNumber'], 16)} has hash {log['blockHash']}, "
-                    f"the header {hashes.get(int(log['blockNumber'], 16))}"
-                )
-        return Chunk(first, last, headers[0].parent_hash, hashes, headers[-1], logs)
+        followed = self.followed.addresses()
+        logs = self._logs(first, last, followed)
+        created = {
+            address: block
+            for address, block in created_chequebooks(
+                self.contracts.chequebook_factory, logs
+            ).items()
+            if address not in followed
+        }
+        if created:
+            self.followed.add(created)
+            logs = _merged(logs, self._logs(first, last, frozenset(created), configured=False))
+        _check_hashes(hashes, logs)
+        chunk = Chunk(first, last, headers[0].parent_hash, hashes, headers[-1], logs)
+        chunk.followed = followed | frozenset(created)
+        return chunk
+
+    def complete(self, chunk: Chunk, chequebooks: frozenset[str]) -> Chunk:
+        """`chunk` with the logs of `chequebooks` (followed, but not when it was fetched) added,
+        checked against the chunk's block hashes (a reorg since: `Inconsistent`)."""
+        extra = self._logs(chunk.first, chunk.last, chequebooks, configured=False)
+        _check_hashes(chunk.hashes, extra)
+        self.followed.add({a: chunk.first for a in chequebooks})
+        return Chunk(
+            chunk.first,
+            chunk.last,
+            chunk.parent_hash,
+            chunk.hashes,
+            chunk.tip,
+            _merged(chunk.items, extra),
+            chunk.followed | chequebooks,
+        )
 
     def decode(self, chunk: Chunk, names: RealmNames) -> list[Event]:
         events = []
@@ -311,16 +355,26 @@ class RpcSource:
             headers.append(header)
         return headers
 
-    def _logs(self, first: int, last: int) -> list[dict[str, Any]]:
+    def _logs(
+        self,
+        first: int,
+        last: int,
+        chequebooks: frozenset[str] = frozenset(),
+        configured: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Logs of the configured contracts (unless not `configured`) and of `chequebooks`, and
+        token transfers to or from any of them, in (block, log index) order."""
         try:
-            logs = self._logs_once(first, last)
+            logs = self._logs_once(first, last, chequebooks, configured)
         except RangeTooWide:
             if first == last:
                 raise
             mid = (first + last) // 2
             with self._lock:
                 self.span_blocks = max(1, min(self.span_blocks, (last - first + 1) // 2))
-            return self._logs(first, mid) + self._logs(mid + 1, last)
+            return self._logs(first, mid, chequebooks, configured) + self._logs(
+                mid + 1, last, chequebooks, configured
+            )
         with self._lock:
             width = last - first + 1
             if len(logs) > CHUNK_TARGET_LOGS:
@@ -329,13 +383,20 @@ class RpcSource:
                 self.span_blocks = min(self.span_blocks * 2, self.span_max_blocks)
         return logs
 
-    def _logs_once(self, first: int, last: int) -> list[dict[str, Any]]:
+    def _logs_once(
+        self, first: int, last: int, chequebooks: frozenset[str], configured: bool
+    ) -> list[dict[str, Any]]:
         c = self.contracts
-        mesh = ["0x" + "00" * 12 + a[2:].lower() for a in c.mesh()]
+        followed = sorted(chequebooks)
+        own_addresses = [*c.watched(), *followed] if configured else followed
+        holders = [*c.mesh(), *followed] if configured else followed
+        if not own_addresses:
+            return []
+        mesh = ["0x" + "00" * 12 + a[2:].lower() for a in holders]
         span = {"fromBlock": hex(first), "toBlock": hex(last)}
         own, transfers_from, transfers_to = self.rpc.batch(
             [
-                ("eth_getLogs", [{**span, "address": list(c.mesh())}]),
+                ("eth_getLogs", [{**span, "address": own_addresses}]),
                 ("eth_getLogs", [{**span, "address": c.token, "topics": [TRANSFER_TOPIC, mesh]}]),
                 (
                     "eth_getLogs",
@@ -343,16 +404,31 @@ class RpcSource:
                 ),
             ]
         )
-        seen: set[tuple[str, str]] = set()
-        logs = []
-        for log in itertools.chain(own, transfers_from, transfers_to):
-            key = (log["blockHash"], log["logIndex"])
-            if key in seen or log.get("removed"):
-                continue
-            seen.add(key)
-            logs.append(log)
-        logs.sort(key=lambda lg: (int(lg["blockNumber"], 16), int(lg["logIndex"], 16)))
-        return logs
+        return _merged(own, transfers_from, transfers_to)
+
+
+def _merged(*parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Logs of several queries, each once, in (block, log index) order."""
+    seen: set[tuple[str, str]] = set()
+    logs = []
+    for log in itertools.chain(*parts):
+        key = (log["blockHash"], log["logIndex"])
+        if key in seen or log.get("removed"):
+            continue
+        seen.add(key)
+        logs.append(log)
+    logs.sort(key=lambda lg: (int(lg["blockNumber"], 16), int(lg["logIndex"], 16)))
+    return logs
+
+
+def _check_hashes(hashes: Mapping[int, str], logs: list[dict[str, Any]]) -> None:
+    """Every log belongs to the fetched headers' branch, else `Inconsistent`."""
+    for log in logs:
+        number = int(log["blockNumber"], 16)
+        if hashes.get(number) != log["blockHash"]:
+            raise Inconsistent(
+                f"log of block {number} has hash {log['blockHash']}, the header {hashes.get(number)}"
+            )
 
 
 class HeadWaiter:

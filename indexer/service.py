@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import orjson
 from eth_hash.auto import keccak
 
-from domain.events import ChainHead, Event, LogRetracted, PriceObserved
+from domain.events import ChainHead, ChequebookCreated, Event, LogRetracted, PriceObserved
 from indexer import checkpoint as checkpoints
 from indexer.checkpoint import Checkpoint, CheckpointError, Pending
 from indexer.decoding import RealmNames
@@ -47,6 +47,13 @@ class Source(Protocol):
     def block_hashes(self, numbers: Iterable[int]) -> dict[int, str | None]: ...
 
     def fetch(self, first: int, last: int) -> Chunk: ...
+
+    def follow(self, chequebooks: Mapping[str, int]) -> None:
+        """Read these factory-created chequebooks' logs (address -> creation block) from now on."""
+
+    def complete(self, chunk: Chunk, chequebooks: frozenset[str]) -> Chunk:
+        """The chunk with the logs of followed chequebooks its fetch did not know yet."""
+        ...
 
     def decode(self, chunk: Chunk, names: RealmNames) -> list[Event]: ...
 
@@ -181,6 +188,7 @@ class Indexer:
             )
         self.cp = cp
         self.names = RealmNames(dict(cp.names))
+        self.source.follow(cp.chequebooks)
         if cp.pending is not None:
             self._recover(cp.pending)
 
@@ -225,7 +233,7 @@ class Indexer:
         if pending.kind == "retract":
             self._emit(pending.kept, sealed)
             return
-        chunk = self._retry(lambda: self.source.fetch(pending.first, pending.last))
+        chunk = self._retry(lambda: self._complete(self.source.fetch(pending.first, pending.last)))
         names = self.names.first(pending.names_before)
         events = self.source.decode(chunk, names)
         head = self._head_event(chunk)
@@ -265,6 +273,7 @@ class Indexer:
             for n, lg in reversed(emitted)
         ]
         window.retract_above(pending.first - 1, cp.chain_id)
+        self._forget_chequebooks_above(pending.first - 1)
         cp.cursor_block, cp.cursor_hash = pending.first - 1, pending.parent_hash
         self._note_reorg(pending.first - 1, pending.last - pending.first + 1, len(retractions))
         self._emit_retractions(retractions)
@@ -279,10 +288,32 @@ class Indexer:
             realm="", chain_id=self.source.chain_id, block=chunk.last, block_hash=chunk.tip.hash
         )
 
+    def _complete(self, chunk: Chunk) -> Chunk:
+        """The chunk with the logs of every chequebook the emitted chain's factory created: a
+        chunk fetched ahead, while the chunk creating one was still being fetched, lacks them."""
+        missing = frozenset(a for a in self.checkpoint.chequebooks if a not in chunk.followed)
+        return self.source.complete(chunk, missing) if missing else chunk
+
+    def _learn_chequebooks(self, events: Sequence[Event]) -> None:
+        created = {
+            e.chequebook.lower(): e.block for e in events if isinstance(e, ChequebookCreated)
+        }
+        if created:
+            self.checkpoint.chequebooks.update(created)
+            self.source.follow(created)
+
+    def _forget_chequebooks_above(self, ancestor: int) -> None:
+        """A reorg orphaned the blocks above `ancestor`: chequebooks created there are not on
+        the emitted chain any more (the source may keep reading them: they have no logs here)."""
+        cp = self.checkpoint
+        cp.chequebooks = {a: b for a, b in cp.chequebooks.items() if b <= ancestor}
+
     def _emit_chunk(self, chunk: Chunk) -> None:
         cp = self.checkpoint
         names_before = len(self.names.names)
+        chunk = self._complete(chunk)
         events = self.source.decode(chunk, self.names)
+        self._learn_chequebooks(events)
         prices = self._prices(chunk.last)
         seq = sequence(events, prices, self._head_event(chunk))
         pending = Pending(
@@ -335,6 +366,7 @@ class Indexer:
         ancestor_hash = cp.window.hash_at(ancestor) or ""
         depth = cp.cursor_block - ancestor
         retractions = cp.window.retract_above(ancestor, cp.chain_id)
+        self._forget_chequebooks_above(ancestor)
         cp.cursor_block, cp.cursor_hash = ancestor, ancestor_hash
         self._note_reorg(ancestor, depth, len(retractions))
         self._emit_retractions(retractions)

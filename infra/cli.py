@@ -110,10 +110,18 @@ Children, in this order, each in its own process group, each healthy before the 
   broker       `meshledger broker start` (durable log under VAR/broker unless [broker] memory)
   chain        anvil ([chain] chain_id, block_time_s); its state is dumped to
                VAR/chain/state.json on stop (and every 10 s) and loaded on the next `up`
-  (contracts)  WMPToken, RealmStaking, EpochSettlement, a Chequebook, deployed from anvil's
-               first dev account once, addresses in VAR/contracts.json; or [contracts] given
-  projector    `meshledger project` with its query endpoint
-  router-NAME  `meshledger router run` for every [[routers]] entry
+  (contracts)  WMPToken, RealmStaking, EpochSettlement, ChequebookFactory and a Chequebook
+               created through it, deployed from anvil's first dev account once, addresses in
+               VAR/contracts.json; or [contracts] given
+  indexer      `meshledger indexer run` with VAR/indexer/indexer.toml generated from those
+               addresses: stakes, realms, chequebooks the factory created (cashed and bounced
+               cheques), settlements, all into the log; healthy once it wrote its checkpoint
+  projector    `meshledger project` with its query endpoint, trusting the indexer's key and
+               the stack's settle key (VAR/keys/settle.key: a poster on EpochSettlement, for
+               `meshledger settle --key-file VAR/keys/settle.key`)
+  router-NAME  `meshledger router run` for every [[routers]] entry, trusting the indexer's key
+               for stakes; received cheques are cashed with a cash-out key of its own (funded
+               with ETH for gas on the dev chain)
 
 \b
 A status table (service, pid, address, health) is printed once all are healthy and again
@@ -123,20 +131,24 @@ Ctrl-C or SIGTERM stops everything, routers first (exit code 0). `meshledger dow
 stack running elsewhere by the process ids in VAR/run/stack.json.
 
 \b
-VAR keeps what the next `up` resumes from: keys/ (ledger, indexer and router keys, generated
-with mode 0600), run/ (pids, ports), contracts.json, broker/, chain/, ledger.duckdb (where
-`meshledger query` looks), spool/, routers/NAME/ (generated router.toml, SWAP state), logs/.
+VAR keeps what the next `up` resumes from: keys/ (ledger, indexer, settle, router and cash-out
+keys, generated with mode 0600), run/ (pids, ports), contracts.json, broker/, chain/, indexer/
+(config, checkpoint, spool), ledger.duckdb (where `meshledger query` looks), spool/,
+routers/NAME/ (generated router.toml, SWAP state, cash-out queue), logs/.
 
 \b
 The configuration (TOML; example: infra/stack.example.toml):
   [broker]     memory = false, port = 0, partitions = 1
   [chain]      chain_id = 31337, block_time_s = 0 (0: a block per transaction), port = 0
-  [contracts]  token, staking, settlement, chequebook: existing addresses (optional)
+  [contracts]  token, staking, settlement, chequebook, chequebook_factory: existing addresses
+               (optional)
+  [indexer]    confirmations = 2, poll_interval_s = 0.5, start_block = 0 (with [contracts])
   [projector]  query_port = 0, grace_blocks = 5
   [[routers]]  name = "r1", listen = "127.0.0.1:8080", plus any key of a router TOML
                (see README, router_core/config.py): [[routers.realms]], [routers.swap], ...
                key_file, data_dir, broker, chain_id and chain_rpc_url are set by `up`;
-               swap.token defaults to the stack's token, ledger_sources to the indexer key.
+               swap.token defaults to the stack's token, ledger_sources to the indexer key,
+               cashout.key_file to VAR/keys/cashout-NAME.key.
 A port of 0 means: the previous run's port if still free, else a free one.
 """
 

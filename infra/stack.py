@@ -1,7 +1,9 @@
 """`meshledger up`: the stack's configuration, its `var/` directory and its service entries.
 
-Broker, chain, contracts, projector and routers, each a child process of the real CLIs under one
-supervisor (infra/supervisor.py); keys, ports, contract addresses and data persist in `var/`.
+Broker, chain, contracts, indexer, projector and routers, each a child process of the real CLIs
+under one supervisor (infra/supervisor.py); keys, ports, contract addresses and data persist in
+`var/`. `start_stack` starts them (the demo and the end-to-end tests use it too), `run_up` also
+watches them until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from rich.console import Console
 
 from infra.anvil import anvil_command, rpc_chain_id
 from infra.procs import port_free, stable_port
-from infra.supervisor import Service
+from infra.supervisor import Service, Supervisor
 
 HOST = "127.0.0.1"
 #: seconds between anvil's state dumps, so a killed chain loses at most this much
@@ -33,7 +35,9 @@ ANVIL_STATE_INTERVAL_S = 10
 #: router entries' keys that `up` sets itself (a router of the stack uses the stack's parts)
 ROUTER_KEYS_SET_BY_UP = ("key_file", "data_dir", "broker", "chain_id", "chain_rpc_url")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-CONTRACT_NAMES = ("token", "staking", "settlement", "chequebook")
+CONTRACT_NAMES = ("token", "staking", "settlement", "chequebook", "chequebook_factory")
+#: ETH (wei) `up` gives each of its transaction-sending keys on the dev chain (cash-out keys)
+DEV_GAS_WEI = 100 * 10**18
 
 
 class StackConfigError(ValueError):
@@ -61,6 +65,16 @@ class ProjectorSettings:
 
 
 @dataclass(frozen=True)
+class IndexerSettings:
+    #: blocks behind the head before a block is emitted (anvil's `finalized` lags 64 blocks,
+    #: which would hold every stake and epoch back that long on a dev chain)
+    confirmations: int = 2
+    poll_interval_s: float = 0.5
+    #: first block read (the contracts' deployment block when [contracts] are given)
+    start_block: int = 0
+
+
+@dataclass(frozen=True)
 class RouterEntry:
     """One `[[routers]]` table: a name plus the keys of a router TOML (router_core/config.py)."""
 
@@ -80,6 +94,7 @@ class StackConfig:
     chain: ChainSettings = field(default_factory=ChainSettings)
     projector: ProjectorSettings = field(default_factory=ProjectorSettings)
     contracts: dict[str, str] | None = None
+    indexer: IndexerSettings = field(default_factory=IndexerSettings)
 
 
 def _section(cls: type, data: Any, where: str) -> Any:
@@ -146,10 +161,12 @@ def parse_stack_config(data: dict[str, Any]) -> StackConfig:
     broker = _section(BrokerSettings, data.pop("broker", {}), "broker")
     chain = _section(ChainSettings, data.pop("chain", {}), "chain")
     projector = _section(ProjectorSettings, data.pop("projector", {}), "projector")
+    indexer = _section(IndexerSettings, data.pop("indexer", {}), "indexer")
     contracts = data.pop("contracts", None)
     if data:
         raise StackConfigError(
-            f"unknown top-level keys: {sorted(data)}; known: broker, chain, contracts, projector, routers"
+            f"unknown top-level keys: {sorted(data)}; known: broker, chain, contracts, indexer, "
+            "projector, routers"
         )
     if contracts is not None:
         if not isinstance(contracts, dict) or sorted(contracts) != sorted(CONTRACT_NAMES):
@@ -171,7 +188,11 @@ def parse_stack_config(data: dict[str, Any]) -> StackConfig:
             raise StackConfigError(f"two routers have the same {what}")
     if chain.block_time_s < 0:
         raise StackConfigError("[chain] block_time_s must be >= 0 (0: a block per transaction)")
-    return StackConfig(routers, broker, chain, projector, contracts)
+    if indexer.confirmations < 0 or indexer.start_block < 0 or indexer.poll_interval_s <= 0:
+        raise StackConfigError(
+            "[indexer] confirmations and start_block must be >= 0, poll_interval_s > 0"
+        )
+    return StackConfig(routers, broker, chain, projector, contracts, indexer)
 
 
 def load_stack_config(path: Path) -> StackConfig:
@@ -224,6 +245,15 @@ class Layout:
     def ledger_db(self) -> Path:
         """Where `meshledger query` looks by default (var/ledger.duckdb)."""
         return self.root / "ledger.duckdb"
+
+    @property
+    def indexer_dir(self) -> Path:
+        """The indexer's generated config, checkpoint and spool."""
+        return self.root / "indexer"
+
+    @property
+    def indexer_config(self) -> Path:
+        return self.indexer_dir / "indexer.toml"
 
     def router_dir(self, name: str) -> Path:
         return self.root / "routers" / name
@@ -295,13 +325,21 @@ def websocket_upgrades(host: str, port: int, path: str = "/ws") -> bool:
 # -- contracts ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """The stack's contracts: addresses by `CONTRACT_NAMES`, and the first block to index."""
+
+    addresses: dict[str, str]
+    start_block: int
+
+
 def _has_code(w3: Any, address: str) -> bool:
     return len(w3.eth.get_code(address)) > 0
 
 
 def ensure_contracts(
     rpc_url: str, config: StackConfig, layout: Layout, console: Console
-) -> dict[str, str]:
+) -> Deployment:
     """Contract addresses: from the config (checked on chain), else those deployed by an earlier
     run when the chain still has them, else deployed now from anvil's first dev account."""
     from web3 import HTTPProvider, Web3
@@ -311,7 +349,7 @@ def ensure_contracts(
         missing = [k for k, a in config.contracts.items() if not _has_code(w3, a)]
         if missing:
             raise StackConfigError(f"[contracts] {missing}: no contract code at those addresses")
-        return dict(config.contracts)
+        return Deployment(dict(config.contracts), config.indexer.start_block)
     chain_id = config.chain.chain_id
     with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
         saved = json.loads(layout.contracts_file.read_text())
@@ -319,24 +357,63 @@ def ensure_contracts(
             addresses = {k: str(saved[k]) for k in CONTRACT_NAMES}
             if all(_has_code(w3, a) for a in addresses.values()):
                 console.print(f"contracts resumed from {layout.contracts_file}")
-                return addresses
+                return Deployment(addresses, int(saved.get("start_block", 0)))
             console.print(
                 f"[yellow]the chain lost the contracts of {layout.contracts_file}: deploying anew"
             )
     from settlement.contracts import deploy_stack
 
+    start_block = int(w3.eth.block_number) + 1
     stack = deploy_stack(w3, w3.eth.accounts[0])
     addresses = {
         "token": stack.token.address,
         "staking": stack.staking.address,
         "settlement": stack.settlement.address,
         "chequebook": stack.chequebook.address,
+        "chequebook_factory": stack.chequebook_factory.address,
     }
-    layout.contracts_file.write_text(
-        json.dumps({"chain_id": chain_id, "deployer": stack.deployer, **addresses}, indent=2)
-    )
+    saved = {"chain_id": chain_id, "deployer": stack.deployer, "start_block": start_block}
+    layout.contracts_file.write_text(json.dumps({**saved, **addresses}, indent=2))
     console.print(f"contracts deployed: {addresses}")
-    return addresses
+    return Deployment(addresses, start_block)
+
+
+def ensure_poster(rpc_url: str, settlement: str, poster: str, console: Console) -> None:
+    """Let the stack's settle key post roots on EpochSettlement (`setPoster`, sent by anvil's
+    first dev account, the owner of what `up` deployed); contracts of another owner are left
+    to their owner (the settle job refuses a key that may not post)."""
+    from web3 import HTTPProvider, Web3
+
+    from settlement.contracts import at, transact
+
+    w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    contract = at(w3, "EpochSettlement", settlement)
+    if contract.functions.isPoster(poster).call():
+        return
+    owner = contract.functions.owner().call()
+    if owner not in w3.eth.accounts:
+        console.print(
+            f"[yellow]EpochSettlement {settlement} is owned by {owner}: let {poster} post roots "
+            "(setPoster) to settle with the stack's key"
+        )
+        return
+    transact(w3, contract.functions.setPoster(poster, True), owner)
+
+
+def fund_dev_gas(rpc_url: str, addresses: list[str]) -> None:
+    """Give keys that send transactions (cash-out) ETH for gas on the dev chain (anvil's
+    `anvil_setBalance`); a key that holds at least half of DEV_GAS_WEI keeps what it has."""
+    from web3 import HTTPProvider, Web3
+
+    w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    for address in addresses:
+        if int(w3.eth.get_balance(Web3.to_checksum_address(address))) < DEV_GAS_WEI // 2:
+            reply = w3.provider.make_request(
+                "anvil_setBalance",  # type: ignore[arg-type]
+                [address, hex(DEV_GAS_WEI)],
+            )
+            if "error" in reply:
+                raise RuntimeError(f"anvil_setBalance {address}: {reply['error']}")
 
 
 # -- service entries ---------------------------------------------------------------------------
@@ -378,6 +455,7 @@ def router_settings(
     rpc_url: str,
     ledger_sources: list[str],
     token: str,
+    cashout_key_file: Path | None = None,
 ) -> dict[str, Any]:
     settings = dict(entry.settings)
     settings.update(
@@ -392,7 +470,36 @@ def router_settings(
     if token:
         swap.setdefault("token", token)
     settings["swap"] = swap
+    if cashout_key_file is not None:
+        cashout = dict(settings.get("cashout", {}))
+        cashout.setdefault("key_file", str(cashout_key_file))
+        settings["cashout"] = cashout
     return settings
+
+
+def indexer_settings(
+    config: StackConfig, layout: Layout, endpoints: Endpoints, deployment: Deployment
+) -> dict[str, Any]:
+    """The indexer's configuration (indexer/config.py) for the stack's chain and contracts."""
+    c = deployment.addresses
+    return {
+        "source": "rpc",
+        "rpc": endpoints.rpc_url,
+        "chain_id": config.chain.chain_id,
+        "start_block": deployment.start_block,
+        "confirmations": config.indexer.confirmations,
+        "poll_interval_s": config.indexer.poll_interval_s,
+        "data_dir": str(layout.indexer_dir),
+        "key_file": str(layout.key("indexer")),
+        "bootstrap": endpoints.bootstrap,
+        "contracts": {
+            "staking": c["staking"],
+            "settlement": c["settlement"],
+            "token": c["token"],
+            "chequebook_factory": c["chequebook_factory"],
+            "chequebooks": [c["chequebook"]],
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -437,20 +544,28 @@ def ledger_services(
     layout: Layout,
     ports: Ports,
     endpoints: Endpoints,
-    contracts: dict[str, str],
+    deployment: Deployment,
     sources: dict[str, str],
 ) -> list[Service]:
-    """Projector and routers: they need the broker, the chain and the contract addresses.
-
-    One `Service` entry per child, started in list order; another service (the indexer, with
-    `layout.key("indexer")`, whose address the projector and routers already trust) is one more
-    entry here.
-    """
+    """Indexer and projector: the chain into the log, the log into the ledger. The projector
+    trusts the indexer's key (`layout.key("indexer")`), as the routers do."""
     cli = meshledger_command()
+    layout.indexer_dir.mkdir(parents=True, exist_ok=True)
+    layout.indexer_config.write_text(
+        "# written by `meshledger up` from the stack configuration; edit that instead\n"
+        + to_toml(indexer_settings(config, layout, endpoints, deployment))
+    )
+    checkpoint = layout.indexer_dir / "checkpoint.json"
     query_port = ports.pick("query", config.projector.query_port)
     query_url = f"http://{HOST}:{query_port}"
     layout.ledger_db.parent.mkdir(parents=True, exist_ok=True)
-    services = [
+    return [
+        Service(
+            "indexer",
+            [*cli, "indexer", "run", "--config", str(layout.indexer_config)],
+            checkpoint.exists,
+            f"{endpoints.rpc_url} -> {endpoints.bootstrap}",
+        ),
         Service(
             "projector",
             [
@@ -464,6 +579,8 @@ def ledger_services(
                 str(layout.key("ledger")),
                 "--indexer-source",
                 sources["indexer"],
+                "--settlement-source",
+                sources["settle"],
                 "--grace-blocks",
                 str(config.projector.grace_blocks),
                 "--query-port",
@@ -471,8 +588,21 @@ def ledger_services(
             ],
             _probe_http(f"{query_url}/realms"),
             query_url,
-        )
+        ),
     ]
+
+
+def router_services(
+    config: StackConfig,
+    layout: Layout,
+    endpoints: Endpoints,
+    deployment: Deployment,
+    sources: dict[str, str],
+) -> list[Service]:
+    """One `meshledger router run` per [[routers]] entry, with a generated router.toml: the
+    stack's broker, chain and token, the indexer as ledger source, a cash-out key."""
+    cli = meshledger_command()
+    services = []
     for entry in config.routers:
         directory = layout.router_dir(entry.name)
         directory.mkdir(parents=True, exist_ok=True)
@@ -484,7 +614,8 @@ def ledger_services(
             config.chain.chain_id,
             endpoints.rpc_url,
             [sources["indexer"]],
-            contracts["token"],
+            deployment.addresses["token"],
+            layout.key(f"cashout-{entry.name}"),
         )
         config_path = directory / "router.toml"
         config_path.write_text(
@@ -512,11 +643,14 @@ def _probe_ws(host: str, port: int) -> Callable[[], bool]:
 
 
 def stack_keys(config: StackConfig, layout: Layout) -> dict[str, str]:
-    """Addresses of the stack's keys (ledger, indexer, one per router), generated on first `up`.
+    """Addresses of the stack's keys (ledger, indexer, settle, per router its own and its
+    cash-out key), generated on first `up`.
 
-    The indexer key is made now so the ledger trusts it from the first run on.
+    The indexer and settle keys are made now so the ledger trusts them from the first run on.
     """
-    names = ["ledger", "indexer", *(f"router-{r.name}" for r in config.routers)]
+    names = ["ledger", "indexer", "settle"]
+    for r in config.routers:
+        names += [f"router-{r.name}", f"cashout-{r.name}"]
     return {name: ensure_key(layout.key(name)) for name in names}
 
 
@@ -531,19 +665,31 @@ class StackRunning(RuntimeError):
     """Another `up` already supervises a stack from this var directory."""
 
 
-def run_up(config: StackConfig, layout: Layout, console: Console) -> int:
-    """Start the stack, print its status table, watch it until SIGINT/SIGTERM/SIGHUP or a child exits,
-    then stop every child. Returns EXIT_STOPPED, EXIT_CHILD_DIED or EXIT_START_FAILED."""
-    import signal
+@dataclass
+class RunningStack:
+    """A started stack: its supervisor (children, pids) and what clients need to reach it."""
 
-    from infra.supervisor import (
-        Interrupted,
-        ServiceFailed,
-        Supervisor,
-        down,
-        read_pid_file,
-        same_process,
-    )
+    supervisor: Supervisor
+    layout: Layout
+    config: StackConfig
+    endpoints: Endpoints
+    deployment: Deployment
+    #: key name -> address (ledger, indexer, settle, router-NAME, cashout-NAME)
+    sources: dict[str, str]
+
+    @property
+    def contracts(self) -> dict[str, str]:
+        return self.deployment.addresses
+
+    def address_of(self, service: str) -> str:
+        return next(
+            c.service.address for c in self.supervisor.children if c.service.name == service
+        )
+
+
+def claim_var(layout: Layout, console: Console) -> None:
+    """Refuse a var/ another `up` supervises (StackRunning); clean up after a dead one."""
+    from infra.supervisor import down, read_pid_file, same_process
 
     recorded = read_pid_file(layout.pid_file)
     if recorded is not None:
@@ -558,8 +704,61 @@ def run_up(config: StackConfig, layout: Layout, console: Console) -> int:
         )
         down(layout.pid_file, console)
     layout.root.mkdir(parents=True, exist_ok=True)
+
+
+def start_stack(
+    config: StackConfig,
+    layout: Layout,
+    supervisor: Supervisor,
+    console: Console,
+    before_routers: Callable[[RunningStack], None] | None = None,
+) -> RunningStack:
+    """Start broker, chain, contracts, indexer, projector and routers under `supervisor`, each
+    healthy before the next; `before_routers` runs once the chain side is up (the demo stakes
+    its routers there, so their first records are authorized). Raises ServiceFailed (stop what
+    was started with `supervisor.stop_all()`), Interrupted or StackConfigError."""
+    from infra.supervisor import Interrupted, ServiceFailed
+
     sources = stack_keys(config, layout)
     ports = Ports(layout.ports_file)
+    broker_service, chain_service = base_services(config, layout, ports)
+    supervisor.start(broker_service)
+    supervisor.start(chain_service)
+    endpoints = Endpoints(broker_service.address, chain_service.address)
+    try:
+        deployment = ensure_contracts(endpoints.rpc_url, config, layout, console)
+        senders = ["settle", *(f"cashout-{r.name}" for r in config.routers)]
+        fund_dev_gas(endpoints.rpc_url, [sources[name] for name in senders])
+        ensure_poster(
+            endpoints.rpc_url, deployment.addresses["settlement"], sources["settle"], console
+        )
+    except StackConfigError:
+        raise
+    except Exception as exc:  # web3: a node error or a reverted deployment
+        raise ServiceFailed(f"contracts: {exc}") from exc
+    stack = RunningStack(supervisor, layout, config, endpoints, deployment, sources)
+
+    def start_all(services: list[Service]) -> None:
+        for service in services:
+            if supervisor.interrupted.is_set():
+                raise Interrupted("stopped while starting")
+            supervisor.start(service)
+
+    start_all(ledger_services(config, layout, ports, endpoints, deployment, sources))
+    if before_routers is not None:
+        before_routers(stack)
+    start_all(router_services(config, layout, endpoints, deployment, sources))
+    return stack
+
+
+def run_up(config: StackConfig, layout: Layout, console: Console) -> int:
+    """Start the stack, print its status table, watch it until SIGINT/SIGTERM/SIGHUP or a child exits,
+    then stop every child. Returns EXIT_STOPPED, EXIT_CHILD_DIED or EXIT_START_FAILED."""
+    import signal
+
+    from infra.supervisor import Interrupted, ServiceFailed, Supervisor
+
+    claim_var(layout, console)
     supervisor = Supervisor(layout.pid_file, layout.logs, console)
     previous = {
         sig: signal.signal(sig, lambda *_: supervisor.interrupted.set())
@@ -567,27 +766,14 @@ def run_up(config: StackConfig, layout: Layout, console: Console) -> int:
     }
     try:
         try:
-            broker_service, chain_service = base_services(config, layout, ports)
-            supervisor.start(broker_service)
-            supervisor.start(chain_service)
-            endpoints = Endpoints(broker_service.address, chain_service.address)
-            try:
-                contracts = ensure_contracts(endpoints.rpc_url, config, layout, console)
-            except StackConfigError:
-                raise
-            except Exception as exc:  # web3: a node error or a reverted deployment
-                raise ServiceFailed(f"contracts: {exc}") from exc
-            for service in ledger_services(config, layout, ports, endpoints, contracts, sources):
-                if supervisor.interrupted.is_set():
-                    raise Interrupted("stopped while starting")
-                supervisor.start(service)
+            stack = start_stack(config, layout, supervisor, console)
         except ServiceFailed as exc:
             console.print(f"[red]the stack did not start:[/] {exc}")
             return EXIT_START_FAILED
         except Interrupted:
             return EXIT_STOPPED
         supervisor.print_status()
-        _print_usage(console, layout, config, contracts, sources)
+        _print_usage(console, stack)
         dead = supervisor.watch()
         if dead is None:
             return EXIT_STOPPED
@@ -604,21 +790,17 @@ def run_up(config: StackConfig, layout: Layout, console: Console) -> int:
         console.print("stack stopped")
 
 
-def _print_usage(
-    console: Console,
-    layout: Layout,
-    config: StackConfig,
-    contracts: dict[str, str],
-    sources: dict[str, str],
-) -> None:
+def _print_usage(console: Console, stack: RunningStack) -> None:
+    layout, sources = stack.layout, stack.sources
     console.print(
-        f"contracts: {json.dumps(contracts)}\n"
-        f"ledger key {sources['ledger']}, indexer key {sources['indexer']} (in {layout.keys})\n"
+        f"contracts: {json.dumps(stack.contracts)}\n"
+        f"ledger key {sources['ledger']}, indexer key {sources['indexer']}, settle key "
+        f"{sources['settle']} (a poster on EpochSettlement; in {layout.keys})\n"
         f"routers: "
         + ", ".join(
             f"{r.name} ws://{r.listen[0]}:{r.listen[1]}/ws "
             f"realms {[x['name'] for x in r.settings.get('realms', [])]}"
-            for r in config.routers
+            for r in stack.config.routers
         )
         + f"\nlogs in {layout.logs}; Ctrl-C or `meshledger down --var {layout.root}` stops the stack"
     )

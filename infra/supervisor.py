@@ -263,6 +263,34 @@ class Supervisor:
             self.interrupted.wait(POLL_INTERVAL_S)
         return None
 
+    def restart(self, name: str, sig: int, timeout_s: float = STOP_TIMEOUT_S) -> Child:
+        """Fault drill: send `sig` to the process group of the running child `name`, wait for it
+        to exit (SIGKILL after `timeout_s`), then start its service again in its place. Only on
+        request: `watch` never restarts anything."""
+        index, child = next(
+            (i, c)
+            for i, c in enumerate(self.children)
+            if c.service.name == name and exit_status(c.proc) is None
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while exit_status(child.proc) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # the leader is gone (or goes now) and is not reaped yet, so the group id is still
+        # ours: whatever it left in its group goes with it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(timeout=5)
+        self.console.print(f"[yellow]{name} (pid {child.pid}) stopped by signal {sig}: restarting")
+        self.children.remove(child)
+        restarted = self.start(child.service)
+        self.children.remove(restarted)
+        self.children.insert(index, restarted)
+        self.record()
+        return restarted
+
     def stop_all(self) -> None:
         """Stop every child, the last started first; the pid file goes when all are gone."""
         self.state = "stopping"

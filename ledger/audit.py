@@ -1,15 +1,17 @@
 """The audit: replay the topics from offset 0 into a fresh DuckDB, verifying every signature and
-hash chain on the way, and compare every table with the live ledger at the same log position."""
+hash chain on the way, and compare every table with the live ledger at the same log position;
+optionally (a `chain_check`, see settlement/audit.py) compare the replay with the chain."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 
+from domain.economics import Payout
 from ledger import store
 from ledger.projector import Trust
 from ledger.query import QueryClient, snapshot
@@ -18,6 +20,20 @@ from ledger.service import Progress, replay
 EXIT_OK = 0
 EXIT_MISMATCH = 1
 EXIT_GAPS = 3
+EXIT_CHAIN_MISMATCH = 4
+
+
+class ChainResult(Protocol):
+    """What a chain check found (settlement.audit.ChainAudit)."""
+
+    @property
+    def matches(self) -> bool: ...
+
+    differences: list[str]
+
+
+#: a check of the replayed ledger (its DuckDB connection) against the chain
+ChainCheck = Callable[[duckdb.DuckDBPyConnection], ChainResult]
 
 
 @dataclass
@@ -39,15 +55,20 @@ class AuditReport:
     tables: int
     #: (realm, epoch, retracted type, block): closed epochs that counted a retracted chain log
     reorg_flags: list[tuple[str, int, str, int]] = field(default_factory=list)
+    #: the chain check's result, when one ran
+    chain: ChainResult | None = None
 
     @property
     def matches(self) -> bool:
-        return not self.diffs
+        """The replay reproduces every live table (and the chain, when it was checked)."""
+        return not self.diffs and (self.chain is None or self.chain.matches)
 
     @property
     def exit_code(self) -> int:
         if self.diffs:
             return EXIT_MISMATCH
+        if self.chain is not None and not self.chain.matches:
+            return EXIT_CHAIN_MISMATCH
         if self.gaps:
             return EXIT_GAPS
         return EXIT_OK
@@ -80,6 +101,51 @@ class LiveSide:
             self.con.close()
 
 
+class ReplayedPayouts:
+    """The replayed ledger as the settlement job reads a ledger (settlement.job.PayoutSource):
+    closed epochs with payees, their payouts, and the digest of their PayoutsComputed event."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def due_epochs(self, realm: str | None) -> list[tuple[str, int]]:
+        rows = self.con.execute(
+            "SELECT realm, epoch FROM epochs WHERE payees > 0 AND realm = coalesce(?, realm)"
+            " ORDER BY epoch, realm",
+            [realm],
+        ).fetchall()
+        return [(str(r), int(e)) for r, e in rows]
+
+    def payouts(self, realm: str, epoch: int) -> list[Payout]:
+        rows = self.con.execute(
+            "SELECT account, payee_class, amount FROM payouts WHERE realm = ? AND epoch = ?"
+            " ORDER BY payee_class, account",
+            [realm, epoch],
+        ).fetchall()
+        return [Payout(str(a), str(c), int(v)) for a, c, v in rows]
+
+    def logged_digest(self, realm: str, epoch: int) -> str | None:
+        row = self.con.execute(
+            "SELECT confirmed_digest FROM epochs WHERE realm = ? AND epoch = ?", [realm, epoch]
+        ).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def realms(self) -> list[str]:
+        return [
+            str(r)
+            for (r,) in self.con.execute("SELECT realm FROM realms ORDER BY realm").fetchall()
+        ]
+
+    def settled(self, chain_id: int, contract: str) -> list[tuple[str, int]]:
+        """Epochs the log records as settled (SettlementConfirmed) on that contract."""
+        rows = self.con.execute(
+            "SELECT DISTINCT realm, epoch FROM settlements WHERE type = 'SettlementConfirmed'"
+            " AND chain_id = ? AND lower(contract) = lower(?) ORDER BY ALL",
+            [chain_id, contract],
+        ).fetchall()
+        return [(str(r), int(e)) for r, e in rows]
+
+
 def _normalise(rows: list[list[Any]]) -> list[tuple[str, ...]]:
     return sorted(tuple(str(v) for v in row) for row in rows)
 
@@ -91,12 +157,21 @@ def run_audit(
     work_dir: Path,
     on_progress: Callable[[Progress], None] | None = None,
     max_diff_rows: int = 20,
+    chain_check: ChainCheck | None = None,
 ) -> AuditReport:
     snap = live.snapshot()
     targets = {(t, int(p)): int(o) for t, p, o in snap["offsets"]}
+    ahead: dict[tuple[str, int], set[int]] = {}
+    for t, p, o in snap.get("ahead", []):
+        ahead.setdefault((t, int(p)), set()).add(int(o))
     work_dir.mkdir(parents=True, exist_ok=True)
     service = replay(
-        bootstrap, work_dir / "audit.duckdb", trust, targets=targets, on_progress=on_progress
+        bootstrap,
+        work_dir / "audit.duckdb",
+        trust,
+        targets=targets,
+        on_progress=on_progress,
+        ahead=ahead,
     )
     try:
         con = service.con
@@ -122,6 +197,7 @@ def run_audit(
             (s, int(a), int(b))
             for s, a, b in con.execute("SELECT * FROM seq_gaps ORDER BY ALL").fetchall()
         ]
+        chain = chain_check(con) if chain_check is not None else None
         return AuditReport(
             records=service.progress.records + service.progress.rejected,
             events=service.progress.events,
@@ -135,6 +211,7 @@ def run_audit(
                     "SELECT DISTINCT realm, epoch, retracted, block FROM reorg_flags ORDER BY ALL"
                 ).fetchall()
             ],
+            chain=chain,
         )
     finally:
         service.close()

@@ -280,7 +280,26 @@ def _query_url(db_path: Path) -> str | None:
         return None
 
 
-@cli.command()
+AUDIT_HELP = """Replay the topics from offset 0 into a fresh DuckDB and compare every table with the
+live one; with --chain-rpc, compare the replay with the chain as well.
+
+Verifies every signature and hash chain and reports seq gaps and duplicates. With --chain-rpc,
+for every epoch posted on EpochSettlement (or recorded as settled in the log): the root, the
+total and the push batches on chain must be what the settlement job's plan of the replayed
+payouts gives (the push rule the job kept in its --journal, else --push-min-amount and
+--batch-max-entries, as `settle` takes them), and every payee must have received from the
+contract exactly its pushed payouts plus its claims. Every difference is printed.
+
+\b
+Exit codes:
+  0  every table matches (and the chain, when checked)
+  1  a table differs (the diff is printed)
+  3  tables match but the log has seq gaps (records missing)
+  4  the tables match, the chain does not (each difference is printed)
+"""
+
+
+@cli.command(help=AUDIT_HELP)
 @_bootstrap_option
 @click.option(
     "--url", envvar="MESHLEDGER_QUERY_URL", default=None, help="Live projector's query endpoint."
@@ -293,6 +312,37 @@ def _query_url(db_path: Path) -> str | None:
     help="Where the replay database goes.",
 )
 @_trust_options
+@click.option(
+    "--chain-rpc",
+    envvar="MESHLEDGER_L2_RPC",
+    default=None,
+    help="JSON-RPC URL of the settlement chain: also audit the chain.",
+)
+@click.option(
+    "--contract",
+    envvar="MESHLEDGER_SETTLEMENT_CONTRACT",
+    default=None,
+    help="EpochSettlement address (default: `settlement` of VAR/contracts.json).",
+)
+@click.option(
+    "--var",
+    "var_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var"),
+    show_default=True,
+    help="The stack's var directory (`meshledger up`): its contracts.json names the contract.",
+)
+@click.option(
+    "--journal",
+    "journal_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="MESHLEDGER_SETTLEMENT_JOURNAL",
+    default="~/.meshledger/settlement-journal.sqlite",
+    show_default=True,
+    help="The settlement job's journal (read only): the push rule each epoch was posted with.",
+)
+@click.option("--push-min-amount", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-max-entries", type=click.IntRange(min=1), default=200, show_default=True)
 def audit(
     bootstrap: str,
     url: str | None,
@@ -301,16 +351,21 @@ def audit(
     ledger_sources: tuple[str, ...],
     indexer_sources: tuple[str, ...],
     settlement_sources: tuple[str, ...],
+    chain_rpc: str | None,
+    contract: str | None,
+    var_dir: Path,
+    journal_path: Path,
+    push_min_amount: int,
+    batch_max_entries: int,
 ) -> None:
-    """Replay the topics from offset 0 into a fresh DuckDB and compare every table with the live one.
-
-    Verifies every signature and hash chain and reports seq gaps and duplicates. Exit codes:
-    0 all tables match; 1 a table differs (the diff is printed); 3 tables match but the log has
-    seq gaps (records missing).
-    """
     from ledger.audit import LiveSide, run_audit
     from ledger.render import print_audit
 
+    check = None
+    if chain_rpc:
+        check = _chain_check(
+            chain_rpc, contract, var_dir, journal_path, push_min_amount, batch_max_entries
+        )
     url = url or _query_url(db_path)
     live = LiveSide(url=url) if url else LiveSide(db_path=db_path)
     trust = _trust(ledger_sources, indexer_sources, settlement_sources)
@@ -329,10 +384,45 @@ def audit(
             live,
             work_dir or Path(tempfile.mkdtemp(prefix="meshledger-audit-")),
             on_progress=lambda p: bar.update(task, completed=p.events),
+            chain_check=check,
         )
     live.close()
     print_audit(console, report)
     sys.exit(report.exit_code)
+
+
+def _chain_check(
+    rpc_url: str,
+    contract: str | None,
+    var_dir: Path,
+    journal_path: Path,
+    push_min_amount: int,
+    batch_max_entries: int,
+) -> Any:
+    """The chain side of the audit (settlement/audit.py) for the contract given or the stack's."""
+    from eth_utils import is_address
+
+    from ledger.audit import ReplayedPayouts
+    from settlement.audit import chain_check
+
+    if contract is None:
+        contracts_file = var_dir / "contracts.json"
+        try:
+            contract = str(json.loads(contracts_file.read_text())["settlement"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise click.UsageError(
+                f"--chain-rpc needs --contract or a stack's {contracts_file} ({exc})"
+            ) from exc
+    if not is_address(contract):
+        raise click.UsageError(f"--contract {contract!r} is not an address")
+    return chain_check(
+        rpc_url,
+        contract,
+        ReplayedPayouts,
+        journal_path.expanduser(),
+        push_min_amount,
+        batch_max_entries,
+    )
 
 
 @cli.group()
@@ -379,22 +469,51 @@ def bench_epoch_close(history: int, records_per_epoch: int, as_json: bool) -> No
     click.echo(json.dumps(result))
 
 
-@cli.command()
+DEMO_HELP = """The main job, for real, then an audit of the log and the chain.
+
+\b
+On `meshledger up`'s stack (durable broker, anvil, contracts, indexer, projector and three
+routers, each its own process): keepers create two realms and set their parameters on chain;
+users, router operators, service operators and vendors stake through RealmStaking (one stake
+grows mid-way); stock autobahn clients, each an Ethereum key, publish, subscribe, register and
+call, and pay their routers by SWAP cheques from chequebooks the ChequebookFactory deployed and
+the clients funded; routers cash the cheques out in batches; epochs close; `meshledger settle
+--all-due` posts roots and pushes payouts on EpochSettlement; the indexer brings every one of
+those transactions back into the log; then `audit` replays the log from offset 0 and checks the
+chain (roots, totals, push batches, what each payee received).
+
+Amounts print in WMP. Exits 0 only when the audit matches the log and the chain and the counts
+agree (metered = routed, paid on chain = the ledger's payouts, cheques cashed = received).
+--json ends the output with one JSON object. --simulated runs the quick variant without chain
+or routers (simulated sources, real projector and audit).
+"""
+
+
+@cli.command(help=DEMO_HELP)
 @click.option(
     "--data-dir", type=click.Path(path_type=Path), default=None, help="Keep the demo's files here."
 )
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON object (the numbers).")
 @click.option(
-    "--blocks", type=int, default=600, show_default=True, help="Blocks of simulated traffic."
+    "--simulated", is_flag=True, help="The quick simulated variant (no chain, no routers)."
 )
-def demo(data_dir: Path | None, blocks: int) -> None:
-    """Broker, indexer, routers in two realms, projector and epoch closer, then the tables and an audit.
+@click.option(
+    "--blocks",
+    type=int,
+    default=600,
+    show_default=True,
+    help="--simulated: blocks of simulated traffic.",
+)
+def demo(data_dir: Path | None, as_json: bool, simulated: bool, blocks: int) -> None:
+    if simulated:
+        if as_json:
+            raise click.UsageError("--json applies to the real demo, not --simulated")
+        from ledger.demo_simulated import run_simulated_demo
 
-    Includes a stake change, skewed traffic, a late record, a duplicate and a forged record.
-    Exits non-zero unless the audit reproduces the live tables.
-    """
+        sys.exit(run_simulated_demo(data_dir, blocks))
     from ledger.demo import run_demo
 
-    sys.exit(run_demo(data_dir, blocks))
+    sys.exit(run_demo(data_dir, as_json))
 
 
 def _load_plugins() -> None:

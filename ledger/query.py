@@ -95,14 +95,21 @@ def run_query(con: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any])
 
 
 def snapshot(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    """Offsets and fingerprints of every audited table, read in one transaction."""
+    """Offsets, the offsets applied ahead of them (a record waiting holds a partition's offset
+    back while later ones are applied) and fingerprints of every audited table, read in one
+    transaction: the exact set of records the tables reflect."""
     con.execute("BEGIN TRANSACTION")
     try:
         offsets = con.execute("SELECT topic, part, next_offset FROM offsets").fetchall()
+        ahead = con.execute('SELECT topic, part, "offset" FROM applied_ahead').fetchall()
         prints = {t: list(store.fingerprint(con, t)) for t in store.AUDITED_TABLES}
     finally:
         con.execute("COMMIT")
-    return {"offsets": [list(o) for o in offsets], "tables": prints}
+    return {
+        "offsets": [list(o) for o in offsets],
+        "ahead": [list(a) for a in ahead],
+        "tables": prints,
+    }
 
 
 def _json_default(value: Any) -> Any:

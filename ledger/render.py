@@ -1,35 +1,106 @@
-"""Rich tables for query results and audit reports."""
+"""Rich tables for query results, the demo and audit reports: token amounts in token units
+(`12.5 WMP`, never base units), long hex shortened, every table fitted to the terminal."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from ledger.audit import AuditReport
 
+TOKEN_DECIMALS = 18
+TOKEN_SYMBOL = "WMP"
+#: fractional digits a table shows; a longer fraction is cut (rounded down) and marked "…"
+TABLE_PLACES = 4
+#: result columns that hold token amounts in base units (the ledger's tables, the demo's)
+AMOUNT_COLUMNS = frozenset(
+    {
+        "amount",
+        "funding",
+        "carry_in",
+        "total",
+        "remainder",
+        "stake",
+        "stake_per_mpb",
+        "price_per_message",
+        "cumulative",
+        "paid",
+        "due",
+        "balance",
+        "received",
+        "cashed",
+        "paid_onchain",
+        "ledger",
+    }
+)
 
-def _cell(value: Any) -> str:
+
+def format_amount(
+    base_units: int | str,
+    places: int | None = None,
+    decimals: int = TOKEN_DECIMALS,
+    symbol: str = TOKEN_SYMBOL,
+) -> str:
+    """`12.5 WMP` for 12_500_000_000_000_000_000 base units: exact, trailing zeros dropped,
+    thousands grouped; with `places`, at most that many fractional digits (cut, then "…")."""
+    value = int(base_units)
+    sign = "-" if value < 0 else ""
+    whole, fraction = divmod(abs(value), 10**decimals)
+    digits = f"{fraction:0{decimals}d}".rstrip("0") if fraction else ""
+    cut = places is not None and len(digits) > places
+    if cut:
+        digits = digits[:places]
+    text = f"{sign}{whole:,}" + (f".{digits}" if digits else "") + ("…" if cut else "")
+    return f"{text} {symbol}" if symbol else text
+
+
+def _cell(column: str, value: Any, amounts: frozenset[str]) -> str:
+    if column in amounts and value is not None and str(value).lstrip("-").isdigit():
+        return format_amount(value, TABLE_PLACES, symbol="")
     if isinstance(value, str) and value.startswith("0x") and len(value) > 20:
-        return value[:10] + "…" + value[-4:]
+        return value[:8] + "…" + value[-4:]
     return str(value)
 
 
 def print_query(
-    console: Console, title: str, rows: Sequence[dict[str, Any]], drop: Iterable[str] = ()
+    console: Console,
+    title: str,
+    rows: Sequence[dict[str, Any]],
+    drop: Iterable[str] = (),
+    amounts: Iterable[str] = AMOUNT_COLUMNS,
 ) -> None:
-    dropped = set(drop)
-    table = Table(title=title, title_justify="left", show_lines=False)
+    """Rows as one table no wider than the console: amount columns in WMP (the unit in the
+    title), long hex shortened, cells cut (…), never wrapped."""
     if not rows:
         console.print(f"[dim]{title}: no rows[/]")
         return
+    dropped = set(drop)
+    amount_columns = frozenset(amounts)
     columns = [c for c in rows[0] if c not in dropped]
+    if any(c in amount_columns for c in columns):
+        title = f"{title} (amounts in {TOKEN_SYMBOL})"
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for column in columns:
-        table.add_column(column, justify="right" if isinstance(rows[0][column], int) else "left")
+        numeric = isinstance(rows[0][column], int) or column in amount_columns
+        table.add_column(
+            column,
+            justify="right" if numeric else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=4,
+        )
     for row in rows:
-        table.add_row(*(_cell(row[c]) for c in columns))
+        table.add_row(*(_cell(c, row[c], amount_columns) for c in columns))
     console.print(table)
 
 
@@ -61,5 +132,11 @@ def print_audit(console: Console, report: AuditReport) -> None:
             console.print(f"  [red]- live only  [/] {row}")
         for row in diff.only_replayed:
             console.print(f"  [green]+ replay only[/] {row}")
-    if report.matches:
+    if not report.diffs:
         console.print("[green]all tables match[/]")
+    chain = report.chain
+    if chain is not None:
+        for line in chain.differences:
+            console.print(f"[red]CHAIN MISMATCH[/] {line}")
+        if chain.matches:
+            console.print("[green]the chain matches the replayed log[/]")

@@ -76,6 +76,8 @@ class LedgerService:
         self._stalled_since: float | None = None
         #: replay stops each partition at these offsets (exclusive); live has none
         self.limits: dict[tuple[str, int], int] = {}
+        #: replay also applies these offsets beyond a partition's limit (applied ahead live)
+        self.limits_ahead: dict[tuple[str, int], set[int]] = {}
         self._fetched: dict[Any, int] = {}
         self.idle_polls = 0
         self._staged = 0
@@ -193,16 +195,17 @@ class LedgerService:
     def _process_partition(self, tp: Any, buf: deque[list[Any]]) -> bool:
         projector = self.projector
         limit = self.limits.get((tp.topic, tp.partition))
+        ahead = self.limits_ahead.get((tp.topic, tp.partition), set())
         remaining: deque[list[Any]] = deque()
         decided: set[int] = set(projector.ahead.get((tp.topic, tp.partition), ()))
         moved = False
         while buf:
             entry = buf.popleft()
             msg = entry[0]
-            if limit is not None and msg.offset >= limit:  # replay: beyond the audited position
-                remaining.extend([m, p, None] for m, p in (entry, *buf))
-                buf.clear()
-                break
+            if limit is not None and msg.offset >= limit and msg.offset not in ahead:
+                # replay: beyond the audited position, and not applied ahead of it there
+                remaining.append([msg, entry[1], None])
+                continue
             prepared = entry[1] if isinstance(entry[1], Record) else projector.prepare(msg.value)
             verdict = (
                 prepared if isinstance(prepared, Verdict) else projector.offer_record(prepared)
@@ -274,7 +277,9 @@ class LedgerService:
                 continue
             limit = self.limits.get((tp.topic, tp.partition))
             if limit is not None:
-                if self._fetched.get(tp, 0) < min(end, limit):
+                ahead = self.limits_ahead.get((tp.topic, tp.partition))
+                wanted = max(limit, max(ahead) + 1) if ahead else limit
+                if self._fetched.get(tp, 0) < min(end, wanted):
                     return False
                 continue
             if consumer.position(tp) < end:
@@ -340,8 +345,11 @@ def replay(
     trust: Trust,
     targets: dict[tuple[str, int], int] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    ahead: dict[tuple[str, int], set[int]] | None = None,
 ) -> LedgerService:
-    """Replay the topics from offset 0 into a fresh database, up to `targets` (default: the end)."""
+    """Replay the topics from offset 0 into a fresh database, up to `targets` (default: the end)
+    plus, beyond a target, exactly the `ahead` offsets (what a live projector had applied while
+    a record at its target offset waited)."""
     if db_path.exists():
         db_path.unlink()
     service = LedgerService(
@@ -358,11 +366,17 @@ def replay(
     # Tansu reports a partition's end as its last batch's base offset + 1, so without targets the
     # replay runs until the log stops yielding records rather than trusting end offsets
     service.limits = dict(targets or {})
+    service.limits_ahead = {tp: set(offsets) for tp, offsets in (ahead or {}).items()}
 
     def done(svc: LedgerService) -> bool:
         if targets is not None:
             offsets = svc.projector.offsets
-            if all(offsets.get(tp, 0) >= end for tp, end in targets.items()):
+            decided = svc.projector.ahead
+            if all(offsets.get(tp, 0) >= end for tp, end in targets.items()) and all(
+                o < offsets.get(tp, 0) or o in decided.get(tp, ())
+                for tp, wanted in service.limits_ahead.items()
+                for o in wanted
+            ):
                 return True
         return svc.idle_polls >= 3 and svc.caught_up()
 

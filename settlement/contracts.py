@@ -69,7 +69,8 @@ def deploy(w3: Web3, name: str, *args: Any, sender: str) -> Contract:
 
 @dataclass(frozen=True)
 class Stack:
-    """The contracts of one chain: token, staking, epoch settlement and the deployer's chequebook.
+    """The contracts of one chain: token, staking, epoch settlement, the chequebook factory and
+    the deployer's chequebook (created through the factory).
 
     `deployer` owns the token (may mint), owns the settlement contract and is its poster, and
     issues the chequebook's cheques.
@@ -80,11 +81,37 @@ class Stack:
     settlement: Contract
     chequebook: Contract
     deployer: str
+    chequebook_factory: Contract
 
 
 def deploy_chequebook(w3: Web3, token: str, issuer: str, *, sender: str) -> Contract:
-    """A chequebook paying in `token` whose cheques `issuer` signs."""
+    """A chequebook paying in `token` whose cheques `issuer` signs, deployed on its own (an
+    indexer follows it only when configured with its address; see `create_chequebook`)."""
     return deploy(w3, "Chequebook", token, Web3.to_checksum_address(issuer), sender=sender)
+
+
+def create_chequebook_call(factory: Contract, token: str, issuer: str) -> Any:
+    """The `ChequebookFactory.createChequebook` call (to send from any account)."""
+    return factory.functions.createChequebook(
+        Web3.to_checksum_address(token), Web3.to_checksum_address(issuer)
+    )
+
+
+def created_chequebook(w3: Web3, factory: Contract, receipt: Any) -> Contract:
+    """The chequebook a `createChequebook` transaction deployed, from its ChequebookCreated log."""
+    logs = factory.events.ChequebookCreated().process_receipt(receipt)
+    if len(logs) != 1:
+        raise TransactionFailed(f"{len(logs)} ChequebookCreated logs in one createChequebook")
+    return at(w3, "Chequebook", logs[0]["args"]["chequebook"])
+
+
+def create_chequebook(
+    w3: Web3, factory: Contract, token: str, issuer: str, *, sender: str
+) -> Contract:
+    """A chequebook paying in `token` whose cheques `issuer` signs, deployed through the factory,
+    so the indexer follows its logs (cashed and bounced cheques, deposits) from its creation on."""
+    receipt = transact(w3, create_chequebook_call(factory, token, issuer), sender)
+    return created_chequebook(w3, factory, receipt)
 
 
 def deploy_stack(
@@ -95,7 +122,8 @@ def deploy_stack(
     unstake_delay_seconds: int = DEFAULT_UNSTAKE_DELAY_SECONDS,
 ) -> Stack:
     """Deploy WMPToken (unless `token`, an existing ERC-20 address, is given), RealmStaking,
-    EpochSettlement and a Chequebook issued by `deployer`, all from `deployer` (unlocked)."""
+    EpochSettlement, ChequebookFactory and (through it) a Chequebook issued by `deployer`, all
+    from `deployer` (unlocked)."""
     deployer = Web3.to_checksum_address(deployer)
     token_contract = (
         at(w3, "WMPToken", token) if token else deploy(w3, "WMPToken", deployer, sender=deployer)
@@ -104,13 +132,15 @@ def deploy_stack(
         w3, "RealmStaking", token_contract.address, unstake_delay_seconds, sender=deployer
     )
     settlement = deploy(w3, "EpochSettlement", token_contract.address, deployer, sender=deployer)
-    chequebook = deploy_chequebook(w3, token_contract.address, deployer, sender=deployer)
+    factory = deploy(w3, "ChequebookFactory", sender=deployer)
+    chequebook = create_chequebook(w3, factory, token_contract.address, deployer, sender=deployer)
     return Stack(
         token=token_contract,
         staking=staking,
         settlement=settlement,
         chequebook=chequebook,
         deployer=deployer,
+        chequebook_factory=factory,
     )
 
 

@@ -217,12 +217,16 @@ class SettlementJob:
         config: JobConfig,
         submitter: Submitter | None = None,
         sender: str | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.w3 = w3
         self.source = source
         self.recorder = recorder
         self.config = config
         self.submitter = submitter
+        #: without a submitter (dry runs, audits): a journal to read the rules epochs were
+        #: planned with (opened read-only by an auditor)
+        self._journal = journal
         self.sender = to_checksum_address(
             sender or (submitter.sender if submitter else "0x" + "00" * 20)
         )
@@ -234,7 +238,7 @@ class SettlementJob:
 
     @property
     def journal(self) -> Journal | None:
-        return self.submitter.journal if self.submitter else None
+        return self.submitter.journal if self.submitter else self._journal
 
     # -- checks before anything is signed ----------------------------------------------------
 
@@ -298,6 +302,22 @@ class SettlementJob:
         if posted is not None:
             return self._rebuild_posted(realm, epoch, payouts, claimable, posted)
         return self._build(realm, epoch, payouts, claimable, self._rules(realm, epoch)[0])
+
+    def candidates(self, realm: str, epoch: int) -> list[SettlementPlan]:
+        """The plans the ledger's payouts give for (realm, epoch) under each rule the job would
+        try (`plan` picks the one whose root is posted): the journal's rule first, then the
+        configured one. Claimable amounts continue the earlier epochs as posted on chain. What an
+        auditor compares with the chain."""
+        payouts = self.verified_payouts(realm, epoch)
+        claimable = self._claimable_before(realm, epoch)
+        return [
+            self._build(realm, epoch, payouts, claimable, rule)
+            for rule in self._rules(realm, epoch)
+        ]
+
+    def posted_root(self, realm: str, epoch: int) -> bytes | None:
+        """The root (realm, epoch) is posted with on chain, None if it is not posted."""
+        return self._posted_root(realm, epoch)
 
     def _build(
         self,
@@ -366,7 +386,7 @@ class SettlementJob:
             claimable = self._rebuild_posted(
                 realm, e, payouts, claimable, root
             ).plan.claimable_after
-            if self.journal is not None:
+            if self.journal is not None and not self.journal.read_only:
                 detail = {"root": "0x" + root.hex(), "claimable": claimable}
                 self.journal.mark_recorded(
                     self._record_key("claimable", realm, e), json.dumps(detail)

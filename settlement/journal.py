@@ -86,8 +86,16 @@ OPEN_TIMEOUT_S = 30.0
 class Journal:
     """The transaction journal in one SQLite file (WAL, synchronous=FULL: a write survives a crash)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        """Open (or create) the journal; `read_only` opens an existing one for reading only (an
+        auditor reading what a job decided: sqlite3.OperationalError when there is none)."""
         self.path = Path(path)
+        self.read_only = read_only
+        if read_only:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, timeout=OPEN_TIMEOUT_S, isolation_level=None)
+            self._db.execute("SELECT count(*) FROM records").fetchone()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), timeout=OPEN_TIMEOUT_S, isolation_level=None)
         deadline = time.monotonic() + OPEN_TIMEOUT_S

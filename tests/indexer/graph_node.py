@@ -112,9 +112,14 @@ class GraphNodeStandIn:
 
     def _rebuild(self, head: int) -> None:
         c = self.contracts
+        factory = [c.chequebook_factory] if c.chequebook_factory else []
         sources = {
             "RealmStaking": [c.staking],
-            "Chequebook": list(c.chequebooks),
+            "ChequebookFactory": factory,
+            # the FactoryChequebook template: every chequebook the factory created (by `head`)
+            "Chequebook": list(
+                {a.lower(): a for a in [*c.chequebooks, *self._created(factory, head)]}.values()
+            ),
             "EpochSettlement": [c.settlement],
             "WMPToken": [c.token],
         }
@@ -129,6 +134,15 @@ class GraphNodeStandIn:
                     rows[entity].append(self._entity(item, log))
         self._rows = rows
         self._hashes = {n: self.w3.eth.get_block(n)["hash"].to_0x_hex() for n in range(head + 1)}
+
+    def _created(self, factory: list[str], head: int) -> list[str]:
+        abi = load_artifact("ChequebookFactory")["abi"]
+        out = []
+        for address in factory:
+            contract = self.w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi)
+            logs = contract.events.ChequebookCreated().get_logs(from_block=0, to_block=head)
+            out += [str(log["args"]["chequebook"]) for log in logs]
+        return out
 
     @staticmethod
     def _entity(item: dict[str, Any], log: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """A mesh deployment on a real anvil, driven through its contracts, for the indexer's tests:
-realms, params, APIs, stakes, unstakes, withdrawals, slashes, chequebook deposits, cheques
-cashed and bounced, settlement funding, roots, pushes and claims."""
+realms, params, APIs, stakes, unstakes, withdrawals, slashes, chequebooks (configured, and
+created through the factory), deposits, cheques cashed and bounced, settlement funding, roots,
+pushes and claims."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from domain.cheque import Cheque
 from domain.events import ROLES, RealmParams
 from indexer.decoding import Contracts, params_tuple
 from infra.anvil import DEV_MNEMONIC, Anvil
-from settlement.contracts import Stack, deploy_stack, transact
+from settlement.contracts import Stack, at, create_chequebook, deploy_stack, transact
 from settlement.merkle import PayoutTree, realm_id
 
 Account.enable_unaudited_hdwallet_features()
@@ -62,7 +63,21 @@ class MeshChain:
             settlement=s.settlement.address,
             token=s.token.address,
             chequebooks=(s.chequebook.address,),
+            chequebook_factory=s.chequebook_factory.address,
         )
+
+    def created_chequebooks(self) -> list[str]:
+        """Every chequebook the factory created (the stack's own included), in order."""
+        event = self.stack.chequebook_factory.events.ChequebookCreated()
+        return [str(log["args"]["chequebook"]) for log in event.get_logs(from_block=0)]
+
+    def watched(self) -> list[str]:
+        """Addresses whose logs the indexer reads: configured contracts and followed chequebooks."""
+        return sorted({*self.contracts.watched(), *self.created_chequebooks()})
+
+    def holders(self) -> list[str]:
+        """Addresses whose token transfers the indexer reads."""
+        return sorted({*self.contracts.mesh(), *self.created_chequebooks()})
 
     def send(self, call: Any, sender: str) -> Any:
         return transact(self.w3, call, sender)
@@ -116,13 +131,24 @@ class MeshChain:
         return int(staked)
 
     # -- chequebook and settlement ----------------------------------------------------------------
-    def deposit(self, amount: int) -> None:
-        self.send(self.stack.chequebook.functions.deposit(amount), self.accounts[0])
+    def new_chequebook(self, issuer: int) -> Any:
+        """A chequebook of dev account `issuer`, created through the factory (by that account)."""
+        s = self.stack
+        book = create_chequebook(
+            self.w3, s.chequebook_factory, s.token.address, self.accounts[issuer],
+            sender=self.accounts[issuer],
+        )  # fmt: skip
+        self.send(s.token.functions.approve(book.address, 2**255), self.accounts[issuer])
+        return at(self.w3, "Chequebook", book.address)
 
-    def cash(self, beneficiary: str, cumulative: int) -> None:
-        book = self.stack.chequebook
+    def deposit(self, amount: int, book: Any = None, issuer: int = 0) -> None:
+        book = book or self.stack.chequebook
+        self.send(book.functions.deposit(amount), self.accounts[issuer])
+
+    def cash(self, beneficiary: str, cumulative: int, book: Any = None, issuer: int = 0) -> None:
+        book = book or self.stack.chequebook
         signature = Cheque(self.anvil.chain_id, book.address, beneficiary, cumulative).sign(
-            DEV_KEYS[0].key
+            DEV_KEYS[issuer].key
         )
         self.send(book.functions.cashCheque(beneficiary, cumulative, signature), beneficiary)
 
@@ -168,6 +194,11 @@ def busy_chain(chain: MeshChain) -> None:
     chain.deposit(1000)
     chain.cash(router, 300)
     chain.cash(service, 2000)  # bounces: 700 left in the chequebook
+    # a client's chequebook, known to the indexer only through the factory's ChequebookCreated
+    book = chain.new_chequebook(issuer=7)
+    chain.deposit(500, book, issuer=7)
+    chain.cash(router, 200, book, issuer=7)
+    chain.cash(service, 400, book, issuer=7)  # bounces: 300 left in it
     chain.settle_epoch("realm.one", 0, user, [router, service])
 
 

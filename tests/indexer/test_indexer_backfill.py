@@ -13,6 +13,7 @@ from web3 import Web3
 from domain.events import (
     REALM_TARGET,
     ChainHead,
+    ChequebookCreated,
     ChequeBounced,
     RealmCreated,
     StakeChanged,
@@ -33,7 +34,7 @@ def test_backfill_emits_every_log_once_with_contract_values(harness: Harness) ->
     logs = rpc(
         mesh.w3,
         "eth_getLogs",
-        {"fromBlock": "0x0", "toBlock": hex(head), "address": list(mesh.contracts.mesh())},
+        {"fromBlock": "0x0", "toBlock": hex(head), "address": mesh.watched()},
     )
     transfers = [
         lg
@@ -43,7 +44,7 @@ def test_backfill_emits_every_log_once_with_contract_values(harness: Harness) ->
             {"fromBlock": "0x0", "toBlock": hex(head), "address": mesh.contracts.token},
         )
         if lg["topics"][0] == TRANSFER_TOPIC
-        and {"0x" + t[-40:] for t in lg["topics"][1:3]} & {a.lower() for a in mesh.contracts.mesh()}
+        and {"0x" + t[-40:] for t in lg["topics"][1:3]} & {a.lower() for a in mesh.holders()}
     ]
     ignored = {
         "0x" + Web3.keccak(text=s).hex().removeprefix("0x")
@@ -75,4 +76,10 @@ def test_backfill_emits_every_log_once_with_contract_values(harness: Harness) ->
         onchain_target = "0x" + "00" * 20 if target == REALM_TARGET else target
         assert mesh.position(realm, staker, role, onchain_target) == amount
     bounced = [e for e in events if isinstance(e, ChequeBounced)]
-    assert [(b.due, b.paid) for b in bounced] == [(2000, 700)]
+    assert [(b.due, b.paid) for b in bounced] == [(2000, 700), (400, 300)]
+    created = [e for e in events if isinstance(e, ChequebookCreated)]
+    assert [e.chequebook for e in created] == mesh.created_chequebooks()
+    client_book = created[-1]
+    assert client_book.issuer == mesh.accounts[7] and client_book.token == mesh.contracts.token
+    assert client_book.chequebook not in mesh.contracts.chequebooks  # followed, not configured
+    assert types["ChequeCashed"] == 4 and types["ChequebookDeposited"] == 2

@@ -127,6 +127,7 @@ def test_verify_prints_every_difference(harness: Harness, tmp_path: Path) -> Non
     config.write_text(
         f'rpc = "{mesh.anvil.url}"\nchain_id = 42161\n[contracts]\nstaking = "{c.staking}"\n'
         f'settlement = "{c.settlement}"\ntoken = "{c.token}"\nchequebooks = ["{c.chequebooks[0]}"]\n'
+        f'chequebook_factory = "{c.chequebook_factory}"\n'
     )
     block = mesh.head()
     args = [

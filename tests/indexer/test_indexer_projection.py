@@ -106,7 +106,8 @@ def test_projected_stakes_and_realms_equal_the_contracts_view(own: Harness, tmp_
         ((api, vendor),) = rows(service, "SELECT api, vendor FROM apis")
         assert staking.apiVendor(realm_id("realm.one"), mesh.w3.keccak(text=api)).call() == vendor
         seen = dict(rows(service, "SELECT type, count(*) FROM chain_logs GROUP BY ALL"))
-        assert seen["ChequeBounced"] == 1 and seen["SettlementClaimed"] == 1
+        assert seen["ChequeBounced"] == 2 and seen["SettlementClaimed"] == 1
+        assert seen["ChequebookCreated"] == len(mesh.created_chequebooks()) == 2
         funded, _, paid = mesh.stack.settlement.functions.realmBudget(realm_id("realm.one")).call()
         settled = rows(
             service,

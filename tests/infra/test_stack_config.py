@@ -39,6 +39,8 @@ def config(**overrides: Any) -> dict[str, Any]:
         (config(broker={"memory": 1}), "[broker] memory = 1: expected bool"),
         (config(chain={"block_time_s": -1}), "block_time_s must be >= 0"),
         (config(extra=1), "unknown top-level keys: ['extra']"),
+        (config(indexer={"confirmations": -1}), "[indexer] confirmations and start_block"),
+        (config(indexer={"lag": 1}), "unknown keys in [indexer]: ['lag']"),
         ({"routers": []}, "the stack defines no [[routers]]"),
         (config(routers=[{**ROUTER, "key_file": "k"}]), "['key_file'] are set by `meshledger up`"),
         (config(routers=[{**ROUTER, "name": "R 1"}]), "`name` must be 1-32 of a-z"),
@@ -48,7 +50,13 @@ def config(**overrides: Any) -> dict[str, Any]:
         (config(routers=[{**ROUTER, "colour": "red"}]), "unknown keys in top level: ['colour']"),
         (
             config(
-                contracts={"token": "0x1", "staking": "x", "settlement": "x", "chequebook": "x"}
+                contracts={
+                    "token": "0x1",
+                    "staking": "x",
+                    "settlement": "x",
+                    "chequebook": "x",
+                    "chequebook_factory": "x",
+                }
             ),
             "is not an address",
         ),
@@ -108,3 +116,27 @@ def test_up_with_a_bad_config_exits_with_the_reason_and_starts_nothing(tmp_path:
     assert result.returncode == 1
     assert "unknown keys in [chain]: ['blocktime']" in result.stderr
     assert not var.exists() and not Layout(var).pid_file.exists()
+
+
+def test_generated_indexer_config_reads_back_with_the_factory(tmp_path: Path) -> None:
+    from indexer.config import load as load_indexer_config
+    from infra.stack import Deployment, Endpoints, indexer_settings
+
+    addresses = {
+        name: "0x" + f"{i + 1:02x}" * 20
+        for i, name in enumerate(
+            ("token", "staking", "settlement", "chequebook", "chequebook_factory")
+        )
+    }
+    stack = parse_stack_config(config(indexer={"confirmations": 3}))
+    layout = Layout(tmp_path / "var")
+    settings = indexer_settings(
+        stack, layout, Endpoints("127.0.0.1:9", "http://127.0.0.1:8"), Deployment(addresses, 7)
+    )
+    path = tmp_path / "indexer.toml"
+    path.write_text(to_toml(settings))
+    loaded = load_indexer_config(path)
+    assert loaded.contracts.chequebook_factory.lower() == addresses["chequebook_factory"]
+    assert [c.lower() for c in loaded.contracts.chequebooks] == [addresses["chequebook"]]
+    assert loaded.sync.confirmations == 3 and loaded.sync.start_block == 7
+    assert loaded.key_file == layout.key("indexer") and loaded.data_dir == layout.indexer_dir

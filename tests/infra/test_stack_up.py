@@ -24,13 +24,17 @@ from eth_account import Account
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from web3 import HTTPProvider, Web3
 
+from domain.events import RealmParams
 from domain.topics import ALL_TOPICS, LEDGER_TOPIC
+from indexer.decoding import params_tuple
 from infra.anvil import rpc_chain_id
 from infra.broker import create_topics
 from infra.procs import pid_alive, stable_port, wait_until
 from infra.stack import Layout
 from infra.supervisor import group_exists, read_pid_file, same_process
 from router_core.client import SwapOffer, connect
+from settlement.contracts import load_artifact, transact
+from settlement.merkle import realm_id
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +42,8 @@ CHAIN_ID = 4242
 PRICE = 1_000
 THRESHOLD = 10**12
 MARKER_TOPIC = "stack.test.marker"
-SERVICES = ["broker", "chain", "projector", "router-r1"]
+ZERO = "0x" + "00" * 20
+SERVICES = ["broker", "chain", "indexer", "projector", "router-r1"]
 UP_TIMEOUT_S = 240
 
 
@@ -150,6 +155,35 @@ def call_through_router(url: str, contracts: dict[str, str], keys: list[bytes]) 
     return asyncio.run(body())
 
 
+def stake_seen_by_the_projector(
+    children: dict[str, dict[str, Any]], contracts: dict[str, str]
+) -> None:
+    """A realm registered and a stake made on chain reach the projector through the stack's
+    indexer (its key trusted by the projector)."""
+    w3 = Web3(HTTPProvider(children["chain"]["address"]))
+    owner = w3.eth.accounts[0]
+    staking = w3.eth.contract(
+        address=contracts["staking"], abi=load_artifact("RealmStaking")["abi"]
+    )
+    token = w3.eth.contract(address=contracts["token"], abi=load_artifact("WMPToken")["abi"])
+    transact(
+        w3,
+        staking.functions.registerRealm("realm.onchain", owner, params_tuple(RealmParams())),
+        owner,
+    )
+    transact(w3, token.functions.mint(owner, 5 * 10**18), owner)
+    transact(w3, token.functions.approve(contracts["staking"], 5 * 10**18), owner)
+    transact(w3, staking.functions.stake(realm_id("realm.onchain"), 0, ZERO, 5 * 10**18), owner)
+    query = children["projector"]["address"]
+
+    def staked() -> bool:
+        with urllib.request.urlopen(query + "/bandwidth?realm=realm.onchain", timeout=10) as r:
+            rows = json.loads(r.read())["rows"]
+        return any(row[2] == 5 for row in rows)  # reserved_mpb at 1 WMP per mpb
+
+    wait_until(staked, 120, "the on-chain stake in the projector's bandwidth")
+
+
 def read_topic(bootstrap: str, topic: str) -> list[tuple[int, bytes | None, bytes]]:
     partition = TopicPartition(topic, 0)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -226,6 +260,8 @@ def test_up_serves_a_client_down_stops_all_up_resumes_a_dead_child_stops_the_sta
         call_through_router(children["router-r1"]["address"], contracts, [k for k, _ in keys]) == 5
     )
 
+    stake_seen_by_the_projector(children, contracts)
+
     create_topics(bootstrap, (MARKER_TOPIC,))
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     marker = producer.send(MARKER_TOPIC, b"kept across down/up", partition=0).get(timeout=60)
@@ -234,7 +270,7 @@ def test_up_serves_a_client_down_stops_all_up_resumes_a_dead_child_stops_the_sta
     wait_until(lambda: read_topic(bootstrap, LEDGER_TOPIC), 60, "handshakes in mesh.ledger")
     ledger_before = read_topic(bootstrap, LEDGER_TOPIC)
     key_files = {p.name: p.read_bytes() for p in layout.keys.iterdir()}
-    assert {"ledger.key", "indexer.key", "router-r1.key"} <= set(key_files)
+    assert {"ledger.key", "indexer.key", "router-r1.key", "cashout-r1.key"} <= set(key_files)
     assert all((layout.keys / n).stat().st_mode & 0o777 == 0o600 for n in key_files)
 
     # -- down: the supervisor and every child (with what they started) are gone --------------

@@ -1,8 +1,10 @@
 // One handler per event: store the log as an immutable entity (see schema.graphql).
 import { BigInt, Bytes, Entity, Value, ethereum } from "@graphprotocol/graph-ts";
-import { RealmRegistered, RealmParamsSet, ApiEnabled, KeeperChanged, Staked, UnstakeRequested, StakeWithdrawn, Slashed, Deposited, ChequeCashed, ChequeBounced, ChequebookWithdrawn, Funded, EpochPosted, BatchPushed, Claimed, Transfer } from "../generated/schema";
+import { RealmRegistered, RealmParamsSet, ApiEnabled, KeeperChanged, Staked, UnstakeRequested, StakeWithdrawn, Slashed, Deposited, ChequeCashed, ChequeBounced, ChequebookWithdrawn, ChequebookCreated, Funded, EpochPosted, BatchPushed, Claimed, Transfer } from "../generated/schema";
 import { RealmRegistered as RealmRegisteredEvent, RealmParamsSet as RealmParamsSetEvent, ApiEnabled as ApiEnabledEvent, KeeperChanged as KeeperChangedEvent, Staked as StakedEvent, UnstakeRequested as UnstakeRequestedEvent, Withdrawn as StakeWithdrawnEvent, Slashed as SlashedEvent } from "../generated/RealmStaking/RealmStaking";
 import { Deposited as DepositedEvent, ChequeCashed as ChequeCashedEvent, ChequeBounced as ChequeBouncedEvent, Withdrawn as ChequebookWithdrawnEvent } from "../generated/Chequebook/Chequebook";
+import { ChequebookCreated as ChequebookCreatedEvent } from "../generated/ChequebookFactory/ChequebookFactory";
+import { FactoryChequebook } from "../generated/templates";
 import { Funded as FundedEvent, EpochPosted as EpochPostedEvent, BatchPushed as BatchPushedEvent, Claimed as ClaimedEvent } from "../generated/EpochSettlement/EpochSettlement";
 import { Transfer as TransferEvent } from "../generated/WMPToken/WMPToken";
 
@@ -154,6 +156,18 @@ export function handleChequebookWithdrawn(event: ChequebookWithdrawnEvent): void
   e.to = event.params.to;
   e.amount = event.params.amount;
   e.save();
+}
+
+// A chequebook of the factory: stored, and its own logs indexed from this block on (the
+// FactoryChequebook template runs the Chequebook handlers above for it).
+export function handleChequebookCreated(event: ChequebookCreatedEvent): void {
+  const e = new ChequebookCreated(logId(event));
+  withLog(e, event);
+  e.chequebook = event.params.chequebook;
+  e.issuer = event.params.issuer;
+  e.token = event.params.token;
+  e.save();
+  FactoryChequebook.create(event.params.chequebook);
 }
 
 export function handleFunded(event: FundedEvent): void {
