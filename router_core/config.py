@@ -86,6 +86,8 @@ class RouterConfig:
     broker: str = ""
     chain_id: int = 31337
     chain_rpc_url: str = ""
+    #: how often the head poller asks `chain_rpc_url` for the block number
+    chain_poll_ms: int = 1000
     ledger_sources: list[str] = field(default_factory=list)
     max_frame_bytes: int = 1 << 20
     call_timeout_ms: int = 30_000

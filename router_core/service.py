@@ -47,6 +47,7 @@ class RouterService:
     follower: LedgerFollower | None = None
     cashout: CashoutQueue | None = None
     cashout_sink: CashoutSink | None = None
+    clock: ChainClock | None = None
     _opened_sink: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -72,13 +73,14 @@ class RouterService:
             sink = NullSink()
         clock: ChainClock
         if cfg.chain_rpc_url:
-            poller = Web3HeadPoller(cfg.chain_rpc_url)
+            poller = Web3HeadPoller(cfg.chain_rpc_url, cfg.chain_poll_ms)
             poller.start()
             clock = poller
         elif cfg.broker and cfg.ledger_sources:
             clock = HeadEventClock(loop, cfg.chain_id)
         else:
             clock = ManualClock()
+        self.clock = clock
         static = StaticStakes({r.name: r.reservations for r in cfg.realms})
         stakes: StakeView = static
         if cfg.broker and cfg.ledger_sources:
@@ -172,6 +174,8 @@ class RouterService:
                 await task
         if self.router is not None:
             await self.router.stop()
+        if isinstance(self.clock, Web3HeadPoller):
+            await self.clock.stop()
         if self.follower is not None:
             self.follower.stop()
         if self.handoff is not None:
