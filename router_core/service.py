@@ -17,6 +17,7 @@ from router_core.chequebooks import ChequebookReader, NoChain, Web3Chequebooks
 from router_core.config import RouterConfig
 from router_core.handoff import LedgerHandoff
 from router_core.ledger_follower import LedgerFollower
+from router_core.meter_child import ChildDrain, ChildSpec
 from router_core.metering import NullSink, UsageSink
 from router_core.router import Limits, RealmOptions, Router
 from router_core.stakes import LedgerStakes, StakeView, StaticStakes
@@ -42,7 +43,7 @@ class CombinedStakes:
 class RouterService:
     config: RouterConfig
     router: Router | None = None
-    emitter: Any = None
+    drain: ChildDrain | None = None
     handoff: LedgerHandoff | None = None
     follower: LedgerFollower | None = None
     cashout: CashoutQueue | None = None
@@ -60,13 +61,14 @@ class RouterService:
         data.mkdir(parents=True, exist_ok=True)
         sink: UsageSink
         if cfg.broker:
-            from ledger.emitter import Emitter, EmitterConfig
-
-            self.emitter = Emitter(
-                signer, EmitterConfig(bootstrap=cfg.broker, spool_dir=data / "spool")
+            # sealing, signing and producing run in a supervised child that owns the spool
+            self.drain = ChildDrain(
+                ChildSpec(bootstrap=cfg.broker, spool_dir=str(data / "spool"), state_dir=str(data)),
+                key,
+                loop,
             )
-            # the emitter blocks when its spool is full: never call it from the loop
-            self.handoff = LedgerHandoff(self.emitter, loop)
+            self.handoff = LedgerHandoff(self.drain, loop)
+            await self.drain.start()
             sink = self.handoff
         else:
             log.warning("no broker configured: metering and SWAP events are not published")
@@ -180,8 +182,6 @@ class RouterService:
             self.follower.stop()
         if self.handoff is not None:
             await asyncio.to_thread(self.handoff.close)
-        if self.emitter is not None:
-            await asyncio.to_thread(self.emitter.close)
         if self.cashout is not None:
             self.cashout.close()
         if self._opened_sink is not None:
