@@ -51,6 +51,9 @@ log = logging.getLogger("router_core.meter_child")
 _HEAD = struct.Struct("<IBQ")
 HELLO, CHUNK = 1, 2  # router -> child
 READY, ACK, FATAL = 1, 2, 3  # child -> router
+#: test seam: names a file holding N; a child that finds it deletes it and exits after its N-th
+#: seal, mid-round (the crash-recovery tests); unset in production
+CRASH_FILE_ENV = "MESH_TEST_METER_CHILD_CRASH_FILE"
 LOCK_FILE = "meter-child.lock"
 INTENT_FILE = "meter-intent.json"
 #: pipe capacity asked of the kernel (fewer wake-ups per chunk); the default is 64 KiB
@@ -415,6 +418,12 @@ class _Child:
         self.spec: ChildSpec | None = None
         self.intent_path = Path()
         self.run_id = ""
+        self.seals = 0
+        self.crash_after = 0
+        crash_file = os.environ.get(CRASH_FILE_ENV, "")
+        if crash_file and os.path.exists(crash_file):
+            self.crash_after = int(Path(crash_file).read_text())
+            os.unlink(crash_file)
 
     def send(self, kind: int, ident: int, payload: bytes = b"") -> None:
         data = _frame(kind, ident, payload)
@@ -557,6 +566,9 @@ class _Child:
                     log.error("the emitter refused a routed item of %s: %s", realm, exc)
             if fed:
                 seal_all()
+                self.seals += 1
+                if self.seals == self.crash_after:
+                    os._exit(70)
         if refused:
             self.send(FATAL, 0, f"{refused} items refused by the emitter (see the log)".encode())
         self.send(ACK, chunks[-1][0])
