@@ -131,7 +131,7 @@ class RouterService:
                 data / "swap.sqlite",
                 cfg.swap.flush_interval_ms,
                 chequebooks,
-                self.cashout.add,
+                self.cashout,
             )
         realms = [
             RealmOptions(r.name, r.allow_anonymous, r.enforce_bandwidth, r.burst_messages)
