@@ -418,6 +418,7 @@ class _Child:
         self.spec: ChildSpec | None = None
         self.intent_path = Path()
         self.run_id = ""
+        self.router_gone = False
         self.seals = 0
         self.crash_after = 0
         crash_file = os.environ.get(CRASH_FILE_ENV, "")
@@ -426,10 +427,16 @@ class _Child:
             os.unlink(crash_file)
 
     def send(self, kind: int, ident: int, payload: bytes = b"") -> None:
+        if self.router_gone:
+            return
         data = _frame(kind, ident, payload)
-        while data:
-            written = os.write(self.ack_fd, data)
-            data = data[written:]
+        try:
+            while data:
+                written = os.write(self.ack_fd, data)
+                data = data[written:]
+        except BrokenPipeError:
+            # the router died: nobody to tell, but what is still in the pipe is sealed all the same
+            self.router_gone = True
 
     def read(self, timeout_s: float | None) -> list[tuple[int, int, bytes]]:
         if self.eof:

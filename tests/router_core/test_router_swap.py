@@ -95,7 +95,7 @@ def test_peer_pays_several_cumulative_cheques_automatically(paying: Harness) -> 
         assert router.swap is not None
         swap = router.swap
 
-        def cheques() -> list[ChequeReceived]:  # noqa: D401
+        def cheques() -> list[ChequeReceived]:
             return [e for e in harness.sink.of_type(ChequeReceived) if e.peer == key.address]
 
         for sent in (15, 35):  # past the payment threshold twice: at least two cheques
