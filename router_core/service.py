@@ -19,6 +19,14 @@ from router_core.handoff import LedgerHandoff
 from router_core.ledger_follower import LedgerFollower
 from router_core.meter_child import ChildDrain, ChildSpec
 from router_core.metering import NullSink, UsageSink
+from router_core.prices import PriceBook
+from router_core.realm_settings import (
+    LedgerRealms,
+    RealmSettings,
+    RealmTerms,
+    SettingsConflict,
+    StaticRealm,
+)
 from router_core.router import Limits, RealmOptions, Router
 from router_core.stakes import LedgerStakes, StakeView, StaticStakes
 from router_core.swap import SwapService
@@ -85,16 +93,44 @@ class RouterService:
         self.clock = clock
         static = StaticStakes({r.name: r.reservations for r in cfg.realms})
         stakes: StakeView = static
+        ledger_realms: LedgerRealms | None = None
+        prices = PriceBook()
         if cfg.broker and cfg.ledger_sources:
-            ledger = LedgerStakes({r.name: r.stake_per_mpb for r in cfg.realms})
+            ledger_realms = LedgerRealms()
+        settings = RealmSettings(
+            [
+                StaticRealm(r.name, r.keeper, r.price_per_message, r.stake_per_mpb)
+                for r in cfg.realms
+            ],
+            ledger_realms,
+        )
+        if cfg.broker and cfg.ledger_sources:
+            ledger = LedgerStakes(settings.stake_per_mpb)
             self.follower = LedgerFollower(
                 cfg.broker,
                 cfg.ledger_sources,
                 ledger,
                 clock if isinstance(clock, HeadEventClock) else None,
+                realms=ledger_realms,
+                prices=prices,
             )
             self.follower.start()
             stakes = CombinedStakes(static, ledger)
+            # realm settings come from the log: read it to its end before serving
+            caught_up = await asyncio.to_thread(
+                self.follower.caught_up.wait, cfg.ledger_catchup_timeout_s
+            )
+            if not caught_up:
+                await self.stop()
+                raise RuntimeError(
+                    f"mesh.ledger not read to its end within {cfg.ledger_catchup_timeout_s:g}s "
+                    f"(broker {cfg.broker}): realm settings unknown, not serving"
+                )
+            try:
+                settings.check()
+            except SettingsConflict:
+                await self.stop()
+                raise
         swap = None
         if cfg.swap.enabled:
             self.cashout = CashoutQueue(
@@ -112,17 +148,22 @@ class RouterService:
             chequebooks: ChequebookReader = (
                 Web3Chequebooks(cfg.chain_rpc_url, cfg.chain_id) if cfg.chain_rpc_url else NoChain()
             )
-            terms = {
-                r.name: RouterTerms(
-                    payment_threshold=cfg.swap.payment_threshold,
-                    disconnect_threshold=cfg.swap.disconnect_threshold,
-                    price_per_message=r.price_per_message,
-                    token=cfg.swap.token,
-                    chain_id=cfg.chain_id,
-                    min_payment_threshold=cfg.swap.min_payment_threshold,
-                )
-                for r in cfg.realms
-            }
+            base = RouterTerms(
+                payment_threshold=cfg.swap.payment_threshold,
+                disconnect_threshold=cfg.swap.disconnect_threshold,
+                price_per_message=0,
+                token=cfg.swap.token,
+                chain_id=cfg.chain_id,
+                min_payment_threshold=cfg.swap.min_payment_threshold,
+            )
+            terms = RealmTerms(
+                settings,
+                prices,
+                clock,
+                base,
+                [r.name for r in cfg.realms],
+                cfg.swap.token_decimals,
+            )
             swap = SwapService(
                 signer.address,
                 terms,

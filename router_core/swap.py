@@ -80,6 +80,33 @@ class ChequeQueue(Protocol):
         ...
 
 
+class TermsSource(Protocol):
+    """The router's terms per realm, as of now (a realm's price may follow the log or a USD
+    price feed)."""
+
+    def serves(self, realm: str) -> bool:
+        """Whether peers of `realm` run SWAP with this router."""
+        ...
+
+    def terms(self, realm: str) -> RouterTerms | None:
+        """The terms a new handshake gets; raises HandshakeRefused when none can be given now
+        (a USD price without a valid exchange rate)."""
+        ...
+
+
+class StaticTerms:
+    """Terms fixed at start (tests, dev)."""
+
+    def __init__(self, terms: dict[str, RouterTerms]) -> None:
+        self._terms = terms
+
+    def serves(self, realm: str) -> bool:
+        return realm in self._terms
+
+    def terms(self, realm: str) -> RouterTerms | None:
+        return self._terms.get(realm)
+
+
 class SwapAccounts(Application):
     """The router's own store of peer accounts (eventsourcing, SQLite by default)."""
 
@@ -152,7 +179,7 @@ class SwapService:
     def __init__(
         self,
         router: str,
-        terms: dict[str, RouterTerms],
+        terms: dict[str, RouterTerms] | TermsSource,
         sink: UsageSink,
         clock: ChainClock,
         db_path: Path | None,
@@ -163,7 +190,7 @@ class SwapService:
         payment_grace_ms: int = 10_000,
     ) -> None:
         self.router = router
-        self.terms = terms
+        self.terms: TermsSource = StaticTerms(terms) if isinstance(terms, dict) else terms
         self._sink = sink
         self._clock = clock
         self._flush_s = flush_interval_ms / 1000
@@ -310,10 +337,11 @@ class SwapService:
     # -- join / leave -----------------------------------------------------------------------------
 
     def _negotiate(self, realm: str, details: dict[str, Any]) -> tuple[RouterTerms, AgreedTerms]:
-        terms = self.terms[realm]
         authextra = details.get("authextra")
         announced = authextra.get("swap") if isinstance(authextra, dict) else None
         try:
+            terms = self.terms.terms(realm)
+            assert terms is not None
             return terms, negotiate(terms, announced)
         except HandshakeRefused as exc:
             raise AuthFailed(
@@ -323,7 +351,7 @@ class SwapService:
     async def prepare(self, realm: str, peer: str, details: dict[str, Any]) -> None:
         """Before WELCOME: validate the handshake and bring the peer's account and chequebook
         into memory (read off the loop), so that `join` decides without I/O."""
-        if realm not in self.terms:
+        if not self.terms.serves(realm):
             return
         _, agreed = self._negotiate(realm, details)
         await self._fetch(
@@ -336,7 +364,7 @@ class SwapService:
 
     def join(self, session: Session, realm: str, details: dict[str, Any]) -> dict[str, Any]:
         """Run the handshake; returns the router's side for WELCOME authextra.swap."""
-        if realm not in self.terms:
+        if not self.terms.serves(realm):
             return {}
         terms, agreed = self._negotiate(realm, details)
         peer = session.authid
