@@ -144,3 +144,87 @@ def run_ingest_bench(
         }
     finally:
         broker.stop()
+
+
+# -- epoch close against history ----------------------------------------------------------------
+
+
+def _close_cost_ms(history_epochs: int, records_per_epoch: int, repeats: int) -> float:
+    """Median CPU time to apply and commit one EpochClosed after `history_epochs` closed epochs."""
+    import statistics
+
+    from domain.envelope import ZERO_HASH, MeteredBuilder, seal
+    from domain.events import REALM_TARGET, ChainHead, EpochClosed, RealmCreated, RealmParams
+    from domain.events import StakeChanged as Stake
+    from ledger import store
+    from ledger.projector import Projector
+
+    indexer, router, ledger = new_signer(), new_signer(), new_signer()
+    chains: dict[str, tuple[int, str]] = {
+        s.address: (1, ZERO_HASH) for s in (indexer, router, ledger)
+    }
+    params = RealmParams(epoch_blocks=100, funding_period_blocks=100, stake_per_mpb=TOKEN)
+    db = Path(tempfile.mkdtemp(prefix="meshledger-close-")) / "close.duckdb"
+    projector = Projector(store.connect(db), trust_from([ledger.address], [indexer.address], []))
+
+    def offer(signer: Any, realm: str, **content: Any) -> None:
+        seq, prev = chains[signer.address]
+        _, record = seal(signer, seq, prev, realm, **content)
+        chains[signer.address] = (record.last_seq + 1, record.hash_hex)
+        verdict = projector.offer_record(record)
+        assert verdict.outcome.value == "applied", verdict
+
+    offer(
+        indexer,
+        REALM,
+        events=[
+            RealmCreated(realm=REALM, keeper=indexer.address, params=params, block=0),
+            Stake(realm=REALM, staker=router.address, role="router_operator",
+                  target=REALM_TARGET, amount=10**6 * TOKEN, tx_hash="0x", block=0, log_index=0),
+        ],
+    )  # fmt: skip
+    peers = [f"0x{i:040x}" for i in range(64)]
+    timings = []
+    for epoch in range(history_epochs + repeats):
+        offer(indexer, "", events=[ChainHead(realm="", chain_id=1, block=epoch * 100 + 199)])
+        for r in range(records_per_epoch):
+            cols = MeteredBuilder()
+            for i in range(4096):
+                kind = "invocation" if i % 3 == 0 else "event"
+                cols.add(peers[i % 64], peers[(i + r) % 64], kind, f"api.{i % 16}.call", 100,
+                         epoch * 100 + i % 100)  # fmt: skip
+            offer(router, REALM, metered=cols.build())
+        projector.commit()
+        marks = {s: chains[s][0] - 1 for s in (indexer.address, router.address)}
+        close = EpochClosed(
+            realm=REALM,
+            epoch=epoch,
+            first_block=epoch * 100,
+            last_block=epoch * 100 + 99,
+            marks=marks,
+        )
+        # CPU time, not wall time: the machine may be busy with others' work
+        started = time.process_time()
+        offer(ledger, REALM, events=[close])
+        projector.commit()
+        if epoch >= history_epochs:
+            timings.append((time.process_time() - started) * 1000)
+    projector.con.close()
+    return statistics.median(timings)
+
+
+def run_epoch_close_bench(
+    history_epochs: int = 10, records_per_epoch: int = 8, repeats: int = 9
+) -> dict[str, Any]:
+    """Closing an epoch after 10x the history must cost about what it costs after 1x: the close
+    reads only the usage not yet counted."""
+    _close_cost_ms(1, 1, 1)  # warm up imports, DuckDB and caches before either measurement
+    small = _close_cost_ms(1, records_per_epoch, repeats)
+    large = _close_cost_ms(history_epochs, records_per_epoch, repeats)
+    return {
+        "close_cpu_ms_1x": round(small, 2),
+        f"close_cpu_ms_{history_epochs}x": round(large, 2),
+        "ratio": round(large / small, 3),
+        "records_per_epoch": records_per_epoch,
+        "events_per_epoch": records_per_epoch * 4096,
+    }

@@ -148,12 +148,19 @@ def project(
     emitter = None
     if key_file:
         from ledger.emitter import Emitter
+        from ledger.keys import KeyError_
+        from ledger.spool import SpoolError
 
-        signer = load_signer(key_file)
-        emitter = Emitter(
-            signer,
-            EmitterConfig(bootstrap=bootstrap, spool_dir=db_path.parent / "spool" / signer.address),
-        )
+        try:
+            signer = load_signer(key_file)
+            emitter = Emitter(
+                signer,
+                EmitterConfig(
+                    bootstrap=bootstrap, spool_dir=db_path.parent / "spool" / signer.address
+                ),
+            )
+        except (KeyError_, SpoolError) as exc:  # a loose key file, a damaged or busy spool
+            raise click.ClickException(str(exc)) from exc
         ledger_sources = (*ledger_sources, signer.address)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     trust = _trust(ledger_sources, indexer_sources, settlement_sources)
@@ -351,6 +358,24 @@ def bench_ingest(events: int, baseline_events: int, as_json: bool) -> None:
     from ledger.bench import run_ingest_bench
 
     result = run_ingest_bench(events, baseline_events, console=None if as_json else console)
+    click.echo(json.dumps(result))
+
+
+@bench.command("epoch-close")
+@click.option("--history", type=int, default=10, show_default=True, help="Epochs of history (Nx).")
+@click.option(
+    "--records-per-epoch", type=int, default=8, show_default=True, help="4096-event records."
+)
+@click.option("--json", "as_json", is_flag=True, help="Only the JSON line.")
+def bench_epoch_close(history: int, records_per_epoch: int, as_json: bool) -> None:
+    """Cost of closing an epoch after 1x and after Nx the history (in-process projector)."""
+    from ledger.bench import run_epoch_close_bench
+
+    result = run_epoch_close_bench(history, records_per_epoch)
+    if not as_json:
+        console.print(
+            f"close after 1 epoch: {result['close_ms_1x']} ms; after {history}: ratio {result['ratio']}"
+        )
     click.echo(json.dumps(result))
 
 

@@ -1,8 +1,10 @@
-"""Source keys come from a file or the environment, never from the repository."""
+"""The one loader of source keys (projector, router, settle): from a file that only its owner can
+read, or from the environment; never from the repository or a command line."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from domain.envelope import Signer
@@ -25,17 +27,36 @@ def parse_private_key(text: str) -> bytes:
     return key
 
 
-def load_signer(key_file: str | Path | None = None, env: str = "MESHLEDGER_KEY") -> Signer:
-    """The signer from `key_file`, else from `$<env>_FILE` (a path), else `$<env>` (hex)."""
+def read_key_file(path: str | Path) -> bytes:
+    """The 32-byte key in `path`; refuses a file that group or others may read or write."""
+    p = Path(path).expanduser()
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise KeyError_(f"key file {p} does not exist") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyError_(
+            f"key file {p} is accessible by group/others (mode {stat.S_IMODE(mode):o}): "
+            f"run `chmod 600 {p}`"
+        )
+    try:
+        return parse_private_key(p.read_text())
+    except KeyError_ as exc:
+        raise KeyError_(f"key file {p}: {exc}") from None
+
+
+def load_private_key(key_file: str | Path | None = None, env: str = "MESHLEDGER_KEY") -> bytes:
+    """The key from `key_file`, else from `$<env>_FILE` (a path), else `$<env>` (hex)."""
     path = key_file or os.environ.get(f"{env}_FILE")
     if path:
-        p = Path(path)
-        if not p.exists():
-            raise KeyError_(f"key file {p} does not exist")
-        return Signer(parse_private_key(p.read_text()))
+        return read_key_file(path)
     if os.environ.get(env):
-        return Signer(parse_private_key(os.environ[env]))
+        return parse_private_key(os.environ[env])
     raise KeyError_(f"no key: pass a key file or set {env}_FILE / {env}")
+
+
+def load_signer(key_file: str | Path | None = None, env: str = "MESHLEDGER_KEY") -> Signer:
+    return Signer(load_private_key(key_file, env))
 
 
 def write_new_key(path: Path) -> Signer:

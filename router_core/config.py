@@ -110,16 +110,14 @@ class RouterConfig:
         return host or "127.0.0.1", int(port)
 
     def private_key(self) -> bytes:
-        """From MESH_ROUTER_KEY or `key_file` (0x-hex); the key never sits in the config."""
-        text = os.environ.get("MESH_ROUTER_KEY", "")
-        if not text and self.key_file:
-            text = Path(self.key_file).read_text().strip()
-        if not text:
+        """From MESH_ROUTER_KEY or `key_file` (0x-hex, owner-only); never from the config."""
+        from ledger.keys import load_private_key
+
+        if os.environ.get("MESH_ROUTER_KEY"):
+            return load_private_key(None, "MESH_ROUTER_KEY")
+        if not self.key_file:
             raise ValueError("no router key: set MESH_ROUTER_KEY or key_file")
-        key = bytes.fromhex(text.removeprefix("0x"))
-        if len(key) != 32:
-            raise ValueError("the router key must be 32 bytes of hex")
-        return key
+        return load_private_key(self.key_file, "MESH_ROUTER_KEY")
 
 
 def _pick(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:

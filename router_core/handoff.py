@@ -25,15 +25,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from domain.events import Event
+from domain.events import ChainHead, Event
 from router_core.metering import UsageSink
 
 log = logging.getLogger("router_core.handoff")
 
 #: slots of one item in a chunk: realm, from_peer, to_peer, kind, uri, payload_bytes, block.
-#: An event is (realm, EVENT, <Event>, "", "", 0, 0).
+#: An event is (realm, EVENT, <Event>, "" or WATERMARK, "", 0, 0).
 SLOTS = 7
 EVENT = ""
+#: marks a `ChainHead`: sealed after everything handed over before it, before everything after
+WATERMARK = "watermark"
 
 
 @dataclass(slots=True)
@@ -132,7 +134,8 @@ class LedgerHandoff:
         if not items:
             self._opened()
         self._events.append(len(items) + 2)
-        items.extend((event.realm, EVENT, event, "", "", 0, 0))
+        mark = WATERMARK if type(event) is ChainHead else ""
+        items.extend((event.realm, EVENT, event, mark, "", 0, 0))
         if len(items) >= self._slots:
             self.ship()
 

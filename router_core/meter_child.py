@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 
 from domain.events import event_from_dict, event_to_dict
-from router_core.handoff import EVENT, SLOTS, Chunk, LedgerHandoff
+from router_core.handoff import EVENT, SLOTS, WATERMARK, Chunk, LedgerHandoff
 
 log = logging.getLogger("router_core.meter_child")
 
@@ -388,23 +388,34 @@ class _Lock:
 
 
 def sealed_order(items: list[Any]) -> list[list[int]]:
-    """Runs of item indices in the order they are sealed: realm by realm (first appearance),
-    each realm's items in their order, a new run wherever the kind (metered / event) changes."""
-    by_realm: dict[str, list[int]] = {}
-    for index in range(0, len(items), SLOTS):
-        by_realm.setdefault(items[index], []).append(index)
+    """Runs of item indices in the order they are sealed. Between watermarks, realm by realm
+    (first appearance), each realm's items in their order, a new run wherever the kind (metered /
+    event) changes; a watermark is a run of its own after everything before it and before
+    everything after it (the emitter's order rule: no seq across a watermark)."""
     runs: list[list[int]] = []
-    for indices in by_realm.values():
-        run: list[int] = []
-        is_event = None
-        for index in indices:
-            kind = items[index + 1] == EVENT
-            if run and kind != is_event:
-                runs.append(run)
-                run = []
-            run.append(index)
-            is_event = kind
-        runs.append(run)
+    by_realm: dict[str, list[int]] = {}
+
+    def close_segment() -> None:
+        for indices in by_realm.values():
+            run: list[int] = []
+            is_event = None
+            for index in indices:
+                kind = items[index + 1] == EVENT
+                if run and kind != is_event:
+                    runs.append(run)
+                    run = []
+                run.append(index)
+                is_event = kind
+            runs.append(run)
+        by_realm.clear()
+
+    for index in range(0, len(items), SLOTS):
+        if items[index + 1] == EVENT and items[index + 3] == WATERMARK:
+            close_segment()
+            runs.append([index])
+        else:
+            by_realm.setdefault(items[index], []).append(index)
+    close_segment()
     return runs
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,16 +165,13 @@ def ledger_recorder(key: bytes, bootstrap: str, spool_dir: Path) -> tuple[Record
 
 
 def load_key(path: str | Path) -> LocalAccount:
-    """The job's key from a file holding its 0x-hex private key; refuses group/world access."""
-    key_path = Path(path).expanduser()
-    mode = key_path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise click.UsageError(f"key file {key_path} is accessible by group/others (chmod 600)")
-    text = key_path.read_text().strip()
+    """The job's key from a file holding its 0x-hex private key (ledger.keys: owner-only)."""
+    from ledger.keys import KeyError_, read_key_file
+
     try:
-        account: LocalAccount = Account.from_key(text)
-    except (ValueError, TypeError) as err:
-        raise click.UsageError(f"key file {key_path} holds no 32-byte hex private key") from err
+        account: LocalAccount = Account.from_key(read_key_file(path))
+    except KeyError_ as err:
+        raise click.UsageError(str(err)) from err
     return account
 
 

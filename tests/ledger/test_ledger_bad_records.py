@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import orjson
+from kafka import KafkaConsumer, TopicPartition
 from ledger_world import World, caught_up, run_until, signed_body, table
 
 from domain.envelope import MAGIC, ZERO_HASH
 from domain.events import ChainHead
-from domain.topics import LEDGER_TOPIC
+from domain.topics import DEAD_TOPIC, LEDGER_TOPIC
 from infra.broker import Broker
 from ledger.simulate import emitter, new_signer
 
@@ -120,11 +122,11 @@ def test_records_wait_for_the_chain_and_a_late_record_counts_in_the_next_epoch(
     world.send_raw(crafted_head)
     service = world.service(live=True)
     # blocks above 50 are not decidable until the chain is known there: they wait, not fail
-    run_until(service, lambda s: caught_up(s) or s.progress.waits.get("chain_behind", 0) > 0, 20)
+    run_until(service, lambda s: s.progress.waits.get("chain_behind", 0) > 0, 20)
     assert service.projector.rejected == {}
     world.indexer.head(120)
     world.indexer.em.flush()
-    world.send_raw(signed_body(world.crafted, {}) if False else world.crafted_metered(1, block=110))
+    world.send_raw(world.crafted_metered(1, block=110))
     run_until(service, lambda s: s.closed_epochs().get("r1", -1) >= 0, 30)
     # epoch 0 closed; now a record of epoch 0 arrives: it is late and counts in epoch 1
     world.send_raw(world.crafted_metered(9, block=42))
@@ -163,5 +165,16 @@ def test_only_configured_keys_may_close_epochs(fresh_broker: Broker, tmp_path: P
     service.projector.commit()
     assert dict(table(service, "SELECT reason, records FROM rejected")) == {"unauthorized_event": 1}
     assert table(service, "SELECT count(*) FROM epochs") == [(0,)]
-    assert LEDGER_TOPIC  # the impostor's record came through mesh.ledger
+    service.flush_dead_letters()
+    consumer = KafkaConsumer(bootstrap_servers=fresh_broker.bootstrap, auto_offset_reset="earliest")
+    consumer.assign([TopicPartition(DEAD_TOPIC, 0)])
+    letters = [
+        orjson.loads(m.value)
+        for m in consumer.poll(timeout_ms=5000).get(TopicPartition(DEAD_TOPIC, 0), [])
+    ]
+    consumer.close()
+    # the impostor's record came through mesh.ledger and was dead-lettered with its reason
+    assert [(d["reason"], d["origin"].split("/")[0]) for d in letters] == [
+        ("unauthorized_event", LEDGER_TOPIC)
+    ]
     service.close()

@@ -34,6 +34,7 @@ reservations = {{ "0x3333333333333333333333333333333333333333" = 5 }}
 def test_config_loads_with_key_from_file(tmp_path: Path) -> None:
     key = new_key()
     (tmp_path / "router.key").write_text("0x" + key.private.hex())
+    (tmp_path / "router.key").chmod(0o600)  # loose key files are refused (ledger.keys)
     path = tmp_path / "router.toml"
     path.write_text(CONFIG.format(key_file=tmp_path / "router.key", data=tmp_path / "data"))
     config = load_config(path)

@@ -31,12 +31,15 @@ def spec(tmp: Path, bootstrap: str, **overrides: object) -> ChildSpec:
     return ChildSpec(**values)  # type: ignore[arg-type]
 
 
-def test_sealed_order_groups_realms_and_splits_kinds() -> None:
+def test_sealed_order_groups_realms_splits_kinds_and_keeps_watermarks_in_place() -> None:
     items: list[object] = []
-    for realm, is_event in [("a", False), ("b", False), ("a", False), ("a", True), ("b", False)]:
-        items += [realm, "" if is_event else "x", "y", "event", "u", 1, 1]
+    kinds = ["m", "m", "m", "e", "m", "w", "m", "m"]
+    for realm, kind in zip("abaabab" + "a", kinds, strict=True):
+        event = kind != "m"
+        items += [realm, "" if event else "x", "y", "watermark" if kind == "w" else "", "u", 1, 1]
     runs = sealed_order(items)
-    assert [[i // SLOTS for i in run] for run in runs] == [[0, 2], [3], [1, 4]]
+    # realms grouped, kinds split, but nothing crosses the watermark (item 5)
+    assert [[i // SLOTS for i in run] for run in runs] == [[0, 2], [3], [1, 4], [5], [6], [7]]
 
 
 def test_child_crash_mid_round_seals_every_item_exactly_once(
