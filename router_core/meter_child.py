@@ -173,8 +173,11 @@ class ChildDrain:
                 )
 
     def close(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
+        try:
             self.flush(timeout_s)
+        except TimeoutError as exc:  # said loudly: these items never reach the log
+            waiting = self._handoff.waiting() if self._handoff is not None else 0
+            log.error("stopping with %d metered items not sealed: %s", waiting, exc)
         done = threading.Event()
 
         def end() -> None:
@@ -184,11 +187,14 @@ class ChildDrain:
             self._close_out()
             done.set()
 
-        try:
-            self._loop.call_soon_threadsafe(end)
-            done.wait(timeout=10)
-        except RuntimeError:  # the loop is gone
+        if not self._loop.is_running() or self._loop.is_closed():
             end()
+        else:
+            try:
+                self._loop.call_soon_threadsafe(end)
+                done.wait(timeout=10)
+            except RuntimeError:  # the loop is gone
+                end()
         proc = self.proc
         if proc is not None:
             try:
