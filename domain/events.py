@@ -77,9 +77,19 @@ class RealmParams:
     weight_service_bps: int = 3000
     weight_vendor_bps: int = 2000
     price_per_message: int = DEFAULT_PRICE_PER_MESSAGE
+    #: SWAP priced in USD instead (10**-18 USD per message; 0: priced by price_per_message),
+    #: converted by routers at `price_feed`'s last valid Chainlink price (token/USD)
+    usd_price_per_message: int = 0
+    price_feed: str = ""
 
     def __post_init__(self) -> None:
-        for name in (f.name for f in dataclasses.fields(self)):
+        if not isinstance(self.price_feed, str) or len(self.price_feed) > 42:
+            raise ValueError(
+                f"realm parameter price_feed must be an address, got {self.price_feed!r}"
+            )
+        if self.usd_price_per_message and not self.price_feed:
+            raise ValueError("usd_price_per_message needs a price_feed")
+        for name in (f.name for f in dataclasses.fields(self) if f.name != "price_feed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(
@@ -122,11 +132,17 @@ def log_identity(event: Event) -> tuple[int, str, int] | None:
     return (getattr(event, "chain_id", 0), block_hash, log_index)
 
 
+def _no_usd_price(state: dict[str, Any]) -> None:
+    """Upcaster step: realms before USD pricing were priced in tokens only."""
+    state["params"].setdefault("usd_price_per_message", "0")
+    state["params"].setdefault("price_feed", "")
+
+
 @register
 @dataclass(frozen=True, slots=True)
 class RealmCreated(Event):
     TYPE: ClassVar[str] = "RealmCreated"
-    class_version: ClassVar[int] = 3
+    class_version: ClassVar[int] = 4
     keeper: str
     params: RealmParams
     block: int
@@ -144,12 +160,16 @@ class RealmCreated(Event):
     def upcast_v2_v3(state: dict[str, Any]) -> None:
         _no_chain_identity(state, "chain_id", "block_hash", "log_index", "tx_hash")
 
+    @staticmethod
+    def upcast_v3_v4(state: dict[str, Any]) -> None:
+        _no_usd_price(state)
+
 
 @register
 @dataclass(frozen=True, slots=True)
 class RealmParamsChanged(Event):
     TYPE: ClassVar[str] = "RealmParamsChanged"
-    class_version: ClassVar[int] = 2
+    class_version: ClassVar[int] = 3
     params: RealmParams
     block: int
     chain_id: int = 0
@@ -160,6 +180,10 @@ class RealmParamsChanged(Event):
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
         _no_chain_identity(state, "chain_id", "block_hash", "log_index", "tx_hash")
+
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        _no_usd_price(state)
 
 
 @register
@@ -627,6 +651,7 @@ AMOUNT_FIELDS = frozenset(
         "payment_threshold",
         "disconnect_threshold",
         "price_per_message",
+        "usd_price_per_message",
         "stake_per_mpb",
         "funding",
         "total",

@@ -250,10 +250,18 @@ def _params(values: Mapping[str, int]) -> RealmParams:
         weight_service_bps=values["weightServiceBps"],
         weight_vendor_bps=values["weightVendorBps"],
         price_per_message=values["pricePerMessage"],
+        usd_price_per_message=values["usdPricePerMessage"],
+        price_feed=_feed(values["priceFeed"]),
     )
 
 
-def params_tuple(params: RealmParams) -> tuple[int, ...]:
+def _feed(address: Any) -> str:
+    """A params struct's price feed: checksummed, "" for the zero address (no feed)."""
+    text = str(address)
+    return "" if int(text, 16) == 0 else checksum(text)
+
+
+def params_tuple(params: RealmParams) -> tuple[int | str, ...]:
     """`RealmParams` as RealmStaking's `RealmParams` struct argument (same field order)."""
     return (
         params.rfr_bps,
@@ -264,6 +272,8 @@ def params_tuple(params: RealmParams) -> tuple[int, ...]:
         params.weight_service_bps,
         params.weight_vendor_bps,
         params.price_per_message,
+        params.usd_price_per_message,
+        params.price_feed or "0x" + "00" * 20,
     )
 
 

@@ -38,6 +38,7 @@ from domain.envelope import Record
 from domain.events import (
     CHAIN_WIDE_EVENTS,
     METER_KINDS,
+    PARAM_FIELDS,
     ApiEnabled,
     ChainHead,
     ChequeIssued,
@@ -124,7 +125,7 @@ class Projector:
             self.sources[src] = SourceState(seq, h, wm, recs, evs)
         params_rows = rows("SELECT * FROM realm_params ORDER BY realm, start_block, block, seq")
         created = {r[0]: _params(r[8:]) for r in params_rows if r[1] == "created"}
-        for realm, keeper, *_, created_block in rows("SELECT * FROM realms"):
+        for realm, keeper, created_block in rows("SELECT realm, keeper, created_block FROM realms"):
             self.realms[realm] = RealmBook(realm, keeper, created[realm], created_block)
         for row in params_rows:
             realm, kind, source, seq, block, start = row[:6]
@@ -326,7 +327,8 @@ class Projector:
         self._batch.realms[book.name] = (
             book.name, book.keeper, p.rfr_bps, p.stake_per_mpb, p.epoch_blocks,
             p.funding_period_blocks, p.weight_router_bps, p.weight_service_bps,
-            p.weight_vendor_bps, p.price_per_message, book.created_block,
+            p.weight_vendor_bps, p.price_per_message, book.created_block, p.usd_price_per_message,
+            p.price_feed,
         )  # fmt: skip
 
     def _params_row(
@@ -344,7 +346,8 @@ class Projector:
         self._batch.rows["realm_params"].append(
             (realm, kind, record.source, seq, block, start_block, epoch, effective_block, p.rfr_bps,
              p.stake_per_mpb, p.epoch_blocks, p.funding_period_blocks, p.weight_router_bps,
-             p.weight_service_bps, p.weight_vendor_bps, p.price_per_message)
+             p.weight_service_bps, p.weight_vendor_bps, p.price_per_message,
+             p.usd_price_per_message, p.price_feed)
         )  # fmt: skip
 
     def _api_enabled(self, record: Record, seq: int, e: ApiEnabled) -> None:
@@ -634,7 +637,10 @@ class Projector:
 
 
 def _params(values: Any) -> RealmParams:
-    return RealmParams(*(int(v) for v in values))
+    """A realm_params row's parameter columns (the price feed is the one address)."""
+    *numbers, feed = values
+    ints = dict(zip(PARAM_FIELDS[:-1], (int(v) for v in numbers), strict=True))
+    return RealmParams(**ints, price_feed=str(feed))
 
 
 def payouts_event(

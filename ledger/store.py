@@ -19,11 +19,13 @@ CREATE TABLE IF NOT EXISTS sources (source VARCHAR PRIMARY KEY, last_seq BIGINT,
     watermark BIGINT, records BIGINT, events BIGINT);
 CREATE TABLE IF NOT EXISTS realms (realm VARCHAR PRIMARY KEY, keeper VARCHAR, rfr_bps BIGINT,
     stake_per_mpb HUGEINT, epoch_blocks BIGINT, funding_period_blocks BIGINT, weight_router_bps BIGINT,
-    weight_service_bps BIGINT, weight_vendor_bps BIGINT, price_per_message HUGEINT, created_block BIGINT);
+    weight_service_bps BIGINT, weight_vendor_bps BIGINT, price_per_message HUGEINT, created_block BIGINT,
+    usd_price_per_message HUGEINT DEFAULT 0, price_feed VARCHAR DEFAULT '');
 CREATE TABLE IF NOT EXISTS realm_params (realm VARCHAR, change VARCHAR, source VARCHAR, seq BIGINT,
     block BIGINT, start_block BIGINT, effective_epoch BIGINT, effective_block BIGINT, rfr_bps BIGINT,
     stake_per_mpb HUGEINT, epoch_blocks BIGINT, funding_period_blocks BIGINT, weight_router_bps BIGINT,
-    weight_service_bps BIGINT, weight_vendor_bps BIGINT, price_per_message HUGEINT);
+    weight_service_bps BIGINT, weight_vendor_bps BIGINT, price_per_message HUGEINT,
+    usd_price_per_message HUGEINT DEFAULT 0, price_feed VARCHAR DEFAULT '');
 CREATE TABLE IF NOT EXISTS apis (realm VARCHAR, api VARCHAR, vendor VARCHAR, block BIGINT, source VARCHAR, seq BIGINT);
 CREATE TABLE IF NOT EXISTS applied_ahead (topic VARCHAR, part INTEGER, "offset" BIGINT);
 CREATE TABLE IF NOT EXISTS stakes (realm VARCHAR, staker VARCHAR, role VARCHAR, target VARCHAR,
@@ -120,6 +122,14 @@ AUDITED_TABLES = (
     "reorg_flags",
 )
 
+#: columns added since a table was first created (a file of an older version gains them)
+MIGRATIONS = """
+ALTER TABLE realms ADD COLUMN IF NOT EXISTS usd_price_per_message HUGEINT DEFAULT 0;
+ALTER TABLE realms ADD COLUMN IF NOT EXISTS price_feed VARCHAR DEFAULT '';
+ALTER TABLE realm_params ADD COLUMN IF NOT EXISTS usd_price_per_message HUGEINT DEFAULT 0;
+ALTER TABLE realm_params ADD COLUMN IF NOT EXISTS price_feed VARCHAR DEFAULT '';
+"""
+
 COLUMNS: dict[str, list[str]] = {}
 _INSERTS: dict[str, str] = {}
 
@@ -128,6 +138,7 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     con = duckdb.connect(str(path), read_only=read_only)
     if not read_only:
         con.execute(SCHEMA)
+        con.execute(MIGRATIONS)
         con.execute(BANDWIDTH_VIEW)
     return con
 

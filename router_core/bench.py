@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,13 @@ async def _client(url: str, key_hex: str) -> Any:
 KEY_ENV = "MESH_BENCH_KEY"
 
 
+async def _ready_then_go(loop: asyncio.AbstractEventLoop) -> None:
+    """Say "ready" (joined, warmed up) and wait for a line on stdin: the bench starts the
+    router's CPU count in between, so logins and handshakes are not counted per message."""
+    print("ready", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+
+
 async def _worker(role: str, url: str, key_hex: str, n: int) -> None:
     from autobahn.wamp.types import PublishOptions
 
@@ -91,6 +99,7 @@ async def _worker(role: str, url: str, key_hex: str, n: int) -> None:
         await asyncio.wait_for(done, 300)
         print(json.dumps({"rate": (n - 1) / (times[-1] - times[0])}), flush=True)
     elif role == "pub":
+        await _ready_then_go(loop)
         sem = asyncio.Semaphore(WINDOW)
         payload = "x" * 64
 
@@ -115,6 +124,7 @@ async def _worker(role: str, url: str, key_hex: str, n: int) -> None:
                 await session.call("bench.echo", i, payload)
 
         await asyncio.gather(*(call(i) for i in range(min(200, n))))  # warm-up
+        await _ready_then_go(loop)
         started = time.perf_counter()
         await asyncio.gather(*(call(i) for i in range(n)))
         print(json.dumps({"rate": n / (time.perf_counter() - started)}), flush=True)
@@ -137,18 +147,18 @@ async def _serve(port: int, metered: bool, broker: str, keys: list[str], data_di
     signer = Signer(router_key)
     clock = ManualClock(1)
     stakes = StaticStakes({REALM: dict.fromkeys(keys, 10**9)})
-    emitter = None
     swap = None
     handoff = None
     if metered:
-        from ledger.emitter import Emitter, EmitterConfig
         from router_core.handoff import LedgerHandoff
+        from router_core.meter_child import ChildDrain, ChildSpec
 
-        emitter = Emitter(
-            signer, EmitterConfig(bootstrap=broker, spool_dir=Path(data_dir) / "spool", fsync=False)
-        )
-        handoff = LedgerHandoff(emitter, asyncio.get_running_loop())
-        terms = {REALM: RouterTerms(1000 * PRICE, 100_000 * PRICE, PRICE, TOKEN, CHAIN_ID)}
+        loop = asyncio.get_running_loop()
+        spec = ChildSpec(broker, str(Path(data_dir) / "spool"), data_dir, fsync=False)
+        drain = ChildDrain(spec, router_key, loop)
+        handoff = LedgerHandoff(drain, loop)
+        await drain.start()
+        terms = {REALM: RouterTerms(1000 * PRICE, 10**7 * PRICE, PRICE, TOKEN, CHAIN_ID)}
         swap = SwapService(signer.address, terms, handoff, clock, Path(data_dir) / "swap.sqlite")
     router = Router(
         signer.address,
@@ -165,18 +175,40 @@ async def _serve(port: int, metered: bool, broker: str, keys: list[str], data_di
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await router.stop()
     if handoff is not None:
-        handoff.close()
-    if emitter is not None:
-        emitter.close()
+        await asyncio.to_thread(handoff.close)
 
 
 def _python() -> str:
     return sys.executable
 
 
+#: a directory: each router process of the run is recorded there by py-spy (profiling only;
+#: py-spy is not a dependency: install it in the venv)
+PROFILE_ENV = "MESH_BENCH_PROFILE"
+
+
 def _spawn(args: list[str], key_hex: str = "") -> subprocess.Popen[str]:
+    command = [_python(), "-m", "router_core.bench", *args]
+    profile = os.environ.get(PROFILE_ENV, "")
+    if profile and args[0] == "serve":
+        out = Path(profile) / f"router-{'metered' if args[2] == '1' else 'unmetered'}.txt"
+        spy = Path(sys.executable).parent / "py-spy"
+        command = [
+            str(spy),
+            "record",
+            "--nonblocking",
+            "--threads",
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--",
+            *command,
+        ]
     return subprocess.Popen(
-        [_python(), "-m", "router_core.bench", *args],
+        command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -188,8 +220,16 @@ def _spawn(args: list[str], key_hex: str = "") -> subprocess.Popen[str]:
 def _expect_ready(proc: subprocess.Popen[str], what: str) -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline()
+    while line.startswith("py-spy>") or line == "\n":  # profiling: py-spy's lines come first
+        line = proc.stdout.readline()
     if line.strip() != "ready":
         raise RuntimeError(f"{what} did not start: {line!r}")
+
+
+def _go(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
 
 
 def _result(proc: subprocess.Popen[str], timeout_s: float = 300) -> dict[str, Any]:
@@ -198,31 +238,77 @@ def _result(proc: subprocess.Popen[str], timeout_s: float = 300) -> dict[str, An
     return dict(json.loads(lines[-1]))
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def _stop(proc: subprocess.Popen[str], timeout_s: float = 60) -> None:
+    """Close stdin and wait (a metered router hands its last records to the broker first)."""
     with contextlib.suppress(Exception):
         if proc.stdin is not None:
             proc.stdin.close()
-        proc.wait(timeout=10)
+        proc.wait(timeout=timeout_s)
     if proc.poll() is None:
         proc.kill()
         proc.wait()
 
 
-def measure(url: str, keys: list[str], messages: int, calls: int) -> tuple[float, float]:
-    """(pub/sub deliveries per second, RPC calls per second) against the router at `url`."""
-    sub_key, pub_key, callee_key, caller_key = keys if keys else ["", "", "", ""]
-    sub = _spawn(["worker", "sub", url, str(messages)], sub_key)
-    _expect_ready(sub, "subscriber")
-    pub = _spawn(["worker", "pub", url, str(messages)], pub_key)
-    rate = float(_result(sub)["rate"])
+#: the scenarios, in the order they run: (name, subscribers); "rpc" has a callee and a caller
+SCENARIOS = (("pubsub", 1), ("rpc", 0), ("fanout", 4))
+#: client keys a scenario needs at most (fanout: 4 subscribers and a publisher)
+KEYS_NEEDED = 5
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads, not its children), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _settled_cpu(pid: int, timeout_s: float = 5.0) -> float:
+    """The process's CPU time once it stopped using CPU (work queued behind the traffic, such as
+    sealing a last batch, still counts), waiting at most `timeout_s`."""
+    last = cpu_seconds(pid)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = cpu_seconds(pid)
+        if now - last < 0.005:
+            return now
+        last = now
+    return last
+
+
+def measure(
+    url: str, keys: list[str], name: str, messages: int, calls: int, router_pid: int
+) -> tuple[float, float]:
+    """One scenario: (routed messages per second as the clients saw them, router CPU µs per
+    routed message). Routed messages: pubsub and fanout count deliveries (4 per publish in
+    fanout), rpc counts INVOCATION and RESULT (2 per call). The CPU count starts once every
+    client joined (and the caller warmed up) and ends once the router is idle again."""
+    supply = iter(keys if keys else [""] * KEYS_NEEDED)
+    if name == "rpc":
+        callee = _spawn(["worker", "callee", url, "0"], next(supply))
+        _expect_ready(callee, "callee")
+        caller = _spawn(["worker", "caller", url, str(calls)], next(supply))
+        _expect_ready(caller, "caller")
+        cpu0 = _settled_cpu(router_pid)
+        _go(caller)
+        rate = float(_result(caller)["rate"])
+        cpu = _settled_cpu(router_pid) - cpu0
+        callee.kill()
+        callee.wait()
+        return 2 * rate, 1e6 * cpu / (2 * calls)
+    subscribers = dict(SCENARIOS)[name]
+    subs = []
+    for _ in range(subscribers):
+        sub = _spawn(["worker", "sub", url, str(messages)], next(supply))
+        _expect_ready(sub, "subscriber")
+        subs.append(sub)
+    pub = _spawn(["worker", "pub", url, str(messages)], next(supply))
+    _expect_ready(pub, "publisher")
+    cpu0 = _settled_cpu(router_pid)
+    _go(pub)
+    rates = [float(_result(sub)["rate"]) for sub in subs]
     _result(pub)
-    callee = _spawn(["worker", "callee", url, "0"], callee_key)
-    _expect_ready(callee, "callee")
-    caller = _spawn(["worker", "caller", url, str(calls)], caller_key)
-    rpc = float(_result(caller)["rate"])
-    callee.kill()
-    callee.wait()
-    return rate, rpc
+    cpu = _settled_cpu(router_pid) - cpu0
+    return sum(rates), 1e6 * cpu / (messages * subscribers)
 
 
 CROSSBAR_CONFIG = {
@@ -288,41 +374,118 @@ def _wait_port(port: int, timeout_s: float) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-def run_bench(messages: int = 20_000, calls: int = 5_000) -> dict[str, Any]:
+VARIANTS = ("metered", "unmetered")
+
+
+def loop_metering_ns(messages: int = 200_000) -> float:
+    """What metering adds to the router's loop per routed message, measured in this process
+    without the machine's noise: the metering observer appending to the hand-off's chunk, and
+    marshalling the chunk for the child (pipe writes not included)."""
+    import uvloop
+
+    from router_core.chain_clock import ManualClock
+    from router_core.handoff import Chunk, LedgerHandoff
+    from router_core.meter_child import _encode_chunk
+    from router_core.metering import MeteringObserver
+
+    class Encode:
+        def attach(self, handoff: LedgerHandoff) -> None:
+            self.handoff = handoff
+
+        def ship(self, chunk: Chunk) -> None:
+            _encode_chunk(chunk)
+            self.handoff.acked(chunk.id)
+
+        def flush(self, timeout_s: float) -> None: ...
+
+        def close(self, timeout_s: float) -> None: ...
+
+    class Peer:
+        def __init__(self, address: str) -> None:
+            self.authid = address
+
+    async def run() -> float:
+        handoff = LedgerHandoff(Encode(), asyncio.get_running_loop())
+        routed = MeteringObserver(handoff, ManualClock(5)).routed
+        sender, receiver = Peer("0x" + "ab" * 20), Peer("0x" + "cd" * 20)
+        started = time.process_time()
+        for _ in range(messages):
+            routed(REALM, "event", sender, receiver, "bench.topic", 100)  # type: ignore[arg-type]
+        spent = time.process_time() - started
+        started = time.process_time()
+        for _ in range(messages):
+            pass
+        return (spent - (time.process_time() - started)) / messages * 1e9
+
+    return float(uvloop.run(run()))
+
+
+def run_bench(
+    messages: int = 20_000, calls: int = 5_000, crossbar: bool = True, rounds: int = 3
+) -> dict[str, Any]:
+    """Both routers run side by side; each scenario is measured `rounds` times per variant,
+    alternating; rates are medians, CPU per message the minimum (the least disturbed run)."""
     from infra.broker import start_broker
     from infra.procs import free_port, stop_pid
 
     root = Path(__file__).resolve().parent.parent
-    result: dict[str, Any] = {"messages": messages, "calls": calls}
+    result: dict[str, Any] = {"messages": messages, "calls": calls, "rounds": rounds}
+    result["loop_metering_ns_per_message"] = round(min(loop_metering_ns() for _ in range(3)))
     broker = start_broker()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            keys = [secrets.token_bytes(32).hex() for _ in range(4)]
             from eth_account import Account
 
-            addresses = [Account.from_key(bytes.fromhex(k)).address for k in keys]
-            for metered in (True, False):
-                port = free_port()
-                server = _spawn(
-                    [
-                        "serve",
-                        str(port),
-                        "1" if metered else "0",
-                        broker.bootstrap,
-                        ",".join(addresses),
-                        tmp,
-                    ]
-                )
-                try:
-                    _expect_ready(server, "router")
-                    rate, rpc = measure(
-                        f"ws://127.0.0.1:{port}/ws", keys if metered else [], messages, calls
+            # fresh clients every round: a client that joins owing more than the payment
+            # threshold pays first (and this router, without a chain, refuses the cheque)
+            keys = {
+                (turn, name): [secrets.token_bytes(32).hex() for _ in range(KEYS_NEEDED)]
+                for turn in range(rounds)
+                for name, _ in SCENARIOS
+            }
+            addresses = [
+                Account.from_key(bytes.fromhex(k)).address for ks in keys.values() for k in ks
+            ]
+            servers: dict[str, tuple[str, subprocess.Popen[str]]] = {}
+            try:
+                for variant in VARIANTS:
+                    port = free_port()
+                    data = Path(tmp) / variant
+                    server = _spawn(
+                        [
+                            "serve",
+                            str(port),
+                            "1" if variant == "metered" else "0",
+                            broker.bootstrap,
+                            ",".join(addresses),
+                            str(data),
+                        ]
                     )
-                finally:
+                    servers[variant] = (f"ws://127.0.0.1:{port}/ws", server)
+                    _expect_ready(server, f"{variant} router")
+                # alternate variants scenario by scenario, so both see the same machine load
+                runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+                for turn in range(rounds):
+                    for name, _subs in SCENARIOS:
+                        for variant, (url, server) in servers.items():
+                            use = keys[turn, name] if variant == "metered" else []
+                            found = measure(url, use, name, messages, calls, server.pid)
+                            runs.setdefault((variant, name), []).append(found)
+            finally:
+                for _url, server in servers.values():
                     _stop(server)
-                suffix = "metered" if metered else "unmetered"
-                result[f"routed_per_s_{suffix}"] = round(rate)
-                result[f"rpc_calls_per_s_{suffix}"] = round(rpc)
+            for (variant, name), measured in runs.items():
+                rate = statistics.median(r for r, _ in measured)
+                cpu_us = min(c for _, c in measured)  # the least disturbed run of a loaded machine
+                if name == "pubsub":
+                    result[f"routed_per_s_{variant}"] = round(rate)
+                elif name == "rpc":
+                    result[f"rpc_calls_per_s_{variant}"] = round(rate / 2)
+                else:
+                    result[f"fanout_routed_per_s_{variant}"] = round(rate)
+                result[f"router_cpu_us_{variant}_{name}"] = round(cpu_us, 2)
+            if not crossbar:
+                return _ratios(result)
             cbdir = Path(tmp) / "cb" / ".crossbar"
             cbdir.mkdir(parents=True)
             port = free_port()
@@ -337,15 +500,24 @@ def run_bench(messages: int = 20_000, calls: int = 5_000) -> dict[str, Any]:
             )
             try:
                 _wait_port(port, 90)
-                rate, rpc = measure(f"ws://127.0.0.1:{port}/ws", [], messages, calls)
+                url = f"ws://127.0.0.1:{port}/ws"
+                pubsub = measure(url, [], "pubsub", messages, calls, cb.pid)[0]
+                rpc = measure(url, [], "rpc", messages, calls, cb.pid)[0]
             finally:
                 stop_pid(cb.pid, 15)
-            result["crossbar_per_s"] = round(rate)
-            result["crossbar_rpc_calls_per_s"] = round(rpc)
+            result["crossbar_per_s"] = round(pubsub)
+            result["crossbar_rpc_calls_per_s"] = round(rpc / 2)
     finally:
         broker.stop()
+    return _ratios(result)
+
+
+def _ratios(result: dict[str, Any]) -> dict[str, Any]:
     m, u = result["routed_per_s_metered"], result["routed_per_s_unmetered"]
     result["metering_cost_pct"] = round(100 * (u - m) / u, 1) if u else None
+    for name, _ in SCENARIOS:
+        metered, unmetered = (result[f"router_cpu_us_{k}_{name}"] for k in ("metered", "unmetered"))
+        result[f"router_cpu_ratio_{name}"] = round(metered / unmetered, 3) if unmetered else None
     return result
 
 

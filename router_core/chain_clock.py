@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger("router_core.chain_clock")
 
@@ -61,19 +61,25 @@ class HeadEventClock(ManualClock):
 
 
 class Web3HeadPoller(ManualClock):
-    """Polls `eth_blockNumber` every `poll_ms` (async, in the router's loop)."""
+    """Polls `eth_blockNumber` every `poll_ms` (async, in the router's loop). One provider (one
+    aiohttp session) serves every poll and is closed by `stop`: a provider per poll leaked a
+    client session each time ("Unclosed client session" in the log about once a second)."""
 
     def __init__(self, rpc_url: str, poll_ms: int = 1000, block: int = 0) -> None:
         super().__init__(block)
         self.rpc_url = rpc_url
         self.poll_ms = poll_ms
+        self.polls = 0
         self._task: asyncio.Task[None] | None = None
+        self._w3: Any = None
 
     async def poll_once(self) -> int:
-        from web3 import AsyncHTTPProvider, AsyncWeb3
+        if self._w3 is None:
+            from web3 import AsyncHTTPProvider, AsyncWeb3
 
-        w3 = AsyncWeb3(AsyncHTTPProvider(self.rpc_url, request_kwargs={"timeout": 5}))
-        number = int(await w3.eth.block_number)
+            self._w3 = AsyncWeb3(AsyncHTTPProvider(self.rpc_url, request_kwargs={"timeout": 5}))
+        number = int(await self._w3.eth.block_number)
+        self.polls += 1
         self.set(number)
         return number
 
@@ -97,3 +103,6 @@ class Web3HeadPoller(ManualClock):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._w3 is not None:
+            w3, self._w3 = self._w3, None
+            await w3.provider.disconnect()

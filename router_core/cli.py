@@ -59,11 +59,16 @@ def run(config_path: Path, log_level: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="last line: one JSON object")
 @click.option("--messages", default=20_000, show_default=True)
 @click.option("--calls", default=5_000, show_default=True)
-def bench_router(as_json: bool, messages: int, calls: int) -> None:
-    """Pub/sub and RPC rates: metered+SWAP, unmetered, and Crossbar.io, on this machine."""
+@click.option("--no-crossbar", is_flag=True, help="skip the Crossbar.io comparison")
+@click.option("--rounds", default=3, show_default=True, help="measurements per scenario")
+def bench_router(as_json: bool, messages: int, calls: int, no_crossbar: bool, rounds: int) -> None:
+    """Pub/sub, RPC and fan-out (1 publisher, 4 subscribers): rates and the router process's CPU
+    per routed message (from /proc), metered+SWAP against unmetered side by side in one run
+    (alternating, `--rounds` times; CPU the least disturbed run, rates the median), and
+    Crossbar.io's rates, on this machine."""
     from router_core.bench import run_bench
 
-    result = run_bench(messages, calls)
+    result = run_bench(messages, calls, crossbar=not no_crossbar, rounds=rounds)
     if not as_json:
         for key, value in result.items():
             click.echo(f"{key:28} {value}")

@@ -24,8 +24,8 @@ never from the configuration itself. Example: see README / `router_core.cli`.
 
     [[realms]]
     name = "realm1"
-    keeper = "0x…"
-    price_per_message = 1_000_000_000_000
+    keeper = "0x…"                     # static (offline dev): the log's values win, and a
+    price_per_message = 1_000_000_000_000  # router whose values disagree refuses to start
     reservations = { "0xabc…" = 100 }  # static stakes (dev); messages per block
 """
 
@@ -44,9 +44,12 @@ from domain.events import DEFAULT_PRICE_PER_MESSAGE
 @dataclass(frozen=True)
 class RealmConfig:
     name: str
+    #: static values for offline development: with `ledger_sources` the log's (set on chain,
+    #: brought in by the indexer) apply, and a router whose values disagree with them refuses to
+    #: start; unset ones follow the log (or the defaults without a log)
     keeper: str = ""
-    price_per_message: int = DEFAULT_PRICE_PER_MESSAGE
-    stake_per_mpb: int = 10**18
+    price_per_message: int | None = None
+    stake_per_mpb: int | None = None
     allow_anonymous: bool = False
     enforce_bandwidth: bool = False
     burst_messages: int = 0
@@ -61,6 +64,8 @@ class SwapConfig:
     disconnect_threshold: int = 200 * DEFAULT_PRICE_PER_MESSAGE * 1000
     min_payment_threshold: int = 0
     flush_interval_ms: int = 200
+    #: decimals of `token` (a realm priced in USD is converted to its base units)
+    token_decimals: int = 18
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,11 @@ class RouterConfig:
     broker: str = ""
     chain_id: int = 31337
     chain_rpc_url: str = ""
+    #: how often the head poller asks `chain_rpc_url` for the block number
+    chain_poll_ms: int = 1000
     ledger_sources: list[str] = field(default_factory=list)
+    #: at start the router reads mesh.ledger to its end (realm settings, stakes) within this
+    ledger_catchup_timeout_s: float = 60.0
     max_frame_bytes: int = 1 << 20
     call_timeout_ms: int = 30_000
     #: the router's watermark (ChainHead of block - 1, per realm) at least every N blocks, so an

@@ -1,6 +1,8 @@
 """Follows `mesh.ledger` for what the router needs from the chain side: StakeChanged events
-(reservations) and ChainHead events (the block clock). Only verified records of configured
-indexer sources are trusted. Runs in a thread (kafka-python is blocking)."""
+(reservations), ChainHead events (the block clock), realms, their parameters and keepers
+(`router_core.realm_settings`) and Chainlink prices (`router_core.prices`). Only verified records
+of configured indexer sources are trusted. Runs in a thread (kafka-python is blocking);
+`caught_up` is set once it has read the log as far as it reached when the follower started."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ import logging
 import threading
 
 from domain.envelope import RecordError, decode
-from domain.events import ChainHead, StakeChanged
+from domain.events import ChainHead, PriceObserved, StakeChanged
 from domain.topics import LEDGER_TOPIC
 from router_core.chain_clock import HeadEventClock
+from router_core.prices import PriceBook
+from router_core.realm_settings import LedgerRealms
 from router_core.stakes import LedgerStakes
 
 log = logging.getLogger("router_core.ledger_follower")
@@ -24,12 +28,17 @@ class LedgerFollower:
         stakes: LedgerStakes,
         clock: HeadEventClock | None,
         poll_ms: int = 500,
+        realms: LedgerRealms | None = None,
+        prices: PriceBook | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.trusted = {s.lower() for s in trusted_sources}
         self.stakes = stakes
         self.clock = clock
         self.poll_ms = poll_ms
+        self.realms = realms
+        self.prices = prices
+        self.caught_up = threading.Event()
         self.applied = 0
         self.rejected = 0
         self._stop = threading.Event()
@@ -46,8 +55,14 @@ class LedgerFollower:
             self.rejected += 1
             log.warning("ignoring a mesh.ledger record: %s", exc)
             return
-        for _, event in record.iter_events():
-            if isinstance(event, StakeChanged):
+        for seq, event in record.iter_events():
+            if self.realms is not None and self.realms.apply(record.source, seq, event):
+                self.applied += 1
+            elif isinstance(event, PriceObserved):
+                if self.prices is not None:
+                    self.prices.observe(event)
+                    self.applied += 1
+            elif isinstance(event, StakeChanged):
                 self.stakes.apply(event)
                 self.applied += 1
             elif isinstance(event, ChainHead) and self.clock is not None:
@@ -70,10 +85,15 @@ class LedgerFollower:
             tps = [TopicPartition(LEDGER_TOPIC, p) for p in sorted(partitions)]
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
+            ends = consumer.end_offsets(tps)
             while not self._stop.is_set():
                 for records in consumer.poll(timeout_ms=self.poll_ms).values():
                     for rec in records:
                         self.handle(rec.value)
+                if not self.caught_up.is_set() and all(
+                    consumer.position(tp) >= ends[tp] for tp in tps
+                ):
+                    self.caught_up.set()
         except Exception:
             log.exception("ledger follower stopped")
         finally:

@@ -1,13 +1,12 @@
 """Metering: the routing observer that turns every routed message into a MessageMetered event.
 
-It calls the ledger emitter's `meter()` fast path (O(1), thread-safe, buffered; it blocks only
-when the emitter's disk spool is full, which is the defined back-pressure). The block comes from
-the chain clock.
+It calls the sink's `meter()` (in the router, `router_core.handoff.LedgerHandoff`: an append to
+a list, never blocking; the emitter runs in a child process). The block comes from the chain
+clock.
 
-Crash window: a metered message is in the emitter's memory buffer for at most `linger_ms`
-(or `batch_max_events` messages) before it is sealed into the spool; a router crash loses at
-most that window of metering, never more. Nothing is double-counted: every message gets exactly
-one `(source, seq)` when sealed, and consumers deduplicate re-sent records by it.
+Crash window: see `router_core.handoff` and the README (a SIGKILL of the router loses at most the
+hand-off's open chunk). Nothing is double-counted: every message gets exactly one
+`(source, seq)` when sealed, and consumers deduplicate re-sent records by it.
 """
 
 from __future__ import annotations

@@ -111,6 +111,7 @@ class Router:
         self._eth = EthEip191Auth(address)
         self._serializers: dict[str, Serializer] = serializers()
         self._server: asyncio.Server | None = None
+        self._joining: set[asyncio.Task[None]] = set()
         self.port = 0
 
     def pause_reading(self) -> None:
@@ -186,6 +187,8 @@ class Router:
         return self.port
 
     async def stop(self) -> None:
+        for task in list(self._joining):
+            task.cancel()
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions.values()):
@@ -263,10 +266,31 @@ class Router:
                     m.NO_RESERVATION,
                     f"{address} holds no reservation stake in realm {realm!r}: stake on the realm first",
                 )
-            self._welcome(session, realm, address, "user", ETH_EIP191)
+            if self.swap is None:
+                self._welcome(session, realm, address, "user", ETH_EIP191)
+                return
+            # the peer's SWAP state is read off the loop before WELCOME
+            task = asyncio.get_running_loop().create_task(
+                self._swap_welcome(session, realm, address)
+            )
+            self._joining.add(task)
+            task.add_done_callback(self._joining.discard)
         except AuthFailed as exc:
             log.info("session %s refused: %s %s", session.id, exc.uri, exc.message)
             session.abort(exc.uri, exc.message)
+
+    async def _swap_welcome(self, session: Session, realm: str, address: str) -> None:
+        assert self.swap is not None
+        try:
+            await self.swap.prepare(realm, address, session.hello_details)
+            if session.state is State.CHALLENGED:  # it may have gone meanwhile
+                self._welcome(session, realm, address, "user", ETH_EIP191)
+        except AuthFailed as exc:
+            log.info("session %s refused: %s %s", session.id, exc.uri, exc.message)
+            session.abort(exc.uri, exc.message)
+        except Exception:
+            log.exception("session %s: loading its SWAP state failed", session.id)
+            session.abort(m.CLOSE_SYSTEM_SHUTDOWN, "the router could not load its SWAP state")
 
     def _welcome(
         self, session: Session, realm_name: str, authid: str, authrole: str, authmethod: str

@@ -17,7 +17,16 @@ from router_core.chequebooks import ChequebookReader, NoChain, Web3Chequebooks
 from router_core.config import RouterConfig
 from router_core.handoff import LedgerHandoff
 from router_core.ledger_follower import LedgerFollower
+from router_core.meter_child import ChildDrain, ChildSpec
 from router_core.metering import NullSink, UsageSink
+from router_core.prices import PriceBook
+from router_core.realm_settings import (
+    LedgerRealms,
+    RealmSettings,
+    RealmTerms,
+    SettingsConflict,
+    StaticRealm,
+)
 from router_core.router import Limits, RealmOptions, Router
 from router_core.stakes import LedgerStakes, StakeView, StaticStakes
 from router_core.swap import SwapService
@@ -42,11 +51,12 @@ class CombinedStakes:
 class RouterService:
     config: RouterConfig
     router: Router | None = None
-    emitter: Any = None
+    drain: ChildDrain | None = None
     handoff: LedgerHandoff | None = None
     follower: LedgerFollower | None = None
     cashout: CashoutQueue | None = None
     cashout_sink: CashoutSink | None = None
+    clock: ChainClock | None = None
     _opened_sink: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -59,38 +69,68 @@ class RouterService:
         data.mkdir(parents=True, exist_ok=True)
         sink: UsageSink
         if cfg.broker:
-            from ledger.emitter import Emitter, EmitterConfig
-
-            self.emitter = Emitter(
-                signer, EmitterConfig(bootstrap=cfg.broker, spool_dir=data / "spool")
+            # sealing, signing and producing run in a supervised child that owns the spool
+            self.drain = ChildDrain(
+                ChildSpec(bootstrap=cfg.broker, spool_dir=str(data / "spool"), state_dir=str(data)),
+                key,
+                loop,
             )
-            # the emitter blocks when its spool is full: never call it from the loop
-            self.handoff = LedgerHandoff(self.emitter, loop)
+            self.handoff = LedgerHandoff(self.drain, loop)
+            await self.drain.start()
             sink = self.handoff
         else:
             log.warning("no broker configured: metering and SWAP events are not published")
             sink = NullSink()
         clock: ChainClock
         if cfg.chain_rpc_url:
-            poller = Web3HeadPoller(cfg.chain_rpc_url)
+            poller = Web3HeadPoller(cfg.chain_rpc_url, cfg.chain_poll_ms)
             poller.start()
             clock = poller
         elif cfg.broker and cfg.ledger_sources:
             clock = HeadEventClock(loop, cfg.chain_id)
         else:
             clock = ManualClock()
+        self.clock = clock
         static = StaticStakes({r.name: r.reservations for r in cfg.realms})
         stakes: StakeView = static
+        ledger_realms: LedgerRealms | None = None
+        prices = PriceBook()
         if cfg.broker and cfg.ledger_sources:
-            ledger = LedgerStakes({r.name: r.stake_per_mpb for r in cfg.realms})
+            ledger_realms = LedgerRealms()
+        settings = RealmSettings(
+            [
+                StaticRealm(r.name, r.keeper, r.price_per_message, r.stake_per_mpb)
+                for r in cfg.realms
+            ],
+            ledger_realms,
+        )
+        if cfg.broker and cfg.ledger_sources:
+            ledger = LedgerStakes(settings.stake_per_mpb)
             self.follower = LedgerFollower(
                 cfg.broker,
                 cfg.ledger_sources,
                 ledger,
                 clock if isinstance(clock, HeadEventClock) else None,
+                realms=ledger_realms,
+                prices=prices,
             )
             self.follower.start()
             stakes = CombinedStakes(static, ledger)
+            # realm settings come from the log: read it to its end before serving
+            caught_up = await asyncio.to_thread(
+                self.follower.caught_up.wait, cfg.ledger_catchup_timeout_s
+            )
+            if not caught_up:
+                await self.stop()
+                raise RuntimeError(
+                    f"mesh.ledger not read to its end within {cfg.ledger_catchup_timeout_s:g}s "
+                    f"(broker {cfg.broker}): realm settings unknown, not serving"
+                )
+            try:
+                settings.check()
+            except SettingsConflict:
+                await self.stop()
+                raise
         swap = None
         if cfg.swap.enabled:
             self.cashout = CashoutQueue(
@@ -108,17 +148,22 @@ class RouterService:
             chequebooks: ChequebookReader = (
                 Web3Chequebooks(cfg.chain_rpc_url, cfg.chain_id) if cfg.chain_rpc_url else NoChain()
             )
-            terms = {
-                r.name: RouterTerms(
-                    payment_threshold=cfg.swap.payment_threshold,
-                    disconnect_threshold=cfg.swap.disconnect_threshold,
-                    price_per_message=r.price_per_message,
-                    token=cfg.swap.token,
-                    chain_id=cfg.chain_id,
-                    min_payment_threshold=cfg.swap.min_payment_threshold,
-                )
-                for r in cfg.realms
-            }
+            base = RouterTerms(
+                payment_threshold=cfg.swap.payment_threshold,
+                disconnect_threshold=cfg.swap.disconnect_threshold,
+                price_per_message=0,
+                token=cfg.swap.token,
+                chain_id=cfg.chain_id,
+                min_payment_threshold=cfg.swap.min_payment_threshold,
+            )
+            terms = RealmTerms(
+                settings,
+                prices,
+                clock,
+                base,
+                [r.name for r in cfg.realms],
+                cfg.swap.token_decimals,
+            )
             swap = SwapService(
                 signer.address,
                 terms,
@@ -127,7 +172,7 @@ class RouterService:
                 data / "swap.sqlite",
                 cfg.swap.flush_interval_ms,
                 chequebooks,
-                self.cashout.add,
+                self.cashout,
             )
         realms = [
             RealmOptions(r.name, r.allow_anonymous, r.enforce_bandwidth, r.burst_messages)
@@ -172,12 +217,12 @@ class RouterService:
                 await task
         if self.router is not None:
             await self.router.stop()
+        if isinstance(self.clock, Web3HeadPoller):
+            await self.clock.stop()
         if self.follower is not None:
             self.follower.stop()
         if self.handoff is not None:
             await asyncio.to_thread(self.handoff.close)
-        if self.emitter is not None:
-            await asyncio.to_thread(self.emitter.close)
         if self.cashout is not None:
             self.cashout.close()
         if self._opened_sink is not None:

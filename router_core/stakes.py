@@ -4,6 +4,7 @@ bandwidth (messages per block) it reserves; what a reservation is, is `domain.st
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from domain.events import REALM_TARGET, StakeChanged
@@ -39,8 +40,16 @@ class LedgerStakes:
     """Reservations from StakeChanged events (fed by `router_core.ledger_follower`), answered as
     of a block by the ledger's own rules (`domain.stakes`). Thread-safe."""
 
-    def __init__(self, stake_per_mpb: dict[str, int]) -> None:
-        self._stake_per_mpb = stake_per_mpb
+    def __init__(self, stake_per_mpb: dict[str, int] | Callable[[str, int], int]) -> None:
+        """`stake_per_mpb`: per realm, or a function of (realm, block) (the realm's parameters
+        in force at that block, `router_core.realm_settings`)."""
+        if isinstance(stake_per_mpb, dict):
+            table = dict(stake_per_mpb)
+            self._stake_per_mpb: Callable[[str, int], int] = lambda realm, block: table.get(
+                realm, 10**18
+            )
+        else:
+            self._stake_per_mpb = stake_per_mpb
         self._realms: dict[str, RealmStakes] = {}
         self._seen: set[tuple[str, int, int]] = set()  # (realm, block, log index): one log once
         self._lock = threading.Lock()
@@ -65,7 +74,7 @@ class LedgerStakes:
             if stakes is None:
                 return 0
             stake = value_at(stakes.reserved_steps(client=address.lower()), block)
-        return stake // self._stake_per_mpb.get(realm, 10**18)
+        return stake // self._stake_per_mpb(realm, block)
 
     def has_reservation(self, realm: str, address: str, block: int) -> bool:
         return self.reserved_mpb(realm, address, block) > 0

@@ -11,13 +11,20 @@ SQLite) every `flush_interval_ms`, before every cheque decision, when the peer l
 the router stops; so a clean restart resumes every balance exactly and a crash loses at most
 `flush_interval_ms` of charges (the metered usage in the ledger still has them).
 
+Storage never runs on the event loop: aggregates are loaded (at login, before WELCOME) and their
+events recorded by one worker thread, in the order the loop decided them; an aggregate stays in
+memory while it has events not yet recorded, so nothing is ever read back older than decided.
+
 Payment: when the debt reaches the payment threshold the router sends the peer an EVENT on
 `mesh.swap.payment_due` (if subscribed); the peer calls `mesh.swap.cheque` with a cumulative
 EIP-712 cheque. The cheque's pure checks run first (`domain.swap.check_claim`), then the
 chequebook's issuer, token, balance and paidOut are read from the chain without blocking the loop
 (`router_core.chequebooks`), then `check_cheque` decides, with no await between that decision
-and recording it. Past the disconnect threshold the session is closed with
-`mesh.error.payment_required`.
+and crediting it in memory. The cash-out queue's room is checked before the credit; the cheque is
+then written to the cash-out queue (the intent to cash it) and the credit recorded, in that order
+and off the loop, before the peer hears "accepted": a crash never loses an accepted cheque and a
+cheque is never credited twice (the chequebook's last cumulative is recorded with the credit).
+Past the disconnect threshold the session is closed with `mesh.error.payment_required`.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -49,6 +58,7 @@ from domain.swap import (
 )
 from router_core import messages as m
 from router_core.auth import AuthFailed
+from router_core.cashout import CashoutQueueFull
 from router_core.chain_clock import ChainClock
 from router_core.chequebooks import ChequebookReader, NoChain
 from router_core.dealer import MetaError
@@ -62,8 +72,39 @@ CHEQUE_PROCEDURE = "mesh.swap.cheque"
 BALANCE_PROCEDURE = "mesh.swap.balance"
 
 
-#: called with every accepted cheque (the cash-out queue)
-ChequeSink = Callable[[str, str, ChequeClaim], None]
+class ChequeQueue(Protocol):
+    """Where accepted cheques go to be cashed (`router_core.cashout.CashoutQueue`)."""
+
+    def add(self, realm: str, peer: str, claim: ChequeClaim) -> None:
+        """Queue the cheque (blocking I/O: called off the loop); raises CashoutQueueFull."""
+        ...
+
+
+class TermsSource(Protocol):
+    """The router's terms per realm, as of now (a realm's price may follow the log or a USD
+    price feed)."""
+
+    def serves(self, realm: str) -> bool:
+        """Whether peers of `realm` run SWAP with this router."""
+        ...
+
+    def terms(self, realm: str) -> RouterTerms | None:
+        """The terms a new handshake gets; raises HandshakeRefused when none can be given now
+        (a USD price without a valid exchange rate)."""
+        ...
+
+
+class StaticTerms:
+    """Terms fixed at start (tests, dev)."""
+
+    def __init__(self, terms: dict[str, RouterTerms]) -> None:
+        self._terms = terms
+
+    def serves(self, realm: str) -> bool:
+        return realm in self._terms
+
+    def terms(self, realm: str) -> RouterTerms | None:
+        return self._terms.get(realm)
 
 
 class SwapAccounts(Application):
@@ -138,18 +179,18 @@ class SwapService:
     def __init__(
         self,
         router: str,
-        terms: dict[str, RouterTerms],
+        terms: dict[str, RouterTerms] | TermsSource,
         sink: UsageSink,
         clock: ChainClock,
         db_path: Path | None,
         flush_interval_ms: int = 200,
         chequebooks: ChequebookReader | None = None,
-        on_cheque: ChequeSink | None = None,
+        on_cheque: ChequeQueue | None = None,
         max_cached_chequebooks: int = 10_000,
         payment_grace_ms: int = 10_000,
     ) -> None:
         self.router = router
-        self.terms = terms
+        self.terms: TermsSource = StaticTerms(terms) if isinstance(terms, dict) else terms
         self._sink = sink
         self._clock = clock
         self._flush_s = flush_interval_ms / 1000
@@ -157,8 +198,19 @@ class SwapService:
         self._on_cheque = on_cheque
         self.accounts = open_accounts(db_path)
         self._live: dict[UUID, PeerSwap] = {}
-        self._books: dict[UUID, ChequebookAccount] = {}
-        self._max_books = max_cached_chequebooks
+        #: peer accounts and chequebook accounts in memory (live, or with unrecorded events, or
+        #: recently used: at most `max_cached_chequebooks` of the clean ones beyond those)
+        self._aggregates: dict[UUID, Any] = {}
+        self._max_cached = max_cached_chequebooks
+        #: events decided on the loop, not yet recorded (in order), and per aggregate how many
+        self._unsaved: list[Any] = []
+        self._dirty: Counter[UUID] = Counter()
+        self._store = ThreadPoolExecutor(1, thread_name_prefix="swap-store")
+        self._save_lock: asyncio.Lock | None = None
+        self._saving: set[asyncio.Task[None]] = set()
+        #: accepted cheques on their way into the cash-out queue (its room is checked with them)
+        #: chequebooks with a cheque being decided (one at a time: decide, queue, credit, record)
+        self._books_busy: set[UUID] = set()
         #: how long a peer that joins past its disconnect threshold may take to pay
         self._grace_s = payment_grace_ms / 1000
         self._task: asyncio.Task[None] | None = None
@@ -183,61 +235,148 @@ class SwapService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self.flush()
-        self.accounts.close()
+        for ps in self._live.values():
+            ps.fold_pending()
+        await self._persist(*self._live_accounts())
+        if self._saving:
+            await asyncio.gather(*self._saving, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(self._store, self.accounts.close)
+        self._store.shutdown()
         await self._chequebooks.close()
 
+    def _live_accounts(self) -> list[PeerAccount]:
+        return [ps.account for ps in self._live.values()]
+
     def flush(self) -> None:
+        """Fold pending charges into the aggregates and record them (off the loop, soon)."""
         changed = [ps.account for ps in self._live.values() if ps.fold_pending()]
         if changed:
-            self.accounts.save(*changed)
+            self._persist_soon(*changed)
+
+    # -- storage (one worker thread, in the loop's order) ------------------------------------------
+
+    def _collect(self, aggregates: tuple[Any, ...]) -> None:
+        for aggregate in aggregates:
+            events = aggregate.collect_events()
+            if events:
+                self._unsaved.extend(events)
+                self._dirty[aggregate.id] += len(events)
+
+    async def _persist(self, *aggregates: Any) -> None:
+        """Record the aggregates' new events (and every event decided before them) off the loop.
+        On failure the events stay queued (retried by the next save) and the error is raised."""
+        self._collect(aggregates)
+        if self._save_lock is None:
+            self._save_lock = asyncio.Lock()
+        async with self._save_lock:
+            batch = list(self._unsaved)
+            if not batch:
+                return
+            await asyncio.get_running_loop().run_in_executor(
+                self._store, lambda: self.accounts.save(*batch)
+            )
+            del self._unsaved[: len(batch)]
+            for event in batch:
+                key = event.originator_id
+                self._dirty[key] -= 1
+                if self._dirty[key] <= 0:
+                    del self._dirty[key]
+
+    def _persist_soon(self, *aggregates: Any) -> None:
+        self._collect(aggregates)
+        task = asyncio.get_running_loop().create_task(self._persist_logged())
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)
+
+    async def _persist_logged(self) -> None:
+        try:
+            await self._persist()
+        except Exception:  # kept in memory and queued: the next save retries them
+            log.exception("recording SWAP accounts failed")
+
+    async def _fetch(self, key: UUID, make: Callable[[], Any]) -> Any:
+        """The aggregate `key` from memory, else read by the worker (`make()` if never saved)."""
+        found = self._aggregates.get(key)
+        if found is not None:
+            return found
+
+        def read() -> Any:
+            try:
+                return self.accounts.repository.get(key)
+            except AggregateNotFoundError:
+                return make()
+
+        loaded = await asyncio.get_running_loop().run_in_executor(self._store, read)
+        found = self._aggregates.setdefault(key, loaded)  # a concurrent read may have won
+        self._evict()
+        return found
+
+    def _evict(self) -> None:
+        """Forget clean aggregates nobody uses beyond `max_cached` (never a live or dirty one)."""
+        excess = len(self._aggregates) - self._max_cached
+        if excess <= 0:
+            return
+        live = {ps.account.id for ps in self._live.values()}
+        for key in list(self._aggregates):
+            if excess <= 0:
+                break
+            if key not in live and key not in self._dirty:
+                del self._aggregates[key]
+                excess -= 1
+
+    def _read_now(self, key: UUID, make: Callable[[], Any]) -> Any:
+        """Blocking read for the query methods (tests, operators), memory first."""
+        found = self._aggregates.get(key)
+        if found is not None:
+            return found
+        try:
+            return self.accounts.repository.get(key)
+        except AggregateNotFoundError:
+            return make()
 
     # -- join / leave -----------------------------------------------------------------------------
 
-    def _load(self, realm: str, peer: str) -> PeerAccount:
-        try:
-            account: Any = self.accounts.repository.get(account_id(self.router, realm, peer))
-        except AggregateNotFoundError:
-            return PeerAccount(self.router, realm, peer)
-        assert isinstance(account, PeerAccount)
-        return account
-
-    def _book(self, chain_id: int, chequebook: str) -> ChequebookAccount:
-        """The chequebook's account (cached; every change is saved, so a reload is current)."""
-        key = chequebook_id(self.router, chain_id, chequebook)
-        book = self._books.get(key)
-        if book is not None:
-            return book
-        try:
-            found: Any = self.accounts.repository.get(key)
-            assert isinstance(found, ChequebookAccount)
-            book = found
-        except AggregateNotFoundError:
-            book = ChequebookAccount(self.router, chain_id, chequebook)
-        if len(self._books) >= self._max_books:
-            self._books.pop(next(iter(self._books)))
-        self._books[key] = book
-        return book
-
-    def join(self, session: Session, realm: str, details: dict[str, Any]) -> dict[str, Any]:
-        """Run the handshake; returns the router's side for WELCOME authextra.swap."""
-        terms = self.terms.get(realm)
-        if terms is None:
-            return {}
+    def _negotiate(self, realm: str, details: dict[str, Any]) -> tuple[RouterTerms, AgreedTerms]:
         authextra = details.get("authextra")
         announced = authextra.get("swap") if isinstance(authextra, dict) else None
         try:
-            agreed = negotiate(terms, announced)
+            terms = self.terms.terms(realm)
+            assert terms is not None
+            return terms, negotiate(terms, announced)
         except HandshakeRefused as exc:
             raise AuthFailed(
                 m.SWAP_HANDSHAKE_REFUSED, f"SWAP handshake refused ({exc.reason}): {exc.detail}"
             ) from exc
+
+    async def prepare(self, realm: str, peer: str, details: dict[str, Any]) -> None:
+        """Before WELCOME: validate the handshake and bring the peer's account and chequebook
+        into memory (read off the loop), so that `join` decides without I/O."""
+        if not self.terms.serves(realm):
+            return
+        _, agreed = self._negotiate(realm, details)
+        await self._fetch(
+            account_id(self.router, realm, peer), lambda: PeerAccount(self.router, realm, peer)
+        )
+        await self._fetch(
+            chequebook_id(self.router, agreed.chain_id, agreed.chequebook),
+            lambda: ChequebookAccount(self.router, agreed.chain_id, agreed.chequebook),
+        )
+
+    def join(self, session: Session, realm: str, details: dict[str, Any]) -> dict[str, Any]:
+        """Run the handshake; returns the router's side for WELCOME authextra.swap."""
+        if not self.terms.serves(realm):
+            return {}
+        terms, agreed = self._negotiate(realm, details)
         peer = session.authid
         key = account_id(self.router, realm, peer)
         ps = self._live.get(key)
         if ps is None:
-            account: PeerAccount = self._load(realm, peer)
-            book = self._book(agreed.chain_id, agreed.chequebook)
+            account = self._aggregates.get(key)
+            book = self._aggregates.get(
+                chequebook_id(self.router, agreed.chain_id, agreed.chequebook)
+            )
+            if account is None or book is None:  # `prepare` was not awaited: a router bug
+                raise AuthFailed(m.SWAP_HANDSHAKE_REFUSED, "SWAP state not loaded; log in again")
             if (
                 account.chequebook.lower() != agreed.chequebook.lower()
                 or account.chain_id != agreed.chain_id
@@ -249,7 +388,7 @@ class SwapService:
                     agreed.price_per_message,
                     book.last_cumulative,
                 )
-            self.accounts.save(account)
+                self._persist_soon(account)
             ps = self._live[key] = PeerSwap(account, agreed, realm)
         elif ps.agreed.chequebook.lower() != agreed.chequebook.lower():
             raise AuthFailed(
@@ -306,7 +445,7 @@ class SwapService:
         ps.sessions.discard(session)
         if not ps.sessions:
             if ps.fold_pending():
-                self.accounts.save(ps.account)
+                self._persist_soon(ps.account)  # stays in memory until recorded
             self._live.pop(ps.account.id, None)
 
     # -- charging (routing observer) --------------------------------------------------------------
@@ -378,43 +517,78 @@ class SwapService:
             raise MetaError(m.CHEQUE_REJECTED, "this session runs no SWAP", {"reason": "no_swap"})
         peer = session.authid
         claim: ChequeClaim | None = None
+        book_key: UUID | None = None
         try:
             claim = ChequeClaim.from_wire(kwargs)
             if ps.verifying:
                 raise ChequeInvalid("busy", "another cheque of this peer is being verified")
-            book = self._book(claim.chain_id, claim.chequebook)
-            check_claim(
-                claim,
-                peer=peer,
-                beneficiary=self.router,
-                agreed=ps.agreed,
-                last_cumulative=book.last_cumulative,
-            )
+            book_key = chequebook_id(self.router, claim.chain_id, claim.chequebook)
+            if book_key in self._books_busy:
+                book_key = None
+                raise ChequeInvalid("busy", "another cheque on this chequebook is being verified")
             ps.verifying = True
+            self._books_busy.add(book_key)
             try:
-                state = await self._chequebooks.read(claim.chain_id, claim.chequebook, self.router)
+                return await self._cheque(session, ps, peer, claim, book_key)
             finally:
                 ps.verifying = False
-            if session.swap is not ps:
-                raise MetaError(m.CHEQUE_REJECTED, "the session ended", {"reason": "session_gone"})
-            # decided and recorded with no await in between: nothing can interleave
-            book = self._book(claim.chain_id, claim.chequebook)
-            amount = check_cheque(
-                claim,
-                peer=peer,
-                beneficiary=self.router,
-                agreed=ps.agreed,
-                last_cumulative=book.last_cumulative,
-                book=state,
-            )
+                self._books_busy.discard(book_key)
         except ChequeInvalid as exc:
             self._rejected(ps, peer, claim, exc)
             raise MetaError(m.CHEQUE_REJECTED, exc.detail, {"reason": exc.reason}) from exc
+
+    async def _cheque(
+        self, session: Session, ps: PeerSwap, peer: str, claim: ChequeClaim, book_key: UUID
+    ) -> dict[str, Any]:
+        def new_book() -> ChequebookAccount:
+            return ChequebookAccount(self.router, claim.chain_id, claim.chequebook)
+
+        book = await self._fetch(book_key, new_book)
+        check_claim(
+            claim,
+            peer=peer,
+            beneficiary=self.router,
+            agreed=ps.agreed,
+            last_cumulative=book.last_cumulative,
+        )
+        state = await self._chequebooks.read(claim.chain_id, claim.chequebook, self.router)
+        if session.swap is not ps:
+            raise MetaError(m.CHEQUE_REJECTED, "the session ended", {"reason": "session_gone"})
+        # nothing else decides on this chequebook until this cheque is done (`_books_busy`)
+        book = await self._fetch(book_key, new_book)
+        amount = check_cheque(
+            claim,
+            peer=peer,
+            beneficiary=self.router,
+            agreed=ps.agreed,
+            last_cumulative=book.last_cumulative,
+            book=state,
+        )
+        queue = self._on_cheque
+        if queue is not None:
+            # the intent to cash it is written before the peer is credited: a full queue or a
+            # failed write refuses the cheque with nothing credited
+            realm = ps.realm
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._store, queue.add, realm, peer, claim
+                )
+            except CashoutQueueFull as exc:
+                raise ChequeInvalid("cashout_full", str(exc)) from exc
         account = ps.account
         ps.fold_pending()
         account.accept_cheque(claim.cumulative, amount, claim.signature)
         book.accept(claim.cumulative)
-        self.accounts.save(account, book)
+        try:
+            await self._persist(account, book)
+        except Exception as exc:  # credited in memory and queued to record: retried by flushes
+            log.exception("recording an accepted cheque of %s failed", peer)
+            raise MetaError(
+                m.CHEQUE_REJECTED,
+                "the router could not record the cheque yet; it is credited and queued for"
+                " cash-out, and recorded when its storage recovers",
+                {"reason": "not_recorded"},
+            ) from exc
         self._sink.emit(
             ChequeReceived(
                 realm=ps.realm,
@@ -428,8 +602,6 @@ class SwapService:
                 block=self._clock.block,
             )
         )
-        if self._on_cheque is not None:
-            self._on_cheque(ps.realm, peer, claim)
         debt = ps.debt
         ps.due_notified = False
         if debt >= ps.payment_threshold:
@@ -449,7 +621,7 @@ class SwapService:
         cumulative = claim.cumulative if claim is not None else 0
         ps.fold_pending()
         ps.account.reject_cheque(cumulative, exc.reason)
-        self.accounts.save(ps.account)
+        self._persist_soon(ps.account)
         self._sink.emit(
             ChequeRejected(
                 realm=ps.realm,
@@ -467,12 +639,22 @@ class SwapService:
         ps = self._live.get(account_id(self.router, realm, peer))
         if ps is not None:
             return ps.debt
-        return int(self._load(realm, peer).debt)
+        return int(self._account_now(realm, peer).debt)
 
     def last_cumulative(self, realm: str, peer: str) -> int:
         ps = self._live.get(account_id(self.router, realm, peer))
-        account = ps.account if ps is not None else self._load(realm, peer)
+        account = ps.account if ps is not None else self._account_now(realm, peer)
         return int(account.last_cumulative)
 
     def chequebook_cumulative(self, chain_id: int, chequebook: str) -> int:
-        return int(self._book(chain_id, chequebook).last_cumulative)
+        book = self._read_now(
+            chequebook_id(self.router, chain_id, chequebook),
+            lambda: ChequebookAccount(self.router, chain_id, chequebook),
+        )
+        return int(book.last_cumulative)
+
+    def _account_now(self, realm: str, peer: str) -> PeerAccount:
+        account: PeerAccount = self._read_now(
+            account_id(self.router, realm, peer), lambda: PeerAccount(self.router, realm, peer)
+        )
+        return account

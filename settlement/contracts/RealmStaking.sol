@@ -34,6 +34,9 @@ contract RealmStaking {
     /// @param weightServiceBps Payout share of service operators.
     /// @param weightVendorBps Payout share of API vendors.
     /// @param pricePerMessage SWAP price of one message, in base units.
+    /// @param usdPricePerMessage SWAP price of one message in 1e-18 USD (0: priced in base units);
+    /// routers convert it at `priceFeed`'s last valid price and refuse SWAP while it is stale.
+    /// @param priceFeed Chainlink AggregatorV3 feed of the token's USD price (zero: none).
     struct RealmParams {
         uint16 rfrBps;
         uint128 stakePerMpb;
@@ -43,6 +46,8 @@ contract RealmStaking {
         uint16 weightServiceBps;
         uint16 weightVendorBps;
         uint128 pricePerMessage;
+        uint128 usdPricePerMessage;
+        address priceFeed;
     }
 
     /// @notice One staker's position for (realm, role, target).
@@ -64,7 +69,7 @@ contract RealmStaking {
     mapping(bytes32 realm => address keeper) public keeperOf;
     /// @notice Positions by `positionKey(realm, staker, role, target)`.
     mapping(bytes32 key => Position) private _positions;
-    /// @notice Parameters in force for each registered realm (two storage words).
+    /// @notice Parameters in force for each registered realm (four storage words).
     mapping(bytes32 realm => RealmParams) private _params;
     /// @notice Vendor of each enabled API, by realm and `keccak256(bytes(prefix))`.
     mapping(bytes32 realm => mapping(bytes32 prefixHash => address vendor)) public apiVendor;
@@ -291,6 +296,7 @@ contract RealmStaking {
         if (params.stakePerMpb == 0) revert ZeroParameter("stakePerMpb");
         if (params.epochBlocks == 0) revert ZeroParameter("epochBlocks");
         if (params.fundingPeriodBlocks == 0) revert ZeroParameter("fundingPeriodBlocks");
+        if (params.usdPricePerMessage != 0 && params.priceFeed == address(0)) revert ZeroParameter("priceFeed");
     }
 
     function _onlyKeeper(bytes32 realm) private view returns (address keeper) {

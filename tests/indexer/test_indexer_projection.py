@@ -87,10 +87,11 @@ def test_projected_stakes_and_realms_equal_the_contracts_view(own: Harness, tmp_
         realms = rows(service, "SELECT * FROM realms ORDER BY realm")
         assert [r[0] for r in realms] == ["realm.one", "realm.two"]
         staking = mesh.stack.staking.functions
-        for realm, keeper, *params, _created in realms:
+        for realm, keeper, *params, _created, usd_price, feed in realms:
             assert keeper == staking.keeperOf(realm_id(realm)).call(block_identifier=head)
             onchain = tuple(staking.paramsOf(realm_id(realm)).call(block_identifier=head))
-            assert tuple(int(p) for p in params) == onchain
+            assert (*(int(p) for p in params), int(usd_price)) == onchain[:-1]
+            assert (feed or "0x" + "00" * 20) == onchain[-1]
         latest = rows(
             service,
             "SELECT realm, staker, role, target, arg_max(amount, block * 100000 + log_index)"

@@ -72,8 +72,9 @@ def test_queue_survives_a_restart_and_a_failed_cash_out(tmp_path: Path) -> None:
     policy = CashoutPolicy(min_batch_value=10, max_age_s=3600)
     queue = CashoutQueue(tmp_path / "q.sqlite", policy, clock)
     queue.add("r", "p1", cheque(1, 2**100))  # beyond 64-bit integers
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="chain unavailable"):
         queue.run_once(Sink(fail=True))
+    assert [c.cumulative for c in queue.pending()] == [2**100]  # the failed batch stays queued
     queue.close()
     reopened = CashoutQueue(tmp_path / "q.sqlite", policy, clock)
     sink = Sink()

@@ -16,7 +16,7 @@ from domain.events import ChainHead
 from domain.topics import LEDGER_TOPIC
 from infra.broker import Broker
 from ledger.emitter import Emitter, EmitterConfig
-from router_core.handoff import LedgerHandoff
+from router_core.handoff import LedgerHandoff, ThreadDrain
 from router_core.router import RealmOptions, Router
 
 
@@ -36,7 +36,13 @@ def test_stalled_emitter_pauses_reading_and_the_loop_keeps_serving(harness: Harn
     stalled = StalledSink()
 
     async def body() -> None:
-        handoff = LedgerHandoff(stalled, asyncio.get_running_loop(), high_water=50, low_water=10)
+        handoff = LedgerHandoff(
+            ThreadDrain(stalled),
+            asyncio.get_running_loop(),
+            high_water=50,
+            low_water=10,
+            chunk_items=5,
+        )
         router = await harness.start(swap=False, sink=handoff)
         handoff.on_full, handoff.on_space = router.pause_reading, router.resume_reading
         got: list[int] = []
@@ -102,7 +108,7 @@ def test_idle_router_emits_a_signed_watermark_every_n_blocks(
     )
 
     async def body() -> None:
-        handoff = LedgerHandoff(emitter, asyncio.get_running_loop())
+        handoff = LedgerHandoff(ThreadDrain(emitter), asyncio.get_running_loop())
         router = Router(
             harness.router_key.address,
             [RealmOptions(REALM), RealmOptions("realm2")],

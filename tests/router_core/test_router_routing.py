@@ -110,7 +110,7 @@ def test_call_timeout_fails_the_call(harness: Harness) -> None:
         callee = await harness.connect(router, harness.peer())
 
         async def slow() -> str:
-            await asyncio.sleep(2)
+            await asyncio.sleep(30)  # far beyond the call's timeout, whatever the machine's load
             return "late"
 
         await callee.register(slow, "com.example.slow")
@@ -118,7 +118,8 @@ def test_call_timeout_fails_the_call(harness: Harness) -> None:
         with pytest.raises(ApplicationError) as err:
             await caller.call("com.example.slow", options=CallOptions(timeout=200))
         assert err.value.error == "wamp.error.timeout"
-        assert asyncio.get_running_loop().time() - started < 1.5
+        # the call's own 200 ms, not the router's 5 s default nor the callee's 30 s
+        assert asyncio.get_running_loop().time() - started < 4.5
         await router.stop()
 
     run(body)

@@ -28,8 +28,11 @@ UNSTAKE_DELAY_S = 3600
 REALM_NAME = "com.example.realm"
 REALM = realm_id(REALM_NAME)
 #: RealmStaking.RealmParams in field order: rfrBps, stakePerMpb, epochBlocks, fundingPeriodBlocks,
-#: weightRouterBps, weightServiceBps, weightVendorBps, pricePerMessage
-PARAMS = (200, 10**18, 100, 100, 5000, 3000, 2000, 10**12)
+#: weightRouterBps, weightServiceBps, weightVendorBps, pricePerMessage, usdPricePerMessage,
+#: priceFeed
+NO_FEED = "0x" + "00" * 20
+PARAMS = (200, 10**18, 100, 100, 5000, 3000, 2000, 10**12, 0, NO_FEED)
+FEED = "0x" + "fe" * 20
 ARTIFACTS = ("WMPToken", "RealmStaking", "Chequebook", "EpochSettlement", "PlainERC20")
 
 Account.enable_unaudited_hdwallet_features()
@@ -182,18 +185,24 @@ def test_keeper_sets_params_the_ledger_accepts(w3: Web3, stack: Stack, accounts:
     staking = stack.staking
     keeper = accounts[1]
     register(w3, staking, keeper, keeper)
-    changed = (300, 5, 50, 200, 6000, 2000, 2000, 7)
+    changed = (300, 5, 50, 200, 6000, 2000, 2000, 7, 3 * 10**15, w3.to_checksum_address(FEED))
     assert reverts(staking.functions.setRealmParams(REALM, changed), accounts[2]) == (
         "NotKeeper",
         (REALM, accounts[2], keeper),
     )
     bad = {
-        "WeightsNotWhole": ((300, 5, 50, 200, 6000, 2000, 1999, 7), (9999,)),
-        "RateTooHigh": ((10_001, 5, 50, 200, 6000, 2000, 2000, 7), (10_001,)),
-        "ZeroParameter": ((300, 0, 50, 200, 6000, 2000, 2000, 7), ("stakePerMpb",)),
+        "WeightsNotWhole": ((300, 5, 50, 200, 6000, 2000, 1999, 7, 0, NO_FEED), (9999,)),
+        "RateTooHigh": ((10_001, 5, 50, 200, 6000, 2000, 2000, 7, 0, NO_FEED), (10_001,)),
+        "ZeroParameter": ((300, 0, 50, 200, 6000, 2000, 2000, 7, 0, NO_FEED), ("stakePerMpb",)),
     }
     for error, (params, args) in bad.items():
         assert reverts(staking.functions.setRealmParams(REALM, params), keeper) == (error, args)
+    # a USD price without the feed that converts it
+    no_feed = (300, 5, 50, 200, 6000, 2000, 2000, 7, 10**15, NO_FEED)
+    assert reverts(staking.functions.setRealmParams(REALM, no_feed), keeper) == (
+        "ZeroParameter",
+        ("priceFeed",),
+    )
     receipt = transact(w3, staking.functions.setRealmParams(REALM, changed), keeper)
     assert tuple(events(staking, "RealmParamsSet", receipt)[0]["params"].values()) == changed
     assert tuple(staking.functions.paramsOf(REALM).call()) == changed

@@ -36,6 +36,8 @@ export function handleRealmRegistered(event: RealmRegisteredEvent): void {
   e.weightServiceBps = BigInt.fromI32(event.params.params.weightServiceBps);
   e.weightVendorBps = BigInt.fromI32(event.params.params.weightVendorBps);
   e.pricePerMessage = event.params.params.pricePerMessage;
+  e.usdPricePerMessage = event.params.params.usdPricePerMessage;
+  e.priceFeed = event.params.params.priceFeed;
   e.save();
 }
 
@@ -51,6 +53,8 @@ export function handleRealmParamsSet(event: RealmParamsSetEvent): void {
   e.weightServiceBps = BigInt.fromI32(event.params.params.weightServiceBps);
   e.weightVendorBps = BigInt.fromI32(event.params.params.weightVendorBps);
   e.pricePerMessage = event.params.params.pricePerMessage;
+  e.usdPricePerMessage = event.params.params.usdPricePerMessage;
+  e.priceFeed = event.params.params.priceFeed;
   e.save();
 }
 
