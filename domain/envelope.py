@@ -327,6 +327,11 @@ def seal(
     return MAGIC + signature + body, record
 
 
+def peek_count(wire: bytes) -> int:
+    """The number of events a record claims (`n`), without decoding or verifying it."""
+    return int(orjson.loads(wire[len(MAGIC) + SIG_BYTES :])["n"])
+
+
 def decode(wire: bytes) -> Record:
     """Parse wire bytes into a Record (signature not yet checked); RecordError on any defect."""
     if len(wire) < len(MAGIC) + SIG_BYTES + 2 or not wire.startswith(MAGIC):
