@@ -63,8 +63,12 @@ class LedgerService:
         self.config = config
         self.emitter = emitter
         self.con = store.connect(config.db_path)
-        on_payouts: Callable[[PayoutsComputed], None] | None = emitter.emit if emitter else None
+        on_payouts: Callable[[PayoutsComputed], None] | None = (
+            self._emit_payouts if emitter else None
+        )
         self.projector = Projector(self.con, config.trust, on_payouts=on_payouts)
+        #: (realm, epoch) whose PayoutsComputed this process emitted after committing the close
+        self._emitted_payouts: set[tuple[str, int]] = set()
         self.progress = Progress()
         self.query_server: Any = None
         self._stop = threading.Event()
@@ -317,6 +321,8 @@ class LedgerService:
             # process died before the emitter spooled it) must still become settleable
             self._payouts_resent = True
             for payouts in self.projector.unconfirmed_payouts():
+                if (payouts.realm, payouts.epoch) in self._emitted_payouts:
+                    continue  # closed by this process: its PayoutsComputed is on its way
                 log.warning(
                     "re-emitting PayoutsComputed for %s epoch %d", payouts.realm, payouts.epoch
                 )
@@ -329,6 +335,11 @@ class LedgerService:
             self._requested_close[event.realm] = event.epoch
             log.info("closing %s epoch %d", event.realm, event.epoch)
             self.emitter.emit(event)
+
+    def _emit_payouts(self, payouts: PayoutsComputed) -> None:
+        assert self.emitter is not None
+        self._emitted_payouts.add((payouts.realm, payouts.epoch))
+        self.emitter.emit(payouts)
 
     def closed_epochs(self) -> dict[str, int]:
         return {name: r.closed_epoch for name, r in self.projector.realms.items()}
