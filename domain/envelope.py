@@ -19,13 +19,15 @@ import struct
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import orjson
+from coincurve import PublicKey
 from eth_hash.auto import keccak
 from eth_keys import keys
-from eth_keys.exceptions import BadSignature
+from eth_utils import to_checksum_address
 
 from domain.events import (
     METER_KINDS,
@@ -86,12 +88,19 @@ def recover_source(record_hash: bytes, signature: bytes) -> str:
     if v not in (27, 28):
         raise RecordError("bad_signature", f"v={v}")
     try:
-        sig = keys.Signature(signature[:64] + bytes([v - 27]))
-        return str(
-            sig.recover_public_key_from_msg_hash(eip191_digest(record_hash)).to_checksum_address()
+        # coincurve directly: eth_keys' validation and checksumming cost more than the curve
+        public = PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v - 27]), eip191_digest(record_hash), hasher=None
         )
-    except (BadSignature, ValueError) as exc:
+    except ValueError as exc:
         raise RecordError("bad_signature", str(exc)) from exc
+    return _checksummed(keccak(public.format(compressed=False)[1:])[-20:])
+
+
+@lru_cache(maxsize=4096)
+def _checksummed(address: bytes) -> str:
+    """EIP-55 form of an address (sources are few: cached)."""
+    return str(to_checksum_address(address))
 
 
 #: the metered columns in wire order: (name in the legacy JSON body, attribute)
@@ -266,8 +275,12 @@ def _unpack_strings(body: bytes, offset: int) -> tuple[list[str], int]:
 
 #: the binary metered body's fixed header: flags, source (checksummed, ASCII), first seq, count,
 #: prev (the previous record's hash), realm length; then the realm (UTF-8), the peers' and URIs'
-#: string tables, and each column as a width byte and its little-endian values
+#: string tables, and each column as frame of reference: a width byte, the base (its least
+#: value, u64) and each value less the base in that width, little-endian
 _HEADER = struct.Struct("<B42sQI32sH")
+
+
+_BASE = struct.Struct("<BQ")
 
 
 def _encode_columnar(source: str, seq: int, prev: str, realm: str, m: MeteredColumns) -> bytes:
@@ -280,13 +293,17 @@ def _encode_columnar(source: str, seq: int, prev: str, realm: str, m: MeteredCol
     ]
     for _, attr in COLUMNS:
         col = getattr(m, attr)
-        width = column_width(int(col.max()))
-        parts += [bytes((width,)), col.astype(_WIDTHS[width], copy=False).tobytes()]
+        base, top = int(col.min()), int(col.max())
+        # never narrower than a byte: spool repair bounds the events damaged bytes could hold
+        # by MIN_EVENT_BYTES
+        width = column_width(top - base)
+        deltas = (col - np.uint64(base)) if base else col
+        parts += [_BASE.pack(width, base), deltas.astype(_WIDTHS[width], copy=False).tobytes()]
     return b"".join(parts)
 
 
 def _decode_columnar(body: bytes) -> tuple[str, int, int, str, str, MeteredColumns]:
-    """(source, seq, n, prev, realm, columns) of a binary metered body; columns are views."""
+    """(source, seq, n, prev, realm, columns) of a binary metered body."""
     try:
         flags, source, seq, count, prev, realm_len = _HEADER.unpack_from(body, 0)
         offset = _HEADER.size + realm_len
@@ -295,13 +312,18 @@ def _decode_columnar(body: bytes) -> tuple[str, int, int, str, str, MeteredColum
         uris, offset = _unpack_strings(body, offset)
         columns = []
         for name, _ in COLUMNS:
-            dtype = _WIDTHS.get(body[offset]) if offset < len(body) else None
+            width, base = _BASE.unpack_from(body, offset)
+            offset += _BASE.size
+            dtype = _WIDTHS.get(width)
             if dtype is None:
-                raise RecordError("schema", f"metered {name} column missing or of no known width")
-            if offset + 1 + count * dtype.itemsize > len(body):
+                raise RecordError("schema", f"metered {name} column of unknown width {width}")
+            if offset + count * width > len(body):
                 raise RecordError("schema", f"metered {name} column beyond the record")
-            columns.append(np.frombuffer(body, dtype, count, offset + 1))
-            offset += 1 + count * dtype.itemsize
+            deltas = np.frombuffer(body, dtype, count, offset)
+            if base + int(deltas.max()) >= 1 << 64:
+                raise RecordError("schema", f"metered {name} over 2**64")
+            columns.append(deltas + np.uint64(base) if base else deltas)
+            offset += count * width
     except (struct.error, UnicodeDecodeError) as exc:
         raise RecordError("schema", f"binary metered body: {exc}") from exc
     if flags != 0:
