@@ -13,6 +13,13 @@ and what an epoch pays is `domain.accounting`'s; the SQL is `ledger.store`'s. Ou
   another partition), the chain has not reached the record's blocks, or an epoch close whose
   marks are not reached. The record is retried; it holds back only its own source.
 
+A projector may be one shard of several (ledger/shards.py): it then *owns* the records of some
+partitions and only *follows* the others. A followed record passes the same checks up to the
+point where it advances its source's chain (signature, seq/prev, and the same waits), so every
+shard knows every source's chain exactly as one projector would; an indexer's record is applied
+in full everywhere (stakes, realms, chain heads: every shard's decisions need them); any other
+followed record changes nothing else. Rows, rejections and gaps count in the owning shard only.
+
 Every decision depends only on the log — a source's events in its seq order, and facts other
 sources established before the chain head that lets the decision be taken — never on how
 partitions interleave, so a replay from offset 0 produces the same tables (see ledger/audit.py).
@@ -106,6 +113,8 @@ class Projector:
         #: offsets above a partition's low-water offset already decided (applied or rejected)
         self.ahead: dict[tuple[str, int], set[int]] = defaultdict(set)
         self.rejected: Counter[str] = Counter()
+        #: realms whose records this projector owns (every realm, unless it is a shard)
+        self.owned_realms: set[str] = set()
         self._batch = store.Batch()
         self._pending: list[tuple[str, UsageRow]] = []  # staged, not yet counted usage
         self._staged_digests: dict[tuple[str, int], str] = {}
@@ -150,6 +159,7 @@ class Projector:
             self.realm_sources[realm].add(source)
         for reason, n in rows("SELECT reason, records FROM rejected"):
             self.rejected[reason] = n
+        self.owned_realms = {r for (r,) in rows("SELECT realm FROM shard_realms")}
 
     def chain_watermark(self) -> int:
         """How far the chain is known: the least head among configured indexer sources."""
@@ -161,8 +171,9 @@ class Projector:
     # -- one record -----------------------------------------------------------------------------
     prepare = staticmethod(prepare)
 
-    def offer_record(self, record: Record) -> Verdict:
-        """Decide on one verified record and stage its effects; nothing is written until commit()."""
+    def offer_record(self, record: Record, owned: bool = True) -> Verdict:
+        """Decide on one verified record and stage its effects; nothing is written until commit().
+        A record this shard does not own (`owned=False`) is followed: see the module docstring."""
         verdict = check_chain(record, self.sources.get(record.source))
         if verdict is not APPLIED:
             return verdict
@@ -174,7 +185,12 @@ class Projector:
             verdict = self._epoch_close_ready(record)
         if verdict.outcome is Outcome.WAIT:
             return verdict
-        self._advance(record)
+        self._advance(record, owned)
+        if owned and record.realm not in self.owned_realms:
+            self.owned_realms.add(record.realm)
+            self._batch.owned_realms.append(record.realm)
+        if not owned and role != "indexer":
+            return verdict  # its shard applies it; here its source's chain moved on
         if verdict.outcome is Outcome.REJECTED:
             return verdict
         try:
@@ -209,18 +225,21 @@ class Projector:
                     "not (or no longer) in the ledger",
                 )
 
-    def declare_gap(self, record: Record) -> None:
-        """Accept that the seqs before `record` will not come: record the gap, resume the chain."""
+    def declare_gap(self, record: Record, owned: bool = True) -> None:
+        """Accept that the seqs before `record` will not come: record the gap (in the shard that
+        owns `record`), resume the chain."""
         state = self.sources.setdefault(record.source, SourceState())
-        self._batch.rows["seq_gaps"].append((record.source, state.last_seq + 1, record.seq - 1))
+        if owned:
+            self._batch.rows["seq_gaps"].append((record.source, state.last_seq + 1, record.seq - 1))
         state.last_seq, state.last_hash = record.seq - 1, record.prev
         self._dirty_sources.add(record.source)
 
-    def _advance(self, record: Record) -> None:
+    def _advance(self, record: Record, owned: bool) -> None:
         state = self.sources.setdefault(record.source, SourceState())
         state.last_seq, state.last_hash = record.last_seq, record.hash_hex
-        state.records += 1
-        state.events += record.count
+        if owned:  # shards' counts add up to one projector's
+            state.records += 1
+            state.events += record.count
         self._dirty_sources.add(record.source)
 
     def _authorize_router(self, record: Record) -> Verdict:
@@ -609,6 +628,8 @@ class Projector:
         due = []
         chain = self.chain_watermark()
         for name, book in sorted(self.realms.items()):
+            if name not in self.owned_realms:
+                continue  # another shard closes it
             span = book.span(book.next_epoch)
             if chain < span.last_block + grace_blocks:
                 continue

@@ -2,7 +2,7 @@
 process serves reads over a loopback HTTP endpoint (JSON), each request on its own cursor.
 
 Endpoints: /realms, /bandwidth?realm=, /usage?realm=&epoch=, /epochs?realm=, /payouts?realm=&epoch=,
-/dead, /sources, /snapshot (offsets and table fingerprints read in one transaction), /table/NAME.
+/dead, /sources, /owned (the realms of a shard), /snapshot (offsets and table fingerprints read in one transaction), /table/NAME.
 Bounded: a client has `REQUEST_TIMEOUT_S` to send its request (socket timeout), at most
 `MAX_REQUEST_THREADS` requests run at once (more are answered 503 at once).
 """
@@ -58,6 +58,8 @@ QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("realm", "epoch"),
     ),
     "dead": ("SELECT reason, records FROM rejected ORDER BY records DESC, reason", ()),
+    # the realms whose partitions this projector owns (all of them unless it is a shard)
+    "owned": ("SELECT realm FROM shard_realms ORDER BY realm", ()),
     "reorgs": (
         "SELECT * FROM reorg_flags WHERE realm = coalesce($realm, realm)"
         " ORDER BY realm, epoch, block, log_index",

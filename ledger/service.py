@@ -5,6 +5,9 @@ Partitions of ``mesh.usage`` and ``mesh.ledger`` are assigned explicitly (no con
 offsets live in DuckDB). Each partition is processed in order; a record that must WAIT holds its
 partition while the others go on. A seq gap that stays unresolved while every other partition is
 caught up for ``gap_timeout_ms`` is declared (recorded in ``seq_gaps``) and the chain resumes.
+
+A shard (``partitions``: the partition numbers it owns, in both topics) reads every partition
+too, but applies only the records of its own; the others it follows (see ledger/projector.py).
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ class ServiceConfig:
     query_port: int | None = 0  # 0: a free port, None: no query endpoint
     topics: tuple[str, ...] = (USAGE_TOPIC, LEDGER_TOPIC)
     dead_letters: bool = True
+    #: the partitions this projector owns when it is one shard of several (None: all of them)
+    partitions: frozenset[int] | None = None
+
+
+class ShardMismatch(RuntimeError):
+    """A database built for other partitions than configured, or topics whose partition counts
+    differ (a realm's records would not share a partition number)."""
 
 
 @dataclass
@@ -130,6 +140,7 @@ class LedgerService:
             if not parts:
                 raise RuntimeError(f"topic {topic} not found on {self.config.bootstrap}")
             tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        self._check_shard({tp.topic: 0 for tp in tps}, tps)
         consumer.assign(tps)
         for tp in tps:
             offset = self.projector.offsets.get((tp.topic, tp.partition), 0)
@@ -137,6 +148,40 @@ class LedgerService:
             self._buffers[tp] = deque()
             self._fetched[tp] = offset
         self._consumer = consumer
+
+    def _check_shard(self, counts: dict[str, int], tps: list[Any]) -> None:
+        for tp in tps:
+            counts[tp.topic] += 1
+        owned = self.config.partitions
+        stored = store.shard_partitions(self.con)
+        if owned is None:
+            if stored is not None:
+                raise ShardMismatch(
+                    f"{self.config.db_path} is the database of the shard owning partitions "
+                    f"{sorted(stored[0])}, not of a projector owning all"
+                )
+            return
+        if len(set(counts.values())) != 1:
+            raise ShardMismatch(f"shards need topics of one partition count: {counts}")
+        partitions = next(iter(counts.values()))
+        if not owned or max(owned) >= partitions:
+            raise ShardMismatch(f"partitions {sorted(owned)} not among 0..{partitions - 1}")
+        if stored is None:
+            if self.projector.offsets:
+                raise ShardMismatch(
+                    f"{self.config.db_path} was built by a projector owning every partition"
+                )
+            store.set_shard_partitions(self.con, owned, partitions)
+        elif stored != (owned, partitions):
+            raise ShardMismatch(
+                f"{self.config.db_path} belongs to the shard owning partitions {sorted(stored[0])}"
+                f" of {stored[1]}, not {sorted(owned)} of {partitions}: move partitions by "
+                "handing over a whole database or replaying a new one (see README, Shards)"
+            )
+
+    def owns(self, tp: Any) -> bool:
+        owned = self.config.partitions
+        return owned is None or tp.partition in owned
 
     # -- the loop --------------------------------------------------------------------------------
     def run(
@@ -196,6 +241,7 @@ class LedgerService:
 
     def _process_partition(self, tp: Any, buf: deque[list[Any]]) -> bool:
         projector = self.projector
+        owned = self.owns(tp)
         limit = self.limits.get((tp.topic, tp.partition))
         remaining: deque[list[Any]] = deque()
         decided: set[int] = set(projector.ahead.get((tp.topic, tp.partition), ()))
@@ -209,12 +255,16 @@ class LedgerService:
                 break
             prepared = entry[1] if isinstance(entry[1], Record) else projector.prepare(msg.value)
             verdict = (
-                prepared if isinstance(prepared, Verdict) else projector.offer_record(prepared)
+                prepared
+                if isinstance(prepared, Verdict)
+                else projector.offer_record(prepared, owned)
             )
             if verdict.outcome is Outcome.WAIT:  # keep the verified record for the next pass
                 remaining.append([msg, prepared, verdict])
                 continue
-            if verdict.outcome is Outcome.REJECTED:
+            if not owned:
+                pass  # followed: its shard counts it
+            elif verdict.outcome is Outcome.REJECTED:
                 projector.reject(verdict.reason)
                 self.progress.rejected += 1
                 self._dead_letter(msg, verdict.reason, verdict.detail)
@@ -249,23 +299,23 @@ class LedgerService:
         if (now - self._stalled_since) * 1000 < self.config.gap_timeout_ms:
             return False
         held = [
-            (entry[1], verdict)
+            (entry[1], verdict, tp)
             for tp, buf in self._buffers.items()
             for entry, verdict in zip(buf, self._wait_verdicts.get(tp, []), strict=False)
         ]
-        seqs = {(rec.source, rec.seq) for rec, _ in held if isinstance(rec, Record)}
+        seqs = {(rec.source, rec.seq) for rec, _, _ in held if isinstance(rec, Record)}
         gaps = [
-            rec
-            for rec, verdict in held
+            (rec, tp)
+            for rec, verdict, tp in held
             if isinstance(rec, Record)
             and verdict.reason == "seq_gap"
             and not any(src == rec.source and q < rec.seq for src, q in seqs)
         ]
         if not gaps:
             return False
-        record = min(gaps, key=lambda r: (r.source, r.seq))
+        record, tp = min(gaps, key=lambda g: (g[0].source, g[0].seq))
         log.warning("declaring seq gap for %s before seq %d", record.source, record.seq)
-        self.projector.declare_gap(record)
+        self.projector.declare_gap(record, self.owns(tp))
         self._stalled_since = None
         return True
 
@@ -351,8 +401,10 @@ def replay(
     trust: Trust,
     targets: dict[tuple[str, int], int] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    partitions: frozenset[int] | None = None,
 ) -> LedgerService:
-    """Replay the topics from offset 0 into a fresh database, up to `targets` (default: the end)."""
+    """Replay the topics from offset 0 into a fresh database, up to `targets` (default: the end);
+    as the shard owning `partitions` when given."""
     if db_path.exists():
         db_path.unlink()
     service = LedgerService(
@@ -363,6 +415,7 @@ def replay(
             gap_timeout_ms=0,
             query_port=None,
             dead_letters=False,
+            partitions=partitions,
         )
     )
     service.connect()

@@ -1,0 +1,176 @@
+"""Reading a ledger kept by several projector shards: each shard's database holds the rows of the
+realms whose partitions it owns (and copies of what every shard needs); merged, they are exactly
+the tables one projector keeps.
+
+Merge rules, by what a table holds:
+
+* a realm column: the rows of each realm from the shard that owns it (``shard_realms``: the
+  realms of the partitions it owns; indexer facts of other realms are copies, and skipped);
+* ``sources``: every shard follows every source's chain (same ``last_seq``/``last_hash``); the
+  counts add up (each counts its own records) and the watermark is the highest any shard saw;
+* ``rejected``: counts add up; ``seq_gaps``: each gap is written by the shard owning the record
+  after it; ``prices`` (chain-wide, realm ``""``): from the shard that owns realm ``""``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
+
+from ledger import store
+from ledger.query import QUERIES, QueryClient, run_query
+
+#: the query endpoint's name of the realms a shard owns
+OWNED = "owned"
+
+
+class Reader(Protocol):
+    """One shard's ledger: its query endpoint (QueryClient) or its database file."""
+
+    def get(self, path: str, **params: Any) -> Any: ...
+
+
+class FileReader:
+    """A stopped shard's database, read directly (same answers as its query endpoint)."""
+
+    def __init__(self, path: Path) -> None:
+        self.con = duckdb.connect(str(path), read_only=True)
+
+    def get(self, path: str, **params: Any) -> Any:
+        if path.startswith("table/"):
+            table = path[6:]
+            return {
+                "columns": store.columns(self.con, table),
+                "rows": [list(r) for r in store.table_rows(self.con, table)],
+            }
+        return run_query(self.con, path, params)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+class MergeError(ValueError):
+    """Shards that do not add up to one ledger (a realm owned twice, say)."""
+
+
+@dataclass
+class Shard:
+    reader: Reader
+    owned: frozenset[str]
+
+
+def open_shards(readers: Sequence[Reader]) -> list[Shard]:
+    """The shards behind `readers`, each with the realms it owns; a realm owned by two is an
+    error (two shards were given overlapping partitions, or one database twice)."""
+    shards = [Shard(r, frozenset(str(row[0]) for row in r.get(OWNED)["rows"])) for r in readers]
+    seen: dict[str, int] = {}
+    for i, shard in enumerate(shards):
+        for realm in shard.owned:
+            if realm in seen:
+                raise MergeError(f"realm {realm!r} is owned by shards {seen[realm]} and {i}")
+            seen[realm] = i
+    return shards
+
+
+def merged(shards: Sequence[Shard], path: str, **params: Any) -> dict[str, Any]:
+    """The answer of one query endpoint path (a query name or ``table/NAME``) across shards."""
+    answers = [s.reader.get(path, **params) for s in shards]
+    columns: list[str] = answers[0]["columns"]
+    name = path.removeprefix("table/")
+    rows: list[list[Any]]
+    if name == "sources":
+        rows = _sources(columns, answers)
+    elif name in ("rejected", "dead"):
+        totals: dict[str, int] = {}
+        for answer in answers:
+            for reason, n in answer["rows"]:
+                totals[reason] = totals.get(reason, 0) + int(n)
+        rows = sorted(([r, n] for r, n in totals.items()), key=lambda row: (-row[1], row[0]))
+        return {"columns": columns, "rows": rows}
+    elif name == "seq_gaps":
+        rows = [row for answer in answers for row in answer["rows"]]
+    elif name == "prices":
+        rows = [
+            row for s, a in zip(shards, answers, strict=True) if "" in s.owned for row in a["rows"]
+        ]
+    elif "realm" in columns:
+        at = columns.index("realm")
+        rows = [
+            row
+            for s, answer in zip(shards, answers, strict=True)
+            for row in answer["rows"]
+            if row[at] in s.owned
+        ]
+    else:
+        raise MergeError(f"no rule merges {path!r} across shards")
+    return {"columns": columns, "rows": sorted(rows, key=_order)}
+
+
+def _sources(columns: list[str], answers: list[Any]) -> list[list[Any]]:
+    at = {c: i for i, c in enumerate(columns)}
+    out: dict[str, list[Any]] = {}
+    for answer in answers:
+        for row in answer["rows"]:
+            current = out.get(row[at["source"]])
+            if current is None:
+                out[row[at["source"]]] = list(row)
+                continue
+            if row[at["last_seq"]] > current[at["last_seq"]]:  # a shard further along the log
+                current[at["last_seq"]], current[at["last_hash"]] = (
+                    row[at["last_seq"]],
+                    row[at["last_hash"]],
+                )
+            current[at["watermark"]] = max(current[at["watermark"]], row[at["watermark"]])
+            for counted in ("records", "events"):
+                current[at[counted]] += row[at[counted]]
+    return list(out.values())
+
+
+def _order(row: list[Any]) -> tuple[Any, ...]:
+    # values of one column share a type; None first
+    return tuple((v is not None, v if isinstance(v, int | float) else str(v)) for v in row)
+
+
+def merged_tables(shards: Sequence[Shard]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every audited table, merged: what one projector over the same log would hold."""
+    return {
+        table: [tuple(r) for r in merged(shards, f"table/{table}")["rows"]]
+        for table in store.AUDITED_TABLES
+    }
+
+
+def fingerprints(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, tuple[int, str]]:
+    """`store.fingerprint` of merged tables (loaded into an in-memory database of the schema)."""
+    con = store.connect(":memory:")
+    try:
+        out = {}
+        for table, rows in tables.items():
+            store.append_rows(con, table, rows)
+            out[table] = store.fingerprint(con, table)
+        return out
+    finally:
+        con.close()
+
+
+def reader_for(target: str) -> Reader:
+    """A query endpoint URL (http://…) or a database file."""
+    if target.startswith(("http://", "https://")):
+        return QueryClient(target)
+    return FileReader(Path(target))
+
+
+__all__ = [
+    "FileReader",
+    "MergeError",
+    "QUERIES",
+    "Shard",
+    "fingerprints",
+    "merged",
+    "merged_tables",
+    "open_shards",
+    "reader_for",
+]
