@@ -401,3 +401,131 @@ def run_epoch_close_bench(
         "records_per_epoch": records_per_epoch,
         "events_per_epoch": records_per_epoch * 4096,
     }
+
+
+# -- replay with projector shards ---------------------------------------------------------------
+
+#: realms of the shards benchmark: two on each of two partitions (murmur2 of the key, as the
+#: producer places them); each router serves one realm on each partition, so every shard must
+#: follow its chain through the other shard's partitions
+SHARD_REALMS = (("shard.c", "shard.a"), ("shard.f", "shard.b"))
+
+
+def _replay_worker(
+    bootstrap: str, db: str, trust: Any, partitions: frozenset[int] | None, conn: Connection
+) -> None:
+    conn.send("ready")
+    conn.recv()
+    started, cpu = time.perf_counter(), cpu_s()
+    service = replay(bootstrap, Path(db), trust, partitions=partitions)
+    events = service.progress.events
+    service.close()
+    conn.send((events, time.perf_counter() - started, cpu_s() - cpu))
+
+
+def _replay_shards(
+    bootstrap: str, work: Path, trust: Any, owners: list[frozenset[int] | None], tag: str
+) -> tuple[Stage, list[Path]]:
+    dbs = [work / f"{tag}-{i}.duckdb" for i in range(len(owners))]
+    workers = [
+        _spawn(_replay_worker, bootstrap, str(db), trust, owned)
+        for db, owned in zip(dbs, owners, strict=True)
+    ]
+    started = time.perf_counter()
+    for _, conn in workers:
+        conn.send("go")
+    results = [conn.recv() for _, conn in workers]
+    wall = time.perf_counter() - started
+    for proc, _ in workers:
+        proc.join()
+    events = sum(r[0] for r in results)
+    return Stage(events, wall, sum(r[2] for r in results)), dbs
+
+
+def run_shards_bench(events: int, repeats: int, console: Console | None = None) -> dict[str, Any]:
+    """Replay of one log by one projector and by two shards (two processes, one partition each),
+    alternately `repeats` times; the shards' merged tables are checked against the projector's."""
+    from ledger.shards import FileReader, fingerprints, merged_tables, open_shards
+
+    say = console.print if console else (lambda *_: None)
+    work = Path(tempfile.mkdtemp(prefix="meshledger-shards-"))
+    broker = start_broker(partitions=2)
+    try:
+        indexer_key = new_signer()
+        routers = [new_signer() for _ in SHARD_REALMS]
+        trust = trust_from([], [indexer_key.address], [])
+        indexer = IndexerSim(indexer_key, emitter(indexer_key, broker.bootstrap, work / "spool"))
+        per_realm = events // (2 * len(routers))
+        for router, realms in zip(routers, SHARD_REALMS, strict=True):
+            for realm in realms:
+                indexer.create_realm(RealmSetup(realm, routers=[(router, 10**9 * TOKEN)]), 0)
+        indexer.head((per_realm >> 12) + 1)
+        indexer.em.flush()
+        indexer.em.close()
+        say(f"shards: {per_realm * 2 * len(routers):,} metered messages in 4 realms, 2 partitions")
+        ctx = mp.get_context("spawn")
+        procs = [
+            ctx.Process(
+                target=_shard_emit_worker,
+                args=(broker.bootstrap, r.private_key, realms, per_realm, str(work / f"em{i}")),
+            )
+            for i, (r, realms) in enumerate(zip(routers, SHARD_REALMS, strict=True))
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+            assert proc.exitcode == 0, "an emitter process failed"
+        one: list[Stage] = []
+        two: list[Stage] = []
+        for run in range(repeats):
+            say(f"run {run + 1}/{repeats}: one projector, then two shards")
+            stage, single = _replay_shards(broker.bootstrap, work, trust, [None], f"one{run}")
+            one.append(stage)
+            stage, dbs = _replay_shards(
+                broker.bootstrap, work, trust, [frozenset({0}), frozenset({1})], f"two{run}"
+            )
+            two.append(stage)
+        readers = [FileReader(db) for db in dbs]
+        alone = FileReader(single[0])
+        try:
+            shards_match = fingerprints(merged_tables(open_shards(readers))) == fingerprints(
+                merged_tables(open_shards([alone]))
+            )
+        finally:
+            for reader in (*readers, alone):
+                reader.close()
+    finally:
+        broker.stop()
+    best_1 = max(one, key=lambda s: s.per_s)
+    best_2 = max(two, key=lambda s: s.per_s)
+    return {
+        "replay_per_s_1": best_1.per_s,
+        "replay_per_s_2": best_2.per_s,
+        "ratio": round(best_2.per_s / best_1.per_s, 3),
+        "cpu_us_per_event_1": best_1.cpu_us_per_event,
+        "cpu_us_per_event_2": best_2.cpu_us_per_event,
+        "runs_1": [s.per_s for s in one],
+        "runs_2": [s.per_s for s in two],
+        "shards_match": shards_match,
+        "events": best_1.events,
+    }
+
+
+def _shard_emit_worker(
+    bootstrap: str, key: bytes, realms: tuple[str, ...], per_realm: int, spool: str
+) -> None:
+    from domain.envelope import Signer
+    from ledger.emitter import Emitter, EmitterConfig
+
+    em = Emitter(
+        Signer(key), EmitterConfig(bootstrap=bootstrap, spool_dir=Path(spool), fsync=False)
+    )
+    peers = [f"0x{i:040x}" for i in range(16)]
+    for i in range(per_realm):
+        for realm in realms:  # one router, one seq chain through both partitions
+            em.meter(
+                realm, peers[i & 15], peers[(i >> 4) & 15], "event", "bench.topic", 100, i >> 12
+            )
+    em.flush(timeout_s=300)
+    em.close()

@@ -361,6 +361,21 @@ def bench_ingest(events: int, baseline_events: int, as_json: bool) -> None:
     click.echo(json.dumps(result))
 
 
+@bench.command("shards")
+@click.option(
+    "--events", type=int, default=2_000_000, show_default=True, help="Metered messages in the log."
+)
+@click.option("--repeats", type=int, default=2, show_default=True, help="Runs of each; best kept.")
+@click.option("--json", "as_json", is_flag=True, help="Only the JSON line.")
+def bench_shards(events: int, repeats: int, as_json: bool) -> None:
+    """Replay speed of one projector and of two shards (one partition each, two processes) over
+    one log of two partitions; checks that the shards' merged tables equal the projector's."""
+    from ledger.bench import run_shards_bench
+
+    result = run_shards_bench(events, repeats, console=None if as_json else console)
+    click.echo(json.dumps(result))
+
+
 @bench.command("epoch-close")
 @click.option("--history", type=int, default=10, show_default=True, help="Epochs of history (Nx).")
 @click.option(

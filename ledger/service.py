@@ -34,6 +34,9 @@ from ledger.projector import Outcome, Projector, Trust, Verdict
 
 log = logging.getLogger(__name__)
 
+#: a buffered entry decided out of its partition's order (see LedgerService._wake)
+_DONE = object()
+
 
 @dataclass
 class ServiceConfig:
@@ -93,7 +96,9 @@ class LedgerService:
         self._fetched: dict[Any, int] = {}
         self.idle_polls = 0
         self._staged = 0
-        self._wait_verdicts: dict[Any, list[Any]] = {}
+        #: records waiting for their source's previous seq: (source, seq) -> (partition, entry);
+        #: deciding that previous record decides them at once, wherever they sit
+        self._parked: dict[tuple[str, int], tuple[Any, list[Any]]] = {}
         self._payouts_resent = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -128,6 +133,9 @@ class LedgerService:
                 fetch_max_bytes=64 << 20,
                 max_partition_fetch_bytes=16 << 20,
                 receive_buffer_bytes=4 << 20,
+                # a fetch parked at the broker (no new data) delays every request queued behind
+                # it on the connection, end offsets included: park no longer than a poll waits
+                fetch_max_wait_ms=self.config.poll_timeout_ms,
             )
         tps = []
         for topic in self.config.topics:
@@ -210,7 +218,8 @@ class LedgerService:
         self.idle_polls = 0 if batches else self.idle_polls + 1
         for tp, records in batches.items():
             done = self.projector.ahead.get((tp.topic, tp.partition), set())
-            self._buffers[tp].extend([msg, None] for msg in records if msg.offset not in done)
+            # an entry: [message, its Record (or a Verdict) once prepared, its last WAIT verdict]
+            self._buffers[tp].extend([msg, None, None] for msg in records if msg.offset not in done)
             self._fetched[tp] = records[-1].offset + 1
         for tp, buf in self._buffers.items():
             if len(buf) >= self.config.max_buffered_records and tp not in self._paused:
@@ -230,7 +239,7 @@ class LedgerService:
             for tp, buf in self._buffers.items():
                 if self._process_partition(tp, buf):
                     progressed = changed = True
-        waits = [v for verdicts in self._wait_verdicts.values() for v in verdicts]
+        waits = [e[2] for buf in self._buffers.values() for e in buf if e[1] is not _DONE and e[2]]
         self.progress.waits = {}
         for verdict in waits:
             self.progress.waits[verdict.reason] = self.progress.waits.get(verdict.reason, 0) + 1
@@ -249,43 +258,104 @@ class LedgerService:
         while buf:
             entry = buf.popleft()
             msg = entry[0]
+            if entry[1] is _DONE:
+                continue  # decided while parked (its offset is among the decided ones)
             if limit is not None and msg.offset >= limit:  # replay: beyond the audited position
-                remaining.extend([m, p, None] for m, p in (entry, *buf))
+                remaining.append(entry)
+                remaining.extend(buf)
                 buf.clear()
                 break
-            prepared = entry[1] if isinstance(entry[1], Record) else projector.prepare(msg.value)
+            if not isinstance(entry[1], Record | Verdict):
+                entry[1] = projector.prepare(msg.value)
+            prepared = entry[1]
             verdict = (
                 prepared
                 if isinstance(prepared, Verdict)
                 else projector.offer_record(prepared, owned)
             )
             if verdict.outcome is Outcome.WAIT:  # keep the verified record for the next pass
-                remaining.append([msg, prepared, verdict])
+                entry[2] = verdict
+                remaining.append(entry)
+                if verdict.reason == "seq_gap":
+                    self._parked[(prepared.source, prepared.seq)] = (tp, entry)
                 continue
-            if not owned:
-                pass  # followed: its shard counts it
-            elif verdict.outcome is Outcome.REJECTED:
-                projector.reject(verdict.reason)
-                self.progress.rejected += 1
-                self._dead_letter(msg, verdict.reason, verdict.detail)
-            else:
-                assert isinstance(prepared, Record)
-                self.progress.records += 1
-                self.progress.events += prepared.count
+            self._decided(owned, entry, verdict)
+            if isinstance(prepared, Record):
+                self._wake(prepared.source)
             decided.add(msg.offset)
             moved = True
-        buf.extend([m, p] for m, p, *_ in remaining)
-        if moved:
-            low = remaining[0][0].offset if remaining else self._fetched.get(tp, 0)
-            if limit is not None and not remaining:
-                low = min(low, limit)
-            projector.set_offset(tp.topic, tp.partition, low, decided)
             self._staged += 1
-            if self._staged >= self.config.commit_every_records:
+            if self._staged >= self.config.commit_every_records:  # a bounded transaction
+                self._stage_offsets(tp, remaining, buf, decided, limit)
                 projector.commit()
                 self._staged = 0
-        self._wait_verdicts[tp] = [v for _, _, v in remaining if v is not None]
+        # records of this pass that a wake decided meanwhile are decided offsets, not remaining
+        remaining = deque(e for e in remaining if e[1] is not _DONE)
+        buf.extend(remaining)
+        if moved:
+            self._stage_offsets(tp, remaining, deque(), decided, limit)
         return moved
+
+    def _stage_offsets(
+        self,
+        tp: Any,
+        remaining: deque[list[Any]],
+        unread: deque[list[Any]],
+        decided: set[int],
+        limit: int | None,
+    ) -> None:
+        """Stage the partition's position: below the first record not decided yet, plus the
+        decided ones above it (a wake may have decided some of `remaining`)."""
+        key = (tp.topic, tp.partition)
+        decided.update(self.projector.ahead.get(key, ()))
+        waiting = next((e[0].offset for e in remaining if e[1] is not _DONE), None)
+        low = waiting if waiting is not None else unread[0][0].offset if unread else None
+        if low is None:
+            low = self._fetched.get(tp, 0)
+            if limit is not None:
+                low = min(low, limit)
+        self.projector.set_offset(tp.topic, tp.partition, low, decided)
+
+    def _decided(self, owned: bool, entry: list[Any], verdict: Verdict) -> None:
+        """Count a decided record (in the shard that owns it); the caller wakes its source."""
+        record, entry[1] = entry[1], _DONE
+        if not owned:
+            pass  # followed: its shard counts it
+        elif verdict.outcome is Outcome.REJECTED:
+            self.projector.reject(verdict.reason)
+            self.progress.rejected += 1
+            self._dead_letter(entry[0], verdict.reason, verdict.detail)
+        else:
+            self.progress.records += 1
+            self.progress.events += record.count
+
+    def _wake(self, source: str) -> None:
+        """Offer the parked record that continues `source`'s chain, and the one after it, …: a
+        chain that alternates between partitions moves in one pass, not one pass a record."""
+        projector = self.projector
+        while True:
+            state = projector.sources.get(source)
+            parked = self._parked.pop((source, state.last_seq + 1 if state else 1), None)
+            if parked is None:
+                return
+            tp, entry = parked
+            if entry[1] is _DONE:
+                continue
+            owned = self.owns(tp)
+            verdict = projector.offer_record(entry[1], owned)
+            if verdict.outcome is Outcome.WAIT:
+                entry[2] = verdict  # another wait (the chain head, marks): its partition retries
+                return
+            key = (tp.topic, tp.partition)
+            msg = entry[0]
+            projector.set_offset(
+                tp.topic,
+                tp.partition,
+                projector.offsets.get(key, 0),
+                {*projector.ahead[key], msg.offset},
+            )
+            self._staged += 1
+            self._decided(owned, entry, verdict)  # the loop goes on with the next seq
 
     def _resolve_gaps(self) -> bool:
         """Declare a seq gap once nothing can progress and every partition is fully fetched for
@@ -299,9 +369,10 @@ class LedgerService:
         if (now - self._stalled_since) * 1000 < self.config.gap_timeout_ms:
             return False
         held = [
-            (entry[1], verdict, tp)
+            (entry[1], entry[2], tp)
             for tp, buf in self._buffers.items()
-            for entry, verdict in zip(buf, self._wait_verdicts.get(tp, []), strict=False)
+            for entry in buf
+            if isinstance(entry[1], Record) and entry[2] is not None
         ]
         seqs = {(rec.source, rec.seq) for rec, _, _ in held if isinstance(rec, Record)}
         gaps = [
