@@ -126,6 +126,13 @@ def cli(verbose: int) -> None:
 @click.option(
     "--query-port", type=int, default=0, help="Port of the loopback query endpoint (0: a free one)."
 )
+@click.option(
+    "--partitions",
+    default=None,
+    metavar="P,Q,…",
+    help="Run as the shard owning these partition numbers of both topics (default: all; see "
+    "README, Shards). Its database keeps them: another set needs another database.",
+)
 def project(
     bootstrap: str,
     db_path: Path,
@@ -136,14 +143,17 @@ def project(
     grace_blocks: int,
     gap_timeout_ms: int,
     query_port: int,
+    partitions: str | None,
 ) -> None:
     """Run the projector: consume mesh.usage and mesh.ledger into DuckDB, close epochs, serve queries.
 
-    The query endpoint's URL is written to DB.query so `meshledger query` finds it.
+    The query endpoint's URL is written to DB.query so `meshledger query` finds it. As a shard
+    (--partitions) it applies its partitions' records and follows the others; every shard needs
+    its own database and, to close epochs, its own ledger key.
     """
     from ledger.emitter import EmitterConfig
     from ledger.keys import load_signer
-    from ledger.service import LedgerService, ServiceConfig
+    from ledger.service import LedgerService, ServiceConfig, ShardMismatch
 
     emitter = None
     if key_file:
@@ -172,6 +182,7 @@ def project(
             grace_blocks=grace_blocks,
             gap_timeout_ms=gap_timeout_ms,
             query_port=query_port,
+            partitions=_partitions(partitions),
         ),
         emitter=emitter,
     )
@@ -181,13 +192,28 @@ def project(
     console.print(f"projector: {bootstrap} -> {db_path}; queries at [bold]{url}[/]")
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     try:
+        service.connect()
         service.run()
+    except ShardMismatch as exc:
+        raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         pass
     finally:
         service.close()
         if emitter:
             emitter.close(timeout_s=5)
+
+
+def _partitions(value: str | None) -> frozenset[int] | None:
+    if value is None:
+        return None
+    try:
+        parts = frozenset(int(p) for p in value.split(",") if p.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: partition numbers, comma-separated") from None
+    if not parts or min(parts) < 0:
+        raise click.BadParameter(f"{value!r}: partition numbers, comma-separated")
+    return parts
 
 
 QUERY_NAMES = [
@@ -219,6 +245,14 @@ QUERY_NAMES = [
     "--usd", is_flag=True, help="epochs, payouts: value at the last price at the epoch's end."
 )
 @click.option("--feed", default=None, help="The price feed for --usd and prices (an address).")
+@click.option(
+    "--shard",
+    "shards",
+    multiple=True,
+    metavar="URL|FILE",
+    help="A shard's query endpoint or database file; one per shard reads a sharded ledger as "
+    "one (instead of --url/--db).",
+)
 def query(
     what: str,
     realm: str | None,
@@ -228,6 +262,7 @@ def query(
     as_json: bool,
     usd: bool,
     feed: str | None,
+    shards: tuple[str, ...],
 ) -> None:
     """Query the ledger: realms | bandwidth | usage | epochs | payouts | dead | sources |
     reorgs (closed epochs that counted a log a reorg retracted) | prices.
@@ -243,27 +278,54 @@ def query(
         if what not in ("epochs", "payouts"):
             raise click.UsageError("--usd applies to epochs and payouts")
         what = f"{what}_usd"
-    url = url or _query_url(db_path)
-    rows: list[dict[str, Any]]
-    if url:
+    params = {"realm": realm, "epoch": epoch, "feed": feed}
+    url = None if shards else url or _query_url(db_path)
+    if shards:
+        data = _read_shards(shards, what, **params)
+    elif url:
         try:
-            rows = QueryClient(url).rows(what, realm=realm, epoch=epoch, feed=feed)
+            data = QueryClient(url).get(what, **params)
         except QueryError as exc:
             raise click.ClickException(str(exc)) from exc
     elif db_path.exists():
         from ledger import store
         from ledger.query import run_query
 
-        con = store.connect(db_path, read_only=True)
-        data = run_query(con, what, {"realm": realm, "epoch": epoch, "feed": feed})
-        rows = [dict(zip(data["columns"], r, strict=True)) for r in data["rows"]]
+        data = run_query(store.connect(db_path, read_only=True), what, params)
     else:
         raise click.ClickException(f"no projector endpoint and no database at {db_path}")
+    rows = [dict(zip(data["columns"], r, strict=True)) for r in data["rows"]]
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, default=str))
     else:
         print_query(console, what, rows)
+
+
+def _read_shards(targets: tuple[str, ...], what: str, **params: Any) -> dict[str, Any]:
+    """One query across shards (each an endpoint URL, or a database file whose projector's
+    endpoint answers, else the file itself), merged as one ledger's."""
+    from ledger.query import QueryClient, QueryError
+    from ledger.shards import FileReader, MergeError, Reader, merged, open_shards
+
+    readers: list[Reader] = []
+    try:
+        for target in targets:
+            if target.startswith(("http://", "https://")):
+                readers.append(QueryClient(target))
+            elif (live := _query_url(Path(target))) is not None:
+                readers.append(QueryClient(live))
+            elif Path(target).exists():
+                readers.append(FileReader(Path(target)))
+            else:
+                raise click.ClickException(f"shard {target}: no endpoint and no database")
+        return merged(open_shards(readers), what, **params)
+    except (QueryError, MergeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        for reader in readers:
+            if isinstance(reader, FileReader):
+                reader.close()
 
 
 def _query_url(db_path: Path) -> str | None:
