@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import duckdb
 
 from ledger import store
-from ledger.query import QUERIES, QueryClient, run_query
+from ledger.query import QUERIES, QueryClient, QueryError, run_query
 
 #: the query endpoint's name of the realms a shard owns
 OWNED = "owned"
@@ -83,7 +83,7 @@ def merged(shards: Sequence[Shard], path: str, **params: Any) -> dict[str, Any]:
     name = path.removeprefix("table/")
     rows: list[list[Any]]
     if name == "sources":
-        rows = _sources(columns, answers)
+        rows = sorted(_sources(columns, answers), key=lambda row: str(row[0]))
     elif name in ("rejected", "dead"):
         totals: dict[str, int] = {}
         for answer in answers:
@@ -92,12 +92,14 @@ def merged(shards: Sequence[Shard], path: str, **params: Any) -> dict[str, Any]:
         rows = sorted(([r, n] for r, n in totals.items()), key=lambda row: (-row[1], row[0]))
         return {"columns": columns, "rows": rows}
     elif name == "seq_gaps":
-        rows = [row for answer in answers for row in answer["rows"]]
+        rows = sorted((row for answer in answers for row in answer["rows"]), key=_order)
     elif name == "prices":
         rows = [
             row for s, a in zip(shards, answers, strict=True) if "" in s.owned for row in a["rows"]
         ]
     elif "realm" in columns:
+        # each realm's rows come from one shard, in its query's order (which starts with the
+        # realm): a stable sort on the realm alone keeps it
         at = columns.index("realm")
         rows = [
             row
@@ -105,9 +107,10 @@ def merged(shards: Sequence[Shard], path: str, **params: Any) -> dict[str, Any]:
             for row in answer["rows"]
             if row[at] in s.owned
         ]
+        rows.sort(key=lambda row: str(row[at]))
     else:
         raise MergeError(f"no rule merges {path!r} across shards")
-    return {"columns": columns, "rows": sorted(rows, key=_order)}
+    return {"columns": columns, "rows": rows}
 
 
 def _sources(columns: list[str], answers: list[Any]) -> list[list[Any]]:
@@ -156,6 +159,27 @@ def fingerprints(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, tuple[in
         con.close()
 
 
+class ShardedClient(QueryClient):
+    """A QueryClient over several shards' endpoints: every answer merged (settle reads a
+    sharded ledger through it)."""
+
+    def __init__(self, urls: Sequence[str], timeout_s: float = 30.0) -> None:
+        super().__init__(urls[0], timeout_s)
+        self.readers = [QueryClient(url, timeout_s) for url in urls]
+
+    def get(self, path: str, **params: Any) -> Any:
+        try:
+            return merged(open_shards(self.readers), path, **params)
+        except MergeError as exc:
+            raise QueryError(f"shards {[r.url for r in self.readers]}: {exc}") from exc
+
+
+def query_client(urls: str) -> QueryClient:
+    """A client of one query endpoint, or of several shards' (comma-separated URLs)."""
+    parts = [u.strip() for u in urls.split(",") if u.strip()]
+    return QueryClient(parts[0]) if len(parts) == 1 else ShardedClient(parts)
+
+
 def reader_for(target: str) -> Reader:
     """A query endpoint URL (http://…) or a database file."""
     if target.startswith(("http://", "https://")):
@@ -168,9 +192,11 @@ __all__ = [
     "MergeError",
     "QUERIES",
     "Shard",
+    "ShardedClient",
     "fingerprints",
     "merged",
     "merged_tables",
     "open_shards",
+    "query_client",
     "reader_for",
 ]
