@@ -33,12 +33,14 @@ subgraph: setup
 	cd infra/subgraph && ../../node_modules/.bin/graph codegen --output-dir generated \
 	  && ../../node_modules/.bin/graph build --output-dir build
 
+# three workers: most tests wait on anvil, the broker or routers rather than on the CPU
 test: setup lint typecheck subgraph
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3
 
 # Long fault campaigns; `make test` runs a short, seeded one of each.
 # Contract invariants under fuzzing (EpochSettlement on anvil): random seeds unless SEED is given.
-# Data faults (tests/faults: spool and database storage faults, broker faults): SEEDS=1,2,3
+# Data faults (tests/faults: spool and database storage faults, broker faults; and the projector's
+# deterministic simulation, tests/ledger/test_ledger_simulation.py): SEEDS=1,2,3
 # (default 1..200), DURATION=60 (seconds of broker faults per seed).
 CONTRACT_FUZZ_EXAMPLES ?= 500
 CONTRACT_FUZZ_STEPS ?= 30
@@ -49,7 +51,8 @@ fault: setup
 	MESHLEDGER_CONTRACT_FUZZ_STEPS=$(CONTRACT_FUZZ_STEPS) \
 	  $(BIN)/pytest -q --timeout=0 $(if $(SEED),--hypothesis-seed=$(SEED)) \
 	  tests/settlement/test_contract_fuzz.py
-	FAULT_SEEDS="$(SEEDS)" FAULT_DURATION_S="$(DURATION)" $(BIN)/pytest -q --timeout=0 tests/faults
+	FAULT_SEEDS="$(SEEDS)" FAULT_DURATION_S="$(DURATION)" $(BIN)/pytest -q --timeout=0 -n 3 \
+	  tests/faults tests/ledger/test_ledger_simulation.py
 
 bench: setup
 	$(BIN)/meshledger bench ingest --json

@@ -79,16 +79,31 @@ class JournaledTx:
     detail: str
 
 
+#: how long opening a journal another job is opening at the same moment may take
+OPEN_TIMEOUT_S = 30.0
+
+
 class Journal:
     """The transaction journal in one SQLite file (WAL, synchronous=FULL: a write survives a crash)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = sqlite3.connect(str(self.path), timeout=OPEN_TIMEOUT_S, isolation_level=None)
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            # switching to WAL while another connection sets the file up returns SQLITE_BUSY
+            # without waiting on the busy handler: two jobs starting together must both open
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    self._db.close()
+                    raise
+                time.sleep(0.02)
 
     def close(self) -> None:
         self._db.close()

@@ -45,7 +45,7 @@ from settlement.job import (
     Underfunded,
     per_account,
 )
-from settlement.journal import Journal
+from settlement.journal import Journal, TxState
 from settlement.merkle import realm_id
 
 pytestmark = pytest.mark.integration
@@ -96,7 +96,10 @@ def test_rerun_finds_it_done_and_records_nothing_new(
     assert again.status == "already_settled"
     assert [o.status for o in again.outcomes] == ["already_done", "already_done"]
     assert len(ready.recorder.events) == 2
-    assert len(Journal(ready.journal_path).all()) == 2  # post + one push batch
+    # the post and one push batch confirmed; a slow block may add a superseded fee-bumped attempt
+    rows = Journal(ready.journal_path).all()
+    assert len({r.work_key for r in rows if r.state == TxState.CONFIRMED}) == 2
+    assert {r.state for r in rows} <= {TxState.CONFIRMED, TxState.SUPERSEDED}
     assert balances(stack, ready.accounts) == ready.expected()
 
 
