@@ -117,14 +117,18 @@ _METERED, _EVENTS = 0, 1
 
 
 class _Batch:
-    __slots__ = ("kind", "metered", "events", "n", "size", "opened", "watermark")
+    __slots__ = ("kind", "metered", "events", "n", "room", "size", "opened", "watermark")
 
     def __init__(self, kind: int, base_bytes: int) -> None:
         self.kind = kind
         self.n = 0  # metered messages in it (MeteredBuilder's len is a Python call)
+        #: metered: n stays below this (batch_max_events, and rows that fit beside the strings)
+        self.room = 0
         self.metered = MeteredBuilder()
         self.events: list[Event] = []
-        self.size = base_bytes  # a bound of the record's encoded size, never below it
+        #: a bound of the record's encoded size, never below it; of a metered batch: without
+        #: its rows (each adds at most _ROW_BYTES)
+        self.size = base_bytes
         self.opened = time.monotonic()
         self.watermark = False
 
@@ -227,15 +231,9 @@ class Emitter:
                 peers = builder.peers
                 f, t, u = peers.get(from_peer), peers.get(to_peer), builder.uris.get(uri)
                 n = batch.n
-                if (
-                    f is not None
-                    and t is not None
-                    and u is not None
-                    and n < self._max_events
-                    and batch.size + _ROW_BYTES <= self._max_bytes
-                ):  # the common case: every string interned already, room left
+                if f is not None and t is not None and u is not None and n < batch.room:
+                    # the common case: every string interned already, room left
                     builder.rows.extend((f, t, k, u, payload_bytes, block))
-                    batch.size += _ROW_BYTES
                     batch.n = n = n + 1
                     if n >= self._max_events:
                         self._seal_now(realm, batch)
@@ -256,21 +254,37 @@ class Emitter:
         """A message with a string new to its batch, or one that needs a new batch. Caller
         holds the lock."""
         if batch is not None and batch.kind == _METERED:
-            cost = _ROW_BYTES + _new_string_bytes(batch.metered, from_peer, to_peer, uri)
-            if batch.n < self._max_events and batch.size + cost <= self._max_bytes:
-                batch.metered.add(from_peer, to_peer, kind, uri, payload_bytes, block)
-                batch.size += cost
-                batch.n += 1
-                if batch.n >= self._max_events:
-                    self._seal_now(realm, batch)
+            strings = _new_string_bytes(batch.metered, from_peer, to_peer, uri)
+            rows_after = (batch.n + 1) * _ROW_BYTES
+            if batch.n < self._max_events and batch.size + strings + rows_after <= self._max_bytes:
+                self._add_metered(
+                    realm, batch, strings, from_peer, to_peer, kind, uri, payload_bytes, block
+                )
                 return
         # a new batch: the realm's open one (full, or of the other kind) is sealed first
-        cost = _ROW_BYTES + _new_string_bytes(None, from_peer, to_peer, uri)
-        self._room(realm, cost)
+        strings = _new_string_bytes(None, from_peer, to_peer, uri)
+        self._room(realm, _ROW_BYTES + strings)
         batch = self._batch(realm, _METERED)
+        self._add_metered(
+            realm, batch, strings, from_peer, to_peer, kind, uri, payload_bytes, block
+        )
+
+    def _add_metered(
+        self,
+        realm: str,
+        batch: _Batch,
+        strings: int,
+        from_peer: str,
+        to_peer: str,
+        kind: str,
+        uri: str,
+        payload_bytes: int,
+        block: int,
+    ) -> None:
         batch.metered.add(from_peer, to_peer, kind, uri, payload_bytes, block)
-        batch.size += cost
+        batch.size += strings
         batch.n += 1
+        batch.room = min(self._max_events, (self._max_bytes - batch.size) // _ROW_BYTES)
         if batch.n >= self._max_events:
             self._seal_now(realm, batch)
 
