@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from coincurve import PrivateKey as CurvePrivateKey
 from coincurve import PublicKey
 from eth_hash.auto import keccak
 from eth_keys import keys
@@ -67,6 +68,7 @@ class Signer:
         if len(private_key) != 32:
             raise ValueError("a private key is 32 bytes")
         self._key = keys.PrivateKey(private_key)
+        self._curve_key = CurvePrivateKey(private_key)
         self.address: str = self._key.public_key.to_checksum_address()
 
     @property
@@ -75,9 +77,10 @@ class Signer:
         return bytes(self._key.to_bytes())
 
     def sign_hash(self, record_hash: bytes) -> bytes:
-        sig = self._key.sign_msg_hash(eip191_digest(record_hash))
-        r, s, v = sig.r, sig.s, sig.v
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v + 27])
+        # libsecp256k1 through coincurve: RFC 6979, low s (what eth_keys gives, without its
+        # Python layers); r | s | recovery id, the id as v = 27 + id
+        sig = self._curve_key.sign_recoverable(eip191_digest(record_hash), hasher=None)
+        return sig[:64] + bytes([sig[64] + 27])
 
 
 def recover_source(record_hash: bytes, signature: bytes) -> str:

@@ -95,8 +95,14 @@ def run_audit(
     snap = live.snapshot()
     targets = {(t, int(p)): int(o) for t, p, o in snap["offsets"]}
     work_dir.mkdir(parents=True, exist_ok=True)
+    partitions = snap.get("partitions")  # the live side is a shard: replay that shard
     service = replay(
-        bootstrap, work_dir / "audit.duckdb", trust, targets=targets, on_progress=on_progress
+        bootstrap,
+        work_dir / "audit.duckdb",
+        trust,
+        targets=targets,
+        on_progress=on_progress,
+        partitions=frozenset(partitions) if partitions else None,
     )
     try:
         con = service.con

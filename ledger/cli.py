@@ -355,6 +355,14 @@ def _query_url(db_path: Path) -> str | None:
     help="Where the replay database goes.",
 )
 @_trust_options
+@click.option(
+    "--shard",
+    "shards",
+    multiple=True,
+    metavar="URL|FILE",
+    help="A shard's query endpoint or database file; one per shard audits each against its own "
+    "replay, in parallel (instead of --url/--db).",
+)
 def audit(
     bootstrap: str,
     url: str | None,
@@ -363,6 +371,7 @@ def audit(
     ledger_sources: tuple[str, ...],
     indexer_sources: tuple[str, ...],
     settlement_sources: tuple[str, ...],
+    shards: tuple[str, ...],
 ) -> None:
     """Replay the topics from offset 0 into a fresh DuckDB and compare every table with the live one.
 
@@ -373,6 +382,10 @@ def audit(
     from ledger.audit import LiveSide, run_audit
     from ledger.render import print_audit
 
+    if shards:
+        _audit_shards(
+            bootstrap, shards, work_dir, ledger_sources, indexer_sources, settlement_sources
+        )
     url = url or _query_url(db_path)
     live = LiveSide(url=url) if url else LiveSide(db_path=db_path)
     trust = _trust(ledger_sources, indexer_sources, settlement_sources)
@@ -395,6 +408,43 @@ def audit(
     live.close()
     print_audit(console, report)
     sys.exit(report.exit_code)
+
+
+def _audit_shards(
+    bootstrap: str,
+    shards: tuple[str, ...],
+    work_dir: Path | None,
+    ledger_sources: tuple[str, ...],
+    indexer_sources: tuple[str, ...],
+    settlement_sources: tuple[str, ...],
+) -> None:
+    """Audit each shard against its own replay, in parallel; exit with the worst outcome."""
+    from ledger.audit import EXIT_GAPS, EXIT_MISMATCH, EXIT_OK
+    from ledger.render import print_audit
+    from ledger.shards import audit_shards
+
+    targets = []
+    for target in shards:
+        if target.startswith(("http://", "https://")):
+            targets.append(target)
+        elif (live := _query_url(Path(target))) is not None:
+            targets.append(live)
+        elif Path(target).exists():
+            targets.append(target)
+        else:
+            raise click.ClickException(f"shard {target}: no endpoint and no database")
+    trust = _trust(ledger_sources, indexer_sources, settlement_sources)
+    console.print(f"auditing {len(targets)} shards, each replayed in its own process")
+    reports = audit_shards(
+        bootstrap, trust, targets, work_dir or Path(tempfile.mkdtemp(prefix="meshledger-audit-"))
+    )
+    for target, report in zip(shards, reports, strict=True):
+        console.rule(f"shard {target}")
+        print_audit(console, report)
+    codes = {r.exit_code for r in reports}
+    sys.exit(
+        EXIT_MISMATCH if EXIT_MISMATCH in codes else EXIT_GAPS if EXIT_GAPS in codes else EXIT_OK
+    )
 
 
 @cli.group()

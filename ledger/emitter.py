@@ -655,14 +655,18 @@ class Emitter:
 
     def _ack(self, count: int, last: Frame) -> None:
         with self._lock:
+            self._spool.ack(last)
+            snapshot = self._spool.checkpoint_snapshot()
+        # the checkpoint's file I/O (fsyncs, a rename) happens outside the lock `meter` takes;
+        # the frames leave the outbox (and flush returns) only once it is written
+        try:
+            self._spool.write_checkpoint(snapshot)
+        except OSError as exc:  # the checkpoint stays behind: a restart re-sends, never loses
+            log.error("emitter %s: checkpoint write failed (%s)", self.source, exc)
+        with self._lock:
             for _ in range(count):
                 frame = self._outbox.popleft()
                 self._unacked_bytes -= frame.size
-            self._spool.ack(last)
-            try:
-                self._spool.commit_acks()
-            except OSError as exc:  # the checkpoint stays behind: a restart re-sends, never loses
-                log.error("emitter %s: checkpoint write failed (%s)", self.source, exc)
             self.counters["acked_records"] += count
             self._space.notify_all()
         with self._idle:

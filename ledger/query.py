@@ -102,9 +102,15 @@ def snapshot(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     try:
         offsets = con.execute("SELECT topic, part, next_offset FROM offsets").fetchall()
         prints = {t: list(store.fingerprint(con, t)) for t in store.AUDITED_TABLES}
+        shard = store.shard_partitions(con)
     finally:
         con.execute("COMMIT")
-    return {"offsets": [list(o) for o in offsets], "tables": prints}
+    return {
+        "offsets": [list(o) for o in offsets],
+        "tables": prints,
+        # a shard's partitions: its replay must be the same shard's
+        "partitions": sorted(shard[0]) if shard else None,
+    }
 
 
 def _json_default(value: Any) -> Any:

@@ -193,6 +193,7 @@ __all__ = [
     "QUERIES",
     "Shard",
     "ShardedClient",
+    "audit_shards",
     "fingerprints",
     "merged",
     "merged_tables",
@@ -200,3 +201,31 @@ __all__ = [
     "query_client",
     "reader_for",
 ]
+
+
+# -- auditing shards ---------------------------------------------------------------------------
+
+
+def audit_shards(bootstrap: str, trust: Any, targets: Sequence[str], work_dir: Path) -> list[Any]:
+    """Audit every shard against its own replay (the same partitions, to the offsets its
+    snapshot names), the replays in parallel processes; one AuditReport a shard, in order."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(len(targets), mp_context=mp.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(_audit_shard, bootstrap, trust, target, work_dir / f"shard{i}")
+            for i, target in enumerate(targets)
+        ]
+        return [f.result() for f in futures]
+
+
+def _audit_shard(bootstrap: str, trust: Any, target: str, work_dir: Path) -> Any:
+    from ledger.audit import LiveSide, run_audit
+
+    live = LiveSide(url=target) if target.startswith(("http://", "https://")) else None
+    live = live or LiveSide(db_path=Path(target))
+    try:
+        return run_audit(bootstrap, trust, live, work_dir)
+    finally:
+        live.close()
