@@ -258,8 +258,9 @@ class LedgerService:
         while buf:
             entry = buf.popleft()
             msg = entry[0]
-            if entry[1] is _DONE:
-                continue  # decided while parked (its offset is among the decided ones)
+            if entry[1] is _DONE:  # decided while parked (its offset is among the decided ones)
+                moved = True  # the partition's position moves past it
+                continue
             if limit is not None and msg.offset >= limit:  # replay: beyond the audited position
                 remaining.append(entry)
                 remaining.extend(buf)
