@@ -165,6 +165,7 @@ def run_audit(
     for t, p, o in snap.get("ahead", []):
         ahead.setdefault((t, int(p)), set()).add(int(o))
     work_dir.mkdir(parents=True, exist_ok=True)
+    partitions = snap.get("partitions")  # the live side is a shard: replay that shard
     service = replay(
         bootstrap,
         work_dir / "audit.duckdb",
@@ -172,6 +173,7 @@ def run_audit(
         targets=targets,
         on_progress=on_progress,
         ahead=ahead,
+        partitions=frozenset(partitions) if partitions else None,
     )
     try:
         con = service.con

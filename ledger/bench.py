@@ -1,26 +1,64 @@
-"""`meshledger bench ingest`: end-to-end metered messages/s against a one-record-per-message
-kafka-python baseline, measured side by side on the same broker in the same run, and audit replay
-speed. Emitter and baseline producer run in their own processes; the projector in this one."""
+"""`meshledger bench ingest`: metered messages/s end to end (emitter process -> broker ->
+projector -> DuckDB) against a one-record-per-message kafka-python baseline in the same run, and
+each stage on its own: emit (meter calls to sealed, signed records), broker (records produced and
+fetched back), project (records fetched to committed tables) and replay, with the CPU time per
+event of the processes doing each stage (getrusage of our processes, /proc of the broker's)."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import resource
 import tempfile
 import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import orjson
 from rich.console import Console
 
+from domain.envelope import peek_count
+from domain.topics import USAGE_TOPIC
 from infra.broker import start_broker
 from ledger.service import LedgerService, ServiceConfig, replay, trust_from
 from ledger.simulate import TOKEN, IndexerSim, RealmSetup, emitter, new_signer
 
 REALM = "bench.realm"
+BROKER_TOPIC = "bench.broker"
 
 
-def _emit_worker(bootstrap: str, key: bytes, events: int, spool: str) -> None:
+def cpu_s() -> float:
+    """CPU seconds (user + system) of this process, every thread included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pid_cpu_s(pid: int) -> float:
+    """CPU seconds of another process (the broker) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Stage:
+    events: int
+    wall_s: float
+    cpu_s: float
+
+    @property
+    def per_s(self) -> int:
+        return round(self.events / self.wall_s)
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return round(self.cpu_s / self.events * 1e6, 3)
+
+
+def _emit_worker(bootstrap: str, key: bytes, events: int, spool: str, conn: Connection) -> None:
+    """Meter `events` messages (the emit stage: until every one is in a sealed, signed record),
+    then send them all. Reports (wall, cpu) of the emit stage, then the CPU of the sending."""
     from domain.envelope import Signer
     from ledger.emitter import Emitter, EmitterConfig
 
@@ -29,10 +67,46 @@ def _emit_worker(bootstrap: str, key: bytes, events: int, spool: str) -> None:
     )
     meter = em.meter
     peers = [f"0x{i:040x}" for i in range(16)]
+    conn.send("ready")
+    conn.recv()
+    started, cpu = time.perf_counter(), cpu_s()
     for i in range(events):
         meter(REALM, peers[i & 15], peers[(i >> 4) & 15], "event", "bench.topic", 100, i >> 12)
+    em.seal_all()
+    conn.send((time.perf_counter() - started, cpu_s() - cpu))
     em.flush(timeout_s=300)
     em.close()
+    conn.send(cpu_s() - cpu)
+
+
+def _produce_worker(bootstrap: str, records: int, conn: Connection) -> None:
+    """The broker stage's producer: fetch the usage records (untimed), then produce them again."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(USAGE_TOPIC, 0)
+    consumer.assign([tp])
+    consumer.seek(tp, 0)
+    values: list[bytes] = []
+    while len(values) < records:
+        for batch in consumer.poll(timeout_ms=500, max_records=100_000).values():
+            values.extend(m.value for m in batch)
+    consumer.close()
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=2,
+        batch_size=1 << 20,
+        max_request_size=2 << 20,
+    )
+    conn.send("ready")
+    conn.recv()
+    cpu = cpu_s()
+    for value in values[:records]:
+        producer.send(BROKER_TOPIC, key=REALM.encode(), value=value)
+    producer.flush()
+    conn.send(cpu_s() - cpu)
+    producer.close()
 
 
 def _baseline_worker(bootstrap: str, events: int) -> None:
@@ -83,16 +157,59 @@ def _baseline(bootstrap: str, events: int) -> float:
     return events / elapsed
 
 
+def _emit_stage_worker(
+    bootstrap: str, dead_port: str, key: bytes, events: int, spool: str, conn: Connection
+) -> None:
+    """The emit stage alone: meter `events` messages into sealed, signed, spooled records with
+    the broker out of reach (no sending competes), then hand the spool to an emitter that sends."""
+    from domain.envelope import Signer
+    from ledger.emitter import Emitter, EmitterConfig
+
+    signer = Signer(key)
+    em = Emitter(signer, EmitterConfig(bootstrap=dead_port, spool_dir=Path(spool), fsync=False))
+    meter = em.meter
+    peers = [f"0x{i:040x}" for i in range(16)]
+    conn.send("ready")
+    conn.recv()
+    started, cpu = time.perf_counter(), cpu_s()
+    for i in range(events):
+        meter(REALM, peers[i & 15], peers[(i >> 4) & 15], "event", "bench.topic", 100, i >> 12)
+    em.seal_all()
+    conn.send((time.perf_counter() - started, cpu_s() - cpu, em.counters["sealed_records"]))
+    em.close(timeout_s=0.1)
+    sender = Emitter(signer, EmitterConfig(bootstrap=bootstrap, spool_dir=Path(spool), fsync=False))
+    sender.flush(timeout_s=300)
+    sender.close()
+    conn.send("sent")
+
+
+def _spawn(target: Any, *args: Any) -> tuple[Any, Connection]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(*args, child))
+    proc.start()
+    assert parent.recv() == "ready"
+    return proc, parent
+
+
 def run_ingest_bench(
     events: int, baseline_events: int, console: Console | None = None
 ) -> dict[str, Any]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from infra.broker import create_topics
+    from infra.procs import free_port
+
+    say = console.print if console else (lambda *_: None)
     work = Path(tempfile.mkdtemp(prefix="meshledger-bench-"))
     broker = start_broker()
+    stages: dict[str, Stage] = {}
     try:
-        indexer_key, router = new_signer(), new_signer()
+        indexer_key, router1, router2 = new_signer(), new_signer(), new_signer()
         trust = trust_from([], [indexer_key.address], [])
         indexer = IndexerSim(indexer_key, emitter(indexer_key, broker.bootstrap, work / "spool"))
-        indexer.create_realm(RealmSetup(REALM, routers=[(router, 10**9 * TOKEN)]), block=0)
+        stake = 10**9 * TOKEN
+        indexer.create_realm(RealmSetup(REALM, routers=[(router1, stake), (router2, stake)]), 0)
         indexer.head((events >> 12) + 1)
         indexer.em.flush()
         indexer.em.close()
@@ -109,41 +226,97 @@ def run_ingest_bench(
         service.connect()
         service.run(until=lambda s: s.progress.records >= 1)  # the indexer's records
         base_events = service.progress.events
-        ctx = mp.get_context("spawn")
-        if console:
-            console.print(
-                f"ingest: {events:,} metered messages, emitter process -> broker -> projector -> DuckDB"
-            )
-        started = time.perf_counter()
-        proc = ctx.Process(
-            target=_emit_worker,
-            args=(broker.bootstrap, router.private_key, events, str(work / "em")),
+
+        say(f"emit: {events:,} meter calls into sealed, signed records (broker out of reach)")
+        dead = f"127.0.0.1:{free_port('127.0.0.1')}"
+        proc, conn = _spawn(
+            _emit_stage_worker,
+            broker.bootstrap,
+            dead,
+            router1.private_key,
+            events,
+            str(work / "e1"),
         )
-        proc.start()
+        conn.send("go")
+        wall, cpu, records = conn.recv()
+        stages["emit"] = Stage(events, wall, cpu)
+        assert conn.recv() == "sent"
+        proc.join()
+
+        say("project: fetched records to committed tables")
+        started, cpu, broker_cpu = time.perf_counter(), cpu_s(), pid_cpu_s(broker.pid)
         service.run(until=lambda s: s.progress.events - base_events >= events)
-        metered_s = time.perf_counter() - started
+        stages["project"] = Stage(
+            events,
+            time.perf_counter() - started,
+            cpu_s() - cpu + pid_cpu_s(broker.pid) - broker_cpu,
+        )
+
+        say("end to end: an emitter process meters while the projector runs")
+        proc, conn = _spawn(
+            _emit_worker, broker.bootstrap, router2.private_key, events, str(work / "e2")
+        )
+        started, cpu, broker_cpu = time.perf_counter(), cpu_s(), pid_cpu_s(broker.pid)
+        conn.send("go")
+        service.run(until=lambda s: s.progress.events - base_events >= 2 * events)
+        wall = time.perf_counter() - started
+        conn.recv()  # the emit phase's figures
+        emitter_cpu = conn.recv()
+        stages["metered"] = Stage(
+            events, wall, cpu_s() - cpu + pid_cpu_s(broker.pid) - broker_cpu + emitter_cpu
+        )
         proc.join()
         stored = service.con.execute("SELECT sum(messages)::BIGINT FROM usage_blocks").fetchone()
-        assert stored is not None and stored[0] == events, f"projected {stored} of {events}"
+        assert stored is not None and stored[0] == 2 * events, f"projected {stored} of {2 * events}"
         service.close()
-        if console:
-            console.print(
-                f"  {events / metered_s:,.0f} metered/s; baseline: {baseline_events:,} one-record-per-message"
-            )
+
+        say("broker: the emitted records produced again and fetched back")
+        create_topics(broker.bootstrap, (BROKER_TOPIC,))
+        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+        tp = TopicPartition(BROKER_TOPIC, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        proc, conn = _spawn(_produce_worker, broker.bootstrap, records)
+        started, cpu, broker_cpu = time.perf_counter(), cpu_s(), pid_cpu_s(broker.pid)
+        conn.send("go")
+        counted = 0
+        while counted < events:
+            for batch in consumer.poll(timeout_ms=200, max_records=100_000).values():
+                counted += sum(peek_count(m.value) for m in batch)
+        wall = time.perf_counter() - started
+        producer_cpu = conn.recv()
+        stages["broker"] = Stage(
+            events, wall, cpu_s() - cpu + pid_cpu_s(broker.pid) - broker_cpu + producer_cpu
+        )
+        proc.join()
+        consumer.close()
+
+        say(f"baseline: {baseline_events:,} messages, one record each")
         baseline_per_s = _baseline(broker.bootstrap, baseline_events)
-        started = time.perf_counter()
+
+        say("replay: the whole log into a fresh database")
+        started, cpu, broker_cpu = time.perf_counter(), cpu_s(), pid_cpu_s(broker.pid)
         replayed = replay(broker.bootstrap, work / "replay.duckdb", trust)
-        replay_s = time.perf_counter() - started
         replay_events = replayed.progress.events
+        stages["replay"] = Stage(
+            replay_events,
+            time.perf_counter() - started,
+            cpu_s() - cpu + pid_cpu_s(broker.pid) - broker_cpu,
+        )
         replayed.close()
-        return {
-            "metered_per_s": round(events / metered_s),
-            "baseline_per_s": round(baseline_per_s),
-            "replay_per_s": round(replay_events / replay_s),
-            "events": events,
-        }
     finally:
         broker.stop()
+    result: dict[str, Any] = {
+        "metered_per_s": stages["metered"].per_s,
+        "baseline_per_s": round(baseline_per_s),
+        "replay_per_s": stages["replay"].per_s,
+        "events": events,
+    }
+    for name in ("emit", "broker", "project"):
+        result[f"{name}_per_s"] = stages[name].per_s
+    for name in ("metered", "emit", "broker", "project", "replay"):
+        result[f"cpu_us_per_event_{name}"] = stages[name].cpu_us_per_event
+    return result
 
 
 # -- epoch close against history ----------------------------------------------------------------
@@ -228,3 +401,131 @@ def run_epoch_close_bench(
         "records_per_epoch": records_per_epoch,
         "events_per_epoch": records_per_epoch * 4096,
     }
+
+
+# -- replay with projector shards ---------------------------------------------------------------
+
+#: realms of the shards benchmark: two on each of two partitions (murmur2 of the key, as the
+#: producer places them); each router serves one realm on each partition, so every shard must
+#: follow its chain through the other shard's partitions
+SHARD_REALMS = (("shard.c", "shard.a"), ("shard.f", "shard.b"))
+
+
+def _replay_worker(
+    bootstrap: str, db: str, trust: Any, partitions: frozenset[int] | None, conn: Connection
+) -> None:
+    conn.send("ready")
+    conn.recv()
+    started, cpu = time.perf_counter(), cpu_s()
+    service = replay(bootstrap, Path(db), trust, partitions=partitions)
+    events = service.progress.events
+    service.close()
+    conn.send((events, time.perf_counter() - started, cpu_s() - cpu))
+
+
+def _replay_shards(
+    bootstrap: str, work: Path, trust: Any, owners: list[frozenset[int] | None], tag: str
+) -> tuple[Stage, list[Path]]:
+    dbs = [work / f"{tag}-{i}.duckdb" for i in range(len(owners))]
+    workers = [
+        _spawn(_replay_worker, bootstrap, str(db), trust, owned)
+        for db, owned in zip(dbs, owners, strict=True)
+    ]
+    started = time.perf_counter()
+    for _, conn in workers:
+        conn.send("go")
+    results = [conn.recv() for _, conn in workers]
+    wall = time.perf_counter() - started
+    for proc, _ in workers:
+        proc.join()
+    events = sum(r[0] for r in results)
+    return Stage(events, wall, sum(r[2] for r in results)), dbs
+
+
+def run_shards_bench(events: int, repeats: int, console: Console | None = None) -> dict[str, Any]:
+    """Replay of one log by one projector and by two shards (two processes, one partition each),
+    alternately `repeats` times; the shards' merged tables are checked against the projector's."""
+    from ledger.shards import FileReader, fingerprints, merged_tables, open_shards
+
+    say = console.print if console else (lambda *_: None)
+    work = Path(tempfile.mkdtemp(prefix="meshledger-shards-"))
+    broker = start_broker(partitions=2)
+    try:
+        indexer_key = new_signer()
+        routers = [new_signer() for _ in SHARD_REALMS]
+        trust = trust_from([], [indexer_key.address], [])
+        indexer = IndexerSim(indexer_key, emitter(indexer_key, broker.bootstrap, work / "spool"))
+        per_realm = events // (2 * len(routers))
+        for router, realms in zip(routers, SHARD_REALMS, strict=True):
+            for realm in realms:
+                indexer.create_realm(RealmSetup(realm, routers=[(router, 10**9 * TOKEN)]), 0)
+        indexer.head((per_realm >> 12) + 1)
+        indexer.em.flush()
+        indexer.em.close()
+        say(f"shards: {per_realm * 2 * len(routers):,} metered messages in 4 realms, 2 partitions")
+        ctx = mp.get_context("spawn")
+        procs = [
+            ctx.Process(
+                target=_shard_emit_worker,
+                args=(broker.bootstrap, r.private_key, realms, per_realm, str(work / f"em{i}")),
+            )
+            for i, (r, realms) in enumerate(zip(routers, SHARD_REALMS, strict=True))
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+            assert proc.exitcode == 0, "an emitter process failed"
+        one: list[Stage] = []
+        two: list[Stage] = []
+        for run in range(repeats):
+            say(f"run {run + 1}/{repeats}: one projector, then two shards")
+            stage, single = _replay_shards(broker.bootstrap, work, trust, [None], f"one{run}")
+            one.append(stage)
+            stage, dbs = _replay_shards(
+                broker.bootstrap, work, trust, [frozenset({0}), frozenset({1})], f"two{run}"
+            )
+            two.append(stage)
+        readers = [FileReader(db) for db in dbs]
+        alone = FileReader(single[0])
+        try:
+            shards_match = fingerprints(merged_tables(open_shards(readers))) == fingerprints(
+                merged_tables(open_shards([alone]))
+            )
+        finally:
+            for reader in (*readers, alone):
+                reader.close()
+    finally:
+        broker.stop()
+    best_1 = max(one, key=lambda s: s.per_s)
+    best_2 = max(two, key=lambda s: s.per_s)
+    return {
+        "replay_per_s_1": best_1.per_s,
+        "replay_per_s_2": best_2.per_s,
+        "ratio": round(best_2.per_s / best_1.per_s, 3),
+        "cpu_us_per_event_1": best_1.cpu_us_per_event,
+        "cpu_us_per_event_2": best_2.cpu_us_per_event,
+        "runs_1": [s.per_s for s in one],
+        "runs_2": [s.per_s for s in two],
+        "shards_match": shards_match,
+        "events": best_1.events,
+    }
+
+
+def _shard_emit_worker(
+    bootstrap: str, key: bytes, realms: tuple[str, ...], per_realm: int, spool: str
+) -> None:
+    from domain.envelope import Signer
+    from ledger.emitter import Emitter, EmitterConfig
+
+    em = Emitter(
+        Signer(key), EmitterConfig(bootstrap=bootstrap, spool_dir=Path(spool), fsync=False)
+    )
+    peers = [f"0x{i:040x}" for i in range(16)]
+    for i in range(per_realm):
+        for realm in realms:  # one router, one seq chain through both partitions
+            em.meter(
+                realm, peers[i & 15], peers[(i >> 4) & 15], "event", "bench.topic", 100, i >> 12
+            )
+    em.flush(timeout_s=300)
+    em.close()

@@ -126,6 +126,13 @@ def cli(verbose: int) -> None:
 @click.option(
     "--query-port", type=int, default=0, help="Port of the loopback query endpoint (0: a free one)."
 )
+@click.option(
+    "--partitions",
+    default=None,
+    metavar="P,Q,…",
+    help="Run as the shard owning these partition numbers of both topics (default: all; see "
+    "README, Shards). Its database keeps them: another set needs another database.",
+)
 def project(
     bootstrap: str,
     db_path: Path,
@@ -136,14 +143,17 @@ def project(
     grace_blocks: int,
     gap_timeout_ms: int,
     query_port: int,
+    partitions: str | None,
 ) -> None:
     """Run the projector: consume mesh.usage and mesh.ledger into DuckDB, close epochs, serve queries.
 
-    The query endpoint's URL is written to DB.query so `meshledger query` finds it.
+    The query endpoint's URL is written to DB.query so `meshledger query` finds it. As a shard
+    (--partitions) it applies its partitions' records and follows the others; every shard needs
+    its own database and, to close epochs, its own ledger key.
     """
     from ledger.emitter import EmitterConfig
     from ledger.keys import load_signer
-    from ledger.service import LedgerService, ServiceConfig
+    from ledger.service import LedgerService, ServiceConfig, ShardMismatch
 
     emitter = None
     if key_file:
@@ -172,6 +182,7 @@ def project(
             grace_blocks=grace_blocks,
             gap_timeout_ms=gap_timeout_ms,
             query_port=query_port,
+            partitions=_partitions(partitions),
         ),
         emitter=emitter,
     )
@@ -181,13 +192,28 @@ def project(
     console.print(f"projector: {bootstrap} -> {db_path}; queries at [bold]{url}[/]")
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     try:
+        service.connect()
         service.run()
+    except ShardMismatch as exc:
+        raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         pass
     finally:
         service.close()
         if emitter:
             emitter.close(timeout_s=5)
+
+
+def _partitions(value: str | None) -> frozenset[int] | None:
+    if value is None:
+        return None
+    try:
+        parts = frozenset(int(p) for p in value.split(",") if p.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: partition numbers, comma-separated") from None
+    if not parts or min(parts) < 0:
+        raise click.BadParameter(f"{value!r}: partition numbers, comma-separated")
+    return parts
 
 
 QUERY_NAMES = [
@@ -219,6 +245,14 @@ QUERY_NAMES = [
     "--usd", is_flag=True, help="epochs, payouts: value at the last price at the epoch's end."
 )
 @click.option("--feed", default=None, help="The price feed for --usd and prices (an address).")
+@click.option(
+    "--shard",
+    "shards",
+    multiple=True,
+    metavar="URL|FILE",
+    help="A shard's query endpoint or database file; one per shard reads a sharded ledger as "
+    "one (instead of --url/--db).",
+)
 def query(
     what: str,
     realm: str | None,
@@ -228,6 +262,7 @@ def query(
     as_json: bool,
     usd: bool,
     feed: str | None,
+    shards: tuple[str, ...],
 ) -> None:
     """Query the ledger: realms | bandwidth | usage | epochs | payouts | dead | sources |
     reorgs (closed epochs that counted a log a reorg retracted) | prices.
@@ -243,27 +278,54 @@ def query(
         if what not in ("epochs", "payouts"):
             raise click.UsageError("--usd applies to epochs and payouts")
         what = f"{what}_usd"
-    url = url or _query_url(db_path)
-    rows: list[dict[str, Any]]
-    if url:
+    params = {"realm": realm, "epoch": epoch, "feed": feed}
+    url = None if shards else url or _query_url(db_path)
+    if shards:
+        data = _read_shards(shards, what, **params)
+    elif url:
         try:
-            rows = QueryClient(url).rows(what, realm=realm, epoch=epoch, feed=feed)
+            data = QueryClient(url).get(what, **params)
         except QueryError as exc:
             raise click.ClickException(str(exc)) from exc
     elif db_path.exists():
         from ledger import store
         from ledger.query import run_query
 
-        con = store.connect(db_path, read_only=True)
-        data = run_query(con, what, {"realm": realm, "epoch": epoch, "feed": feed})
-        rows = [dict(zip(data["columns"], r, strict=True)) for r in data["rows"]]
+        data = run_query(store.connect(db_path, read_only=True), what, params)
     else:
         raise click.ClickException(f"no projector endpoint and no database at {db_path}")
+    rows = [dict(zip(data["columns"], r, strict=True)) for r in data["rows"]]
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, default=str))
     else:
         print_query(console, what, rows)
+
+
+def _read_shards(targets: tuple[str, ...], what: str, **params: Any) -> dict[str, Any]:
+    """One query across shards (each an endpoint URL, or a database file whose projector's
+    endpoint answers, else the file itself), merged as one ledger's."""
+    from ledger.query import QueryClient, QueryError
+    from ledger.shards import FileReader, MergeError, Reader, merged, open_shards
+
+    readers: list[Reader] = []
+    try:
+        for target in targets:
+            if target.startswith(("http://", "https://")):
+                readers.append(QueryClient(target))
+            elif (live := _query_url(Path(target))) is not None:
+                readers.append(QueryClient(live))
+            elif Path(target).exists():
+                readers.append(FileReader(Path(target)))
+            else:
+                raise click.ClickException(f"shard {target}: no endpoint and no database")
+        return merged(open_shards(readers), what, **params)
+    except (QueryError, MergeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        for reader in readers:
+            if isinstance(reader, FileReader):
+                reader.close()
 
 
 def _query_url(db_path: Path) -> str | None:
@@ -296,6 +358,9 @@ Exit codes:
   1  a table differs (the diff is printed)
   3  tables match but the log has seq gaps (records missing)
   4  the tables match, the chain does not (each difference is printed)
+
+With --shard (one per shard's endpoint or database), each shard is replayed as that shard in
+its own process and compared with it; the exit code is the worst of them.
 """
 
 
@@ -343,6 +408,14 @@ Exit codes:
 )
 @click.option("--push-min-amount", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--batch-max-entries", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--shard",
+    "shards",
+    multiple=True,
+    metavar="URL|FILE",
+    help="A shard's query endpoint or database file; one per shard audits each against its own "
+    "replay, in parallel (instead of --url/--db).",
+)
 def audit(
     bootstrap: str,
     url: str | None,
@@ -357,10 +430,17 @@ def audit(
     journal_path: Path,
     push_min_amount: int,
     batch_max_entries: int,
+    shards: tuple[str, ...],
 ) -> None:
     from ledger.audit import LiveSide, run_audit
     from ledger.render import print_audit
 
+    if shards:
+        if chain_rpc:
+            raise click.UsageError("--chain-rpc audits one ledger: not with --shard")
+        _audit_shards(
+            bootstrap, shards, work_dir, ledger_sources, indexer_sources, settlement_sources
+        )
     check = None
     if chain_rpc:
         check = _chain_check(
@@ -425,6 +505,43 @@ def _chain_check(
     )
 
 
+def _audit_shards(
+    bootstrap: str,
+    shards: tuple[str, ...],
+    work_dir: Path | None,
+    ledger_sources: tuple[str, ...],
+    indexer_sources: tuple[str, ...],
+    settlement_sources: tuple[str, ...],
+) -> None:
+    """Audit each shard against its own replay, in parallel; exit with the worst outcome."""
+    from ledger.audit import EXIT_GAPS, EXIT_MISMATCH, EXIT_OK
+    from ledger.render import print_audit
+    from ledger.shards import audit_shards
+
+    targets = []
+    for target in shards:
+        if target.startswith(("http://", "https://")):
+            targets.append(target)
+        elif (live := _query_url(Path(target))) is not None:
+            targets.append(live)
+        elif Path(target).exists():
+            targets.append(target)
+        else:
+            raise click.ClickException(f"shard {target}: no endpoint and no database")
+    trust = _trust(ledger_sources, indexer_sources, settlement_sources)
+    console.print(f"auditing {len(targets)} shards, each replayed in its own process")
+    reports = audit_shards(
+        bootstrap, trust, targets, work_dir or Path(tempfile.mkdtemp(prefix="meshledger-audit-"))
+    )
+    for target, report in zip(shards, reports, strict=True):
+        console.rule(f"shard {target}")
+        print_audit(console, report)
+    codes = {r.exit_code for r in reports}
+    sys.exit(
+        EXIT_MISMATCH if EXIT_MISMATCH in codes else EXIT_GAPS if EXIT_GAPS in codes else EXIT_OK
+    )
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks; each prints one JSON line last."""
@@ -448,6 +565,21 @@ def bench_ingest(events: int, baseline_events: int, as_json: bool) -> None:
     from ledger.bench import run_ingest_bench
 
     result = run_ingest_bench(events, baseline_events, console=None if as_json else console)
+    click.echo(json.dumps(result))
+
+
+@bench.command("shards")
+@click.option(
+    "--events", type=int, default=2_000_000, show_default=True, help="Metered messages in the log."
+)
+@click.option("--repeats", type=int, default=2, show_default=True, help="Runs of each; best kept.")
+@click.option("--json", "as_json", is_flag=True, help="Only the JSON line.")
+def bench_shards(events: int, repeats: int, as_json: bool) -> None:
+    """Replay speed of one projector and of two shards (one partition each, two processes) over
+    one log of two partitions; checks that the shards' merged tables equal the projector's."""
+    from ledger.bench import run_shards_bench
+
+    result = run_shards_bench(events, repeats, console=None if as_json else console)
     click.echo(json.dumps(result))
 
 

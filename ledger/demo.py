@@ -83,7 +83,7 @@ class DemoPlan:
 
 
 def _params(epoch_blocks: int, **kw: int) -> RealmParams:
-    base = {"epoch_blocks": epoch_blocks, "funding_period_blocks": epoch_blocks}
+    base: dict[str, Any] = {"epoch_blocks": epoch_blocks, "funding_period_blocks": epoch_blocks}
     return RealmParams(stake_per_mpb=TOKEN, price_per_message=10**15, **{**base, **kw})
 
 

@@ -45,7 +45,16 @@ from typing import Any
 
 import orjson
 
-from domain.envelope import MAGIC, SIG_BYTES, MeteredBuilder, Signer, seal
+from domain.envelope import (
+    INT_LIMIT,
+    KIND_INDEX,
+    MAGIC,
+    SIG_BYTES,
+    MeteredBuilder,
+    Signer,
+    seal,
+    string_bytes,
+)
 from domain.events import METER_KINDS, ChainHead, Event, event_to_dict
 from domain.topics import DEAD_TOPIC, LEDGER_TOPIC, USAGE_TOPIC
 from ledger.spool import OS_FS, FileSystem, Frame, Spool
@@ -54,10 +63,9 @@ log = logging.getLogger(__name__)
 
 #: a stock Kafka broker refuses record batches over ~1 MiB (``message.max.bytes`` = 1048588)
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
-#: metered ints are validated below 2**63 (DuckDB BIGINT): at most 19 digits and a comma
-_INT_LIMIT = 1 << 63
-_INT_BYTES = 20
-_KINDS = frozenset(METER_KINDS)
+_INT_LIMIT = INT_LIMIT
+#: bytes a metered message adds to a binary record at most (its strings aside)
+_ROW_BYTES = MeteredBuilder.ROW_BYTES
 #: a dead letter's parts are halved down to this many original bytes while the broker refuses them
 _MIN_DEAD_PART = 4096
 
@@ -109,19 +117,39 @@ _METERED, _EVENTS = 0, 1
 
 
 class _Batch:
-    __slots__ = ("kind", "metered", "events", "n", "size", "opened", "watermark")
+    __slots__ = ("kind", "metered", "events", "n", "room", "size", "opened", "watermark")
 
     def __init__(self, kind: int, base_bytes: int) -> None:
         self.kind = kind
         self.n = 0  # metered messages in it (MeteredBuilder's len is a Python call)
+        #: metered: n stays below this (batch_max_events, and rows that fit beside the strings)
+        self.room = 0
         self.metered = MeteredBuilder()
         self.events: list[Event] = []
-        self.size = base_bytes  # a bound of the record's encoded size, never below it
+        #: a bound of the record's encoded size, never below it; of a metered batch: without
+        #: its rows (each adds at most _ROW_BYTES)
+        self.size = base_bytes
         self.opened = time.monotonic()
         self.watermark = False
 
     def __len__(self) -> int:
         return self.n if self.kind == _METERED else len(self.events)
+
+
+def _new_string_bytes(
+    builder: MeteredBuilder | None, from_peer: str, to_peer: str, uri: str
+) -> int:
+    """Encoded bytes of the strings a message adds to a batch's string tables."""
+    peers: Any = builder.peers if builder is not None else ()
+    uris: Any = builder.uris if builder is not None else ()
+    cost = 0
+    if from_peer not in peers:
+        cost += string_bytes(from_peer)
+    if to_peer not in peers and to_peer != from_peer:
+        cost += string_bytes(to_peer)
+    if uri not in uris:
+        cost += string_bytes(uri)
+    return cost
 
 
 class Emitter:
@@ -146,8 +174,6 @@ class Emitter:
         self._idle = threading.Condition()
         self._max_events = config.batch_max_events
         self._max_bytes = config.record_max_bytes
-        # a metered message adds four dictionary indices and two ints to the columns
-        self._msg_bytes = 4 * (len(str(2 * config.batch_max_events)) + 1) + 2 * _INT_BYTES
         self._dead_producer: Any = None
         self.counters = {
             "sealed_records": 0,
@@ -185,57 +211,82 @@ class Emitter:
         payload_bytes: int,
         block: int,
     ) -> None:
-        """Record one routed message (thread-safe; blocks only under spool back-pressure)."""
+        """Record one routed message (thread-safe; blocks only under spool back-pressure): one
+        row of indices appended to the realm's open batch, which is encoded when sealed."""
+        k = KIND_INDEX.get(kind)
         if not (
-            kind in _KINDS
+            k is not None
             and type(payload_bytes) is int
             and type(block) is int
             and 0 <= payload_bytes < _INT_LIMIT
             and 0 <= block < _INT_LIMIT
         ):  # one bad value would make the projector refuse the whole record
-            if kind not in _KINDS:
+            if k is None:
                 raise ValueError(f"unknown meter kind {kind!r} (one of {METER_KINDS})")
             raise ValueError(f"payload_bytes {payload_bytes!r} / block {block!r} out of range")
         with self._lock:
             batch = self._open.get(realm)
             if batch is not None and batch.kind == _METERED:
                 builder = batch.metered
-                peers = builder._peers  # noqa: SLF001 - its interning dictionaries
-                cost = self._msg_bytes
-                if from_peer not in peers or to_peer not in peers or uri not in builder._uris:  # noqa: SLF001
-                    cost += self._string_bytes(builder, from_peer, to_peer, uri)
+                peers = builder.peers
+                f, t, u = peers.get(from_peer), peers.get(to_peer), builder.uris.get(uri)
                 n = batch.n
-                if n < self._max_events and batch.size + cost <= self._max_bytes:
-                    builder.add(from_peer, to_peer, kind, uri, payload_bytes, block)
-                    batch.size += cost
+                if f is not None and t is not None and u is not None and n < batch.room:
+                    # the common case: every string interned already, room left
+                    builder.rows.extend((f, t, k, u, payload_bytes, block))
                     batch.n = n = n + 1
                     if n >= self._max_events:
                         self._seal_now(realm, batch)
                     return
-            # a new batch: the realm's open one (full, or of the other kind) is sealed first
-            cost = self._msg_bytes + self._string_bytes(None, from_peer, to_peer, uri)
-            self._room(realm, cost)
-            batch = self._batch(realm, _METERED)
-            batch.metered.add(from_peer, to_peer, kind, uri, payload_bytes, block)
-            batch.size += cost
-            batch.n += 1
-            if batch.n >= self._max_events:
-                self._seal_now(realm, batch)
+            self._meter_slow(realm, batch, from_peer, to_peer, kind, uri, payload_bytes, block)
 
-    def _string_bytes(
-        self, builder: MeteredBuilder | None, from_peer: str, to_peer: str, uri: str
-    ) -> int:
-        """Encoded bytes of the strings this message adds to the batch's dictionaries."""
-        peers: Any = builder._peers if builder is not None else ()  # noqa: SLF001
-        uris: Any = builder._uris if builder is not None else ()  # noqa: SLF001
-        cost = 0
-        if from_peer not in peers:
-            cost += len(orjson.dumps(from_peer)) + 1
-        if to_peer not in peers and to_peer != from_peer:
-            cost += len(orjson.dumps(to_peer)) + 1
-        if uri not in uris:
-            cost += len(orjson.dumps(uri)) + 1
-        return cost
+    def _meter_slow(
+        self,
+        realm: str,
+        batch: _Batch | None,
+        from_peer: str,
+        to_peer: str,
+        kind: str,
+        uri: str,
+        payload_bytes: int,
+        block: int,
+    ) -> None:
+        """A message with a string new to its batch, or one that needs a new batch. Caller
+        holds the lock."""
+        if batch is not None and batch.kind == _METERED:
+            strings = _new_string_bytes(batch.metered, from_peer, to_peer, uri)
+            rows_after = (batch.n + 1) * _ROW_BYTES
+            if batch.n < self._max_events and batch.size + strings + rows_after <= self._max_bytes:
+                self._add_metered(
+                    realm, batch, strings, from_peer, to_peer, kind, uri, payload_bytes, block
+                )
+                return
+        # a new batch: the realm's open one (full, or of the other kind) is sealed first
+        strings = _new_string_bytes(None, from_peer, to_peer, uri)
+        self._room(realm, _ROW_BYTES + strings)
+        batch = self._batch(realm, _METERED)
+        self._add_metered(
+            realm, batch, strings, from_peer, to_peer, kind, uri, payload_bytes, block
+        )
+
+    def _add_metered(
+        self,
+        realm: str,
+        batch: _Batch,
+        strings: int,
+        from_peer: str,
+        to_peer: str,
+        kind: str,
+        uri: str,
+        payload_bytes: int,
+        block: int,
+    ) -> None:
+        batch.metered.add(from_peer, to_peer, kind, uri, payload_bytes, block)
+        batch.size += strings
+        batch.n += 1
+        batch.room = min(self._max_events, (self._max_bytes - batch.size) // _ROW_BYTES)
+        if batch.n >= self._max_events:
+            self._seal_now(realm, batch)
 
     def emit(self, event: Event) -> None:
         """Queue one domain event for ``mesh.ledger`` (sealed within ``linger_ms``)."""
@@ -604,14 +655,18 @@ class Emitter:
 
     def _ack(self, count: int, last: Frame) -> None:
         with self._lock:
+            self._spool.ack(last)
+            snapshot = self._spool.checkpoint_snapshot()
+        # the checkpoint's file I/O (fsyncs, a rename) happens outside the lock `meter` takes;
+        # the frames leave the outbox (and flush returns) only once it is written
+        try:
+            self._spool.write_checkpoint(snapshot)
+        except OSError as exc:  # the checkpoint stays behind: a restart re-sends, never loses
+            log.error("emitter %s: checkpoint write failed (%s)", self.source, exc)
+        with self._lock:
             for _ in range(count):
                 frame = self._outbox.popleft()
                 self._unacked_bytes -= frame.size
-            self._spool.ack(last)
-            try:
-                self._spool.commit_acks()
-            except OSError as exc:  # the checkpoint stays behind: a restart re-sends, never loses
-                log.error("emitter %s: checkpoint write failed (%s)", self.source, exc)
             self.counters["acked_records"] += count
             self._space.notify_all()
         with self._idle:

@@ -13,6 +13,13 @@ and what an epoch pays is `domain.accounting`'s; the SQL is `ledger.store`'s. Ou
   another partition), the chain has not reached the record's blocks, or an epoch close whose
   marks are not reached. The record is retried; it holds back only its own source.
 
+A projector may be one shard of several (ledger/shards.py): it then *owns* the records of some
+partitions and only *follows* the others. A followed record passes the same checks up to the
+point where it advances its source's chain (signature, seq/prev, and the same waits), so every
+shard knows every source's chain exactly as one projector would; an indexer's record is applied
+in full everywhere (stakes, realms, chain heads: every shard's decisions need them); any other
+followed record changes nothing else. Rows, rejections and gaps count in the owning shard only.
+
 Every decision depends only on the log — a source's events in its seq order, and facts other
 sources established before the chain head that lets the decision be taken — never on how
 partitions interleave, so a replay from offset 0 produces the same tables (see ledger/audit.py).
@@ -23,8 +30,10 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from typing import Any
+from itertools import repeat
+from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 
 from domain.accounting import (
@@ -105,6 +114,8 @@ class Projector:
         #: offsets above a partition's low-water offset already decided (applied or rejected)
         self.ahead: dict[tuple[str, int], set[int]] = defaultdict(set)
         self.rejected: Counter[str] = Counter()
+        #: realms whose records this projector owns (every realm, unless it is a shard)
+        self.owned_realms: set[str] = set()
         self._batch = store.Batch()
         self._pending: list[tuple[str, UsageRow]] = []  # staged, not yet counted usage
         self._staged_digests: dict[tuple[str, int], str] = {}
@@ -149,6 +160,7 @@ class Projector:
             self.realm_sources[realm].add(source)
         for reason, n in rows("SELECT reason, records FROM rejected"):
             self.rejected[reason] = n
+        self.owned_realms = {r for (r,) in rows("SELECT realm FROM shard_realms")}
 
     def chain_watermark(self) -> int:
         """How far the chain is known: the least head among configured indexer sources."""
@@ -160,8 +172,9 @@ class Projector:
     # -- one record -----------------------------------------------------------------------------
     prepare = staticmethod(prepare)
 
-    def offer_record(self, record: Record) -> Verdict:
-        """Decide on one verified record and stage its effects; nothing is written until commit()."""
+    def offer_record(self, record: Record, owned: bool = True) -> Verdict:
+        """Decide on one verified record and stage its effects; nothing is written until commit().
+        A record this shard does not own (`owned=False`) is followed: see the module docstring."""
         verdict = check_chain(record, self.sources.get(record.source))
         if verdict is not APPLIED:
             return verdict
@@ -173,7 +186,12 @@ class Projector:
             verdict = self._epoch_close_ready(record)
         if verdict.outcome is Outcome.WAIT:
             return verdict
-        self._advance(record)
+        self._advance(record, owned)
+        if owned and record.realm not in self.owned_realms:
+            self.owned_realms.add(record.realm)
+            self._batch.owned_realms.append(record.realm)
+        if not owned and role != "indexer":
+            return verdict  # its shard applies it; here its source's chain moved on
         if verdict.outcome is Outcome.REJECTED:
             return verdict
         try:
@@ -208,18 +226,21 @@ class Projector:
                     "not (or no longer) in the ledger",
                 )
 
-    def declare_gap(self, record: Record) -> None:
-        """Accept that the seqs before `record` will not come: record the gap, resume the chain."""
+    def declare_gap(self, record: Record, owned: bool = True) -> None:
+        """Accept that the seqs before `record` will not come: record the gap (in the shard that
+        owns `record`), resume the chain."""
         state = self.sources.setdefault(record.source, SourceState())
-        self._batch.rows["seq_gaps"].append((record.source, state.last_seq + 1, record.seq - 1))
+        if owned:
+            self._batch.rows["seq_gaps"].append((record.source, state.last_seq + 1, record.seq - 1))
         state.last_seq, state.last_hash = record.seq - 1, record.prev
         self._dirty_sources.add(record.source)
 
-    def _advance(self, record: Record) -> None:
+    def _advance(self, record: Record, owned: bool) -> None:
         state = self.sources.setdefault(record.source, SourceState())
         state.last_seq, state.last_hash = record.last_seq, record.hash_hex
-        state.records += 1
-        state.events += record.count
+        if owned:  # shards' counts add up to one projector's
+            state.records += 1
+            state.events += record.count
         self._dirty_sources.add(record.source)
 
     def _authorize_router(self, record: Record) -> Verdict:
@@ -260,47 +281,59 @@ class Projector:
                 )  # fmt: skip
 
     def _apply_metered(self, record: Record) -> None:
+        """Per block: messages and bytes; per epoch: the router's credit, and for invocations
+        the receiving service operator's and the URI's. Array operations over the record's
+        columns; Python runs per distinct block run, peer and URI, never per message."""
         m = record.metered
         assert m is not None
-        realm = self.realms[record.realm]
+        book = self.realms[record.realm]
         self.realm_sources[record.realm].add(record.source)
-        blocks = m.block
-        per_block = Counter(blocks)
-        bytes_per_block: Counter[int] = Counter()
-        for block, size in zip(blocks, m.payload_bytes, strict=True):
-            bytes_per_block[block] += size
-        epochs = {block: realm.epoch_of(block) for block in per_block}
+        sizes = _exact(m.payload_bytes)
+        blocks, per_block, at_block = _groups(m.block)
+        bytes_per_block = np.add.reduceat(sizes[per_block.order], per_block.starts)
+        counts = per_block.counts
+        epoch_of_block = _epochs_of(book, blocks)
         self._batch.rows["usage_blocks"].extend(
-            (record.realm, block, record.source, n, bytes_per_block[block])
-            for block, n in per_block.items()
+            zip(
+                repeat(record.realm),
+                blocks.tolist(),
+                repeat(record.source),
+                counts.tolist(),
+                bytes_per_block.tolist(),
+            )
         )
-        credit: Counter[tuple[int, str, str]] = Counter()
-        credit_bytes: Counter[tuple[int, str, str]] = Counter()
-        for block, n in per_block.items():
-            key = (epochs[block], "router", record.source)
-            credit[key] += n
-            credit_bytes[key] += bytes_per_block[block]
+        credit: dict[tuple[int, str, str], list[int]] = {}
+        epochs, per_epoch, _ = _groups(epoch_of_block)
+        routed = np.add.reduceat(counts[per_epoch.order], per_epoch.starts).tolist()
+        routed_bytes = np.add.reduceat(bytes_per_block[per_epoch.order], per_epoch.starts).tolist()
+        for epoch, n, size in zip(epochs.tolist(), routed, routed_bytes, strict=True):
+            credit[(epoch, "router", record.source)] = [n, size]
         # service operators by invocations they received; APIs (vendors) by invocations of their URIs
-        peers = [canonical_account(p) for p in m.peers]
-        for i in (i for i, k in enumerate(m.kind_idx) if k == INVOCATION):
-            epoch = epochs[blocks[i]]
-            size = m.payload_bytes[i]
-            for key in (
-                (epoch, "service", peers[m.to_idx[i]]),
-                (epoch, "api", m.uris[m.uri_idx[i]]),
+        invoked = np.flatnonzero(m.kind_idx == INVOCATION)
+        if len(invoked):
+            epoch_idx = np.searchsorted(epochs, epoch_of_block[at_block[invoked]])
+            for cls, column, names in (
+                ("service", m.to_idx, [canonical_account(p) for p in m.peers]),
+                ("api", m.uri_idx, m.uris),
             ):
-                credit[key] += 1
-                credit_bytes[key] += size
+                index = column[invoked].astype(np.int64)
+                keys, per_key, _ = _groups(epoch_idx * (len(names) + 1) + index)
+                n_key = per_key.counts.tolist()
+                bytes_key = np.add.reduceat(sizes[invoked][per_key.order], per_key.starts).tolist()
+                for key, n, size in zip(keys.tolist(), n_key, bytes_key, strict=True):
+                    e, i = divmod(key, len(names) + 1)
+                    slot = credit.setdefault((int(epochs[e]), cls, names[i]), [0, 0])
+                    slot[0] += n
+                    slot[1] += size
         usage = self._batch.rows["usage_records"]
-        for (epoch, cls, account), n in credit.items():
+        for (epoch, cls, account), (n, size) in credit.items():
             usage.append(
-                (record.realm, record.source, record.last_seq, epoch, cls, account, n,
-                 credit_bytes[(epoch, cls, account)])
-            )  # fmt: skip
+                (record.realm, record.source, record.last_seq, epoch, cls, account, n, size)
+            )
             self._pending.append(
                 (record.realm, UsageRow(record.source, record.last_seq, epoch, cls, account, n))
             )
-        self._watermark(record.source, max(blocks))
+        self._watermark(record.source, int(blocks[-1]))
 
     def _watermark(self, source: str, block: int) -> None:
         state = self.sources[source]
@@ -598,6 +631,8 @@ class Projector:
         due = []
         chain = self.chain_watermark()
         for name, book in sorted(self.realms.items()):
+            if name not in self.owned_realms:
+                continue  # another shard closes it
             span = book.span(book.next_epoch)
             if chain < span.last_block + grace_blocks:
                 continue
@@ -634,6 +669,48 @@ class Projector:
         """PayoutsComputed of closed epochs not yet seen in the log (their emission may have died
         with the process between the close's commit and the emitter's spool)."""
         return [payouts_event(*row) for row in store.unconfirmed_epochs(self.con)]
+
+
+class _Grouping(NamedTuple):
+    order: Any  # the permutation that sorts the keys (stable)
+    starts: Any  # where each group starts in that order
+    counts: Any  # members of each group
+
+
+def _groups(keys: Any) -> tuple[Any, _Grouping, Any]:
+    """Distinct keys (ascending), how to reduce values over them (``np.add.reduceat(values[
+    grouping.order], grouping.starts)``) and each element's group index."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    first = np.empty(len(ordered), dtype=bool)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    group_of = np.empty(len(ordered), dtype=np.int64)
+    group_of[order] = np.cumsum(first) - 1
+    counts = np.diff(np.append(starts, len(ordered)))
+    return ordered[starts], _Grouping(order, starts, counts), group_of
+
+
+def _exact(sizes: Any) -> Any:
+    """Payload sizes in a dtype whose sums cannot overflow: int64 when the record's total is
+    below 2**63 for sure, Python integers otherwise (DuckDB then refuses the row, as before)."""
+    if len(sizes) * int(sizes.max()) < 1 << 63:
+        return sizes.astype(np.int64)
+    return sizes.astype(object)
+
+
+def _epochs_of(book: RealmBook, blocks: Any) -> Any:
+    """The epoch of each distinct block (ascending): one schedule lookup per epoch they span."""
+    epochs = np.empty(len(blocks), dtype=np.int64)
+    i = 0
+    while i < len(blocks):
+        epoch = book.epoch_of(int(blocks[i]))
+        last = book.span(epoch).last_block
+        j = max(int(np.searchsorted(blocks, last, side="right")), i + 1)
+        epochs[i:j] = epoch
+        i = j
+    return epochs
 
 
 def _params(values: Any) -> RealmParams:

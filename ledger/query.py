@@ -2,7 +2,7 @@
 process serves reads over a loopback HTTP endpoint (JSON), each request on its own cursor.
 
 Endpoints: /realms, /bandwidth?realm=, /usage?realm=&epoch=, /epochs?realm=, /payouts?realm=&epoch=,
-/dead, /sources, /snapshot (offsets and table fingerprints read in one transaction), /table/NAME.
+/dead, /sources, /owned (the realms of a shard), /snapshot (offsets and table fingerprints read in one transaction), /table/NAME.
 Bounded: a client has `REQUEST_TIMEOUT_S` to send its request (socket timeout), at most
 `MAX_REQUEST_THREADS` requests run at once (more are answered 503 at once).
 """
@@ -58,6 +58,8 @@ QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("realm", "epoch"),
     ),
     "dead": ("SELECT reason, records FROM rejected ORDER BY records DESC, reason", ()),
+    # the realms whose partitions this projector owns (all of them unless it is a shard)
+    "owned": ("SELECT realm FROM shard_realms ORDER BY realm", ()),
     "reorgs": (
         "SELECT * FROM reorg_flags WHERE realm = coalesce($realm, realm)"
         " ORDER BY realm, epoch, block, log_index",
@@ -103,12 +105,15 @@ def snapshot(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         offsets = con.execute("SELECT topic, part, next_offset FROM offsets").fetchall()
         ahead = con.execute('SELECT topic, part, "offset" FROM applied_ahead').fetchall()
         prints = {t: list(store.fingerprint(con, t)) for t in store.AUDITED_TABLES}
+        shard = store.shard_partitions(con)
     finally:
         con.execute("COMMIT")
     return {
         "offsets": [list(o) for o in offsets],
         "ahead": [list(a) for a in ahead],
         "tables": prints,
+        # a shard's partitions: its replay must be the same shard's
+        "partitions": sorted(shard[0]) if shard else None,
     }
 
 

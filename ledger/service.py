@@ -5,6 +5,9 @@ Partitions of ``mesh.usage`` and ``mesh.ledger`` are assigned explicitly (no con
 offsets live in DuckDB). Each partition is processed in order; a record that must WAIT holds its
 partition while the others go on. A seq gap that stays unresolved while every other partition is
 caught up for ``gap_timeout_ms`` is declared (recorded in ``seq_gaps``) and the chain resumes.
+
+A shard (``partitions``: the partition numbers it owns, in both topics) reads every partition
+too, but applies only the records of its own; the others it follows (see ledger/projector.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from ledger.projector import Outcome, Projector, Trust, Verdict
 
 log = logging.getLogger(__name__)
 
+#: a buffered entry decided out of its partition's order (see LedgerService._wake)
+_DONE = object()
+
 
 @dataclass
 class ServiceConfig:
@@ -48,6 +54,13 @@ class ServiceConfig:
     query_port: int | None = 0  # 0: a free port, None: no query endpoint
     topics: tuple[str, ...] = (USAGE_TOPIC, LEDGER_TOPIC)
     dead_letters: bool = True
+    #: the partitions this projector owns when it is one shard of several (None: all of them)
+    partitions: frozenset[int] | None = None
+
+
+class ShardMismatch(RuntimeError):
+    """A database built for other partitions than configured, or topics whose partition counts
+    differ (a realm's records would not share a partition number)."""
 
 
 @dataclass
@@ -63,8 +76,12 @@ class LedgerService:
         self.config = config
         self.emitter = emitter
         self.con = store.connect(config.db_path)
-        on_payouts: Callable[[PayoutsComputed], None] | None = emitter.emit if emitter else None
+        on_payouts: Callable[[PayoutsComputed], None] | None = (
+            self._emit_payouts if emitter else None
+        )
         self.projector = Projector(self.con, config.trust, on_payouts=on_payouts)
+        #: (realm, epoch) whose PayoutsComputed this process emitted after committing the close
+        self._emitted_payouts: set[tuple[str, int]] = set()
         self.progress = Progress()
         self.query_server: Any = None
         self._stop = threading.Event()
@@ -81,7 +98,9 @@ class LedgerService:
         self._fetched: dict[Any, int] = {}
         self.idle_polls = 0
         self._staged = 0
-        self._wait_verdicts: dict[Any, list[Any]] = {}
+        #: records waiting for their source's previous seq: (source, seq) -> (partition, entry);
+        #: deciding that previous record decides them at once, wherever they sit
+        self._parked: dict[tuple[str, int], tuple[Any, list[Any]]] = {}
         self._payouts_resent = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -116,6 +135,9 @@ class LedgerService:
                 fetch_max_bytes=64 << 20,
                 max_partition_fetch_bytes=16 << 20,
                 receive_buffer_bytes=4 << 20,
+                # a fetch parked at the broker (no new data) delays every request queued behind
+                # it on the connection, end offsets included: park no longer than a poll waits
+                fetch_max_wait_ms=self.config.poll_timeout_ms,
             )
         tps = []
         for topic in self.config.topics:
@@ -128,6 +150,7 @@ class LedgerService:
             if not parts:
                 raise RuntimeError(f"topic {topic} not found on {self.config.bootstrap}")
             tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        self._check_shard({tp.topic: 0 for tp in tps}, tps)
         consumer.assign(tps)
         for tp in tps:
             offset = self.projector.offsets.get((tp.topic, tp.partition), 0)
@@ -135,6 +158,40 @@ class LedgerService:
             self._buffers[tp] = deque()
             self._fetched[tp] = offset
         self._consumer = consumer
+
+    def _check_shard(self, counts: dict[str, int], tps: list[Any]) -> None:
+        for tp in tps:
+            counts[tp.topic] += 1
+        owned = self.config.partitions
+        stored = store.shard_partitions(self.con)
+        if owned is None:
+            if stored is not None:
+                raise ShardMismatch(
+                    f"{self.config.db_path} is the database of the shard owning partitions "
+                    f"{sorted(stored[0])}, not of a projector owning all"
+                )
+            return
+        if len(set(counts.values())) != 1:
+            raise ShardMismatch(f"shards need topics of one partition count: {counts}")
+        partitions = next(iter(counts.values()))
+        if not owned or max(owned) >= partitions:
+            raise ShardMismatch(f"partitions {sorted(owned)} not among 0..{partitions - 1}")
+        if stored is None:
+            if self.projector.offsets:
+                raise ShardMismatch(
+                    f"{self.config.db_path} was built by a projector owning every partition"
+                )
+            store.set_shard_partitions(self.con, owned, partitions)
+        elif stored != (owned, partitions):
+            raise ShardMismatch(
+                f"{self.config.db_path} belongs to the shard owning partitions {sorted(stored[0])}"
+                f" of {stored[1]}, not {sorted(owned)} of {partitions}: move partitions by "
+                "handing over a whole database or replaying a new one (see README, Shards)"
+            )
+
+    def owns(self, tp: Any) -> bool:
+        owned = self.config.partitions
+        return owned is None or tp.partition in owned
 
     # -- the loop --------------------------------------------------------------------------------
     def run(
@@ -163,7 +220,8 @@ class LedgerService:
         self.idle_polls = 0 if batches else self.idle_polls + 1
         for tp, records in batches.items():
             done = self.projector.ahead.get((tp.topic, tp.partition), set())
-            self._buffers[tp].extend([msg, None] for msg in records if msg.offset not in done)
+            # an entry: [message, its Record (or a Verdict) once prepared, its last WAIT verdict]
+            self._buffers[tp].extend([msg, None, None] for msg in records if msg.offset not in done)
             self._fetched[tp] = records[-1].offset + 1
         for tp, buf in self._buffers.items():
             if len(buf) >= self.config.max_buffered_records and tp not in self._paused:
@@ -183,7 +241,7 @@ class LedgerService:
             for tp, buf in self._buffers.items():
                 if self._process_partition(tp, buf):
                     progressed = changed = True
-        waits = [v for verdicts in self._wait_verdicts.values() for v in verdicts]
+        waits = [e[2] for buf in self._buffers.values() for e in buf if e[1] is not _DONE and e[2]]
         self.progress.waits = {}
         for verdict in waits:
             self.progress.waits[verdict.reason] = self.progress.waits.get(verdict.reason, 0) + 1
@@ -194,6 +252,7 @@ class LedgerService:
 
     def _process_partition(self, tp: Any, buf: deque[list[Any]]) -> bool:
         projector = self.projector
+        owned = self.owns(tp)
         limit = self.limits.get((tp.topic, tp.partition))
         ahead = self.limits_ahead.get((tp.topic, tp.partition), set())
         remaining: deque[list[Any]] = deque()
@@ -202,39 +261,104 @@ class LedgerService:
         while buf:
             entry = buf.popleft()
             msg = entry[0]
+            if entry[1] is _DONE:  # decided while parked (its offset is among the decided ones)
+                moved = True  # the partition's position moves past it
+                continue
             if limit is not None and msg.offset >= limit and msg.offset not in ahead:
                 # replay: beyond the audited position, and not applied ahead of it there
-                remaining.append([msg, entry[1], None])
+                remaining.append(entry)
                 continue
-            prepared = entry[1] if isinstance(entry[1], Record) else projector.prepare(msg.value)
+            if not isinstance(entry[1], Record | Verdict):
+                entry[1] = projector.prepare(msg.value)
+            prepared = entry[1]
             verdict = (
-                prepared if isinstance(prepared, Verdict) else projector.offer_record(prepared)
+                prepared
+                if isinstance(prepared, Verdict)
+                else projector.offer_record(prepared, owned)
             )
             if verdict.outcome is Outcome.WAIT:  # keep the verified record for the next pass
-                remaining.append([msg, prepared, verdict])
+                entry[2] = verdict
+                remaining.append(entry)
+                if verdict.reason == "seq_gap":
+                    self._parked[(prepared.source, prepared.seq)] = (tp, entry)
                 continue
-            if verdict.outcome is Outcome.REJECTED:
-                projector.reject(verdict.reason)
-                self.progress.rejected += 1
-                self._dead_letter(msg, verdict.reason, verdict.detail)
-            else:
-                assert isinstance(prepared, Record)
-                self.progress.records += 1
-                self.progress.events += prepared.count
+            self._decided(owned, entry, verdict)
+            if isinstance(prepared, Record):
+                self._wake(prepared.source)
             decided.add(msg.offset)
             moved = True
-        buf.extend([m, p] for m, p, *_ in remaining)
-        if moved:
-            low = remaining[0][0].offset if remaining else self._fetched.get(tp, 0)
-            if limit is not None and not remaining:
-                low = min(low, limit)
-            projector.set_offset(tp.topic, tp.partition, low, decided)
             self._staged += 1
-            if self._staged >= self.config.commit_every_records:
+            if self._staged >= self.config.commit_every_records:  # a bounded transaction
+                self._stage_offsets(tp, remaining, buf, decided, limit)
                 projector.commit()
                 self._staged = 0
-        self._wait_verdicts[tp] = [v for _, _, v in remaining if v is not None]
+        # records of this pass that a wake decided meanwhile are decided offsets, not remaining
+        remaining = deque(e for e in remaining if e[1] is not _DONE)
+        buf.extend(remaining)
+        if moved:
+            self._stage_offsets(tp, remaining, deque(), decided, limit)
         return moved
+
+    def _stage_offsets(
+        self,
+        tp: Any,
+        remaining: deque[list[Any]],
+        unread: deque[list[Any]],
+        decided: set[int],
+        limit: int | None,
+    ) -> None:
+        """Stage the partition's position: below the first record not decided yet, plus the
+        decided ones above it (a wake may have decided some of `remaining`)."""
+        key = (tp.topic, tp.partition)
+        decided.update(self.projector.ahead.get(key, ()))
+        waiting = next((e[0].offset for e in remaining if e[1] is not _DONE), None)
+        low = waiting if waiting is not None else unread[0][0].offset if unread else None
+        if low is None:
+            low = self._fetched.get(tp, 0)
+            if limit is not None:
+                low = min(low, limit)
+        self.projector.set_offset(tp.topic, tp.partition, low, decided)
+
+    def _decided(self, owned: bool, entry: list[Any], verdict: Verdict) -> None:
+        """Count a decided record (in the shard that owns it); the caller wakes its source."""
+        record, entry[1] = entry[1], _DONE
+        if not owned:
+            pass  # followed: its shard counts it
+        elif verdict.outcome is Outcome.REJECTED:
+            self.projector.reject(verdict.reason)
+            self.progress.rejected += 1
+            self._dead_letter(entry[0], verdict.reason, verdict.detail)
+        else:
+            self.progress.records += 1
+            self.progress.events += record.count
+
+    def _wake(self, source: str) -> None:
+        """Offer the parked record that continues `source`'s chain, and the one after it, …: a
+        chain that alternates between partitions moves in one pass, not one pass a record."""
+        projector = self.projector
+        while True:
+            state = projector.sources.get(source)
+            parked = self._parked.pop((source, state.last_seq + 1 if state else 1), None)
+            if parked is None:
+                return
+            tp, entry = parked
+            if entry[1] is _DONE:
+                continue
+            owned = self.owns(tp)
+            verdict = projector.offer_record(entry[1], owned)
+            if verdict.outcome is Outcome.WAIT:
+                entry[2] = verdict  # another wait (the chain head, marks): its partition retries
+                return
+            key = (tp.topic, tp.partition)
+            msg = entry[0]
+            projector.set_offset(
+                tp.topic,
+                tp.partition,
+                projector.offsets.get(key, 0),
+                {*projector.ahead[key], msg.offset},
+            )
+            self._staged += 1
+            self._decided(owned, entry, verdict)  # the loop goes on with the next seq
 
     def _resolve_gaps(self) -> bool:
         """Declare a seq gap once nothing can progress and every partition is fully fetched for
@@ -248,23 +372,24 @@ class LedgerService:
         if (now - self._stalled_since) * 1000 < self.config.gap_timeout_ms:
             return False
         held = [
-            (entry[1], verdict)
+            (entry[1], entry[2], tp)
             for tp, buf in self._buffers.items()
-            for entry, verdict in zip(buf, self._wait_verdicts.get(tp, []), strict=False)
+            for entry in buf
+            if isinstance(entry[1], Record) and entry[2] is not None
         ]
-        seqs = {(rec.source, rec.seq) for rec, _ in held if isinstance(rec, Record)}
+        seqs = {(rec.source, rec.seq) for rec, _, _ in held if isinstance(rec, Record)}
         gaps = [
-            rec
-            for rec, verdict in held
+            (rec, tp)
+            for rec, verdict, tp in held
             if isinstance(rec, Record)
             and verdict.reason == "seq_gap"
             and not any(src == rec.source and q < rec.seq for src, q in seqs)
         ]
         if not gaps:
             return False
-        record = min(gaps, key=lambda r: (r.source, r.seq))
+        record, tp = min(gaps, key=lambda g: (g[0].source, g[0].seq))
         log.warning("declaring seq gap for %s before seq %d", record.source, record.seq)
-        self.projector.declare_gap(record)
+        self.projector.declare_gap(record, self.owns(tp))
         self._stalled_since = None
         return True
 
@@ -322,6 +447,8 @@ class LedgerService:
             # process died before the emitter spooled it) must still become settleable
             self._payouts_resent = True
             for payouts in self.projector.unconfirmed_payouts():
+                if (payouts.realm, payouts.epoch) in self._emitted_payouts:
+                    continue  # closed by this process: its PayoutsComputed is on its way
                 log.warning(
                     "re-emitting PayoutsComputed for %s epoch %d", payouts.realm, payouts.epoch
                 )
@@ -335,6 +462,11 @@ class LedgerService:
             log.info("closing %s epoch %d", event.realm, event.epoch)
             self.emitter.emit(event)
 
+    def _emit_payouts(self, payouts: PayoutsComputed) -> None:
+        assert self.emitter is not None
+        self._emitted_payouts.add((payouts.realm, payouts.epoch))
+        self.emitter.emit(payouts)
+
     def closed_epochs(self) -> dict[str, int]:
         return {name: r.closed_epoch for name, r in self.projector.realms.items()}
 
@@ -346,10 +478,11 @@ def replay(
     targets: dict[tuple[str, int], int] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     ahead: dict[tuple[str, int], set[int]] | None = None,
+    partitions: frozenset[int] | None = None,
 ) -> LedgerService:
     """Replay the topics from offset 0 into a fresh database, up to `targets` (default: the end)
     plus, beyond a target, exactly the `ahead` offsets (what a live projector had applied while
-    a record at its target offset waited)."""
+    a record at its target offset waited); as the shard owning `partitions` when given."""
     if db_path.exists():
         db_path.unlink()
     service = LedgerService(
@@ -360,6 +493,7 @@ def replay(
             gap_timeout_ms=0,
             query_port=None,
             dead_letters=False,
+            partitions=partitions,
         )
     )
     service.connect()

@@ -565,11 +565,21 @@ class Spool:
 
     def commit_acks(self) -> None:
         """Persist the acknowledged position (and the sealed tip); then drop finished segments."""
+        self.write_checkpoint(self.checkpoint_snapshot())
+
+    def checkpoint_snapshot(self) -> tuple[bytes, int]:
+        """The checkpoint as of now (acknowledged position, sealed tip), to write later with
+        `write_checkpoint` — outside the lock that orders appends: the sealed tip it names was
+        sealed when it was taken, and only one thread (the sender) writes checkpoints."""
         cp = self.checkpoint
         cp.sealed_seq, cp.sealed_hash = self.tip_seq, self.tip_hash
-        write_atomically(self.fs, self.dir / CHECKPOINT, cp.encode())
+        return cp.encode(), cp.acked_segment
+
+    def write_checkpoint(self, snapshot: tuple[bytes, int]) -> None:
+        data, acked_segment = snapshot
+        write_atomically(self.fs, self.dir / CHECKPOINT, data)
         for seg in list_segments(self.dir):
-            if seg < cp.acked_segment:
+            if seg < acked_segment:
                 self.fs.unlink(segment_path(self.dir, seg))
 
     def close(self) -> None:

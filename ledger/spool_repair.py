@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from domain.envelope import MAGIC, SIG_BYTES, ZERO_HASH, RecordError, decode
+from domain.envelope import MIN_EVENT_BYTES, ZERO_HASH, RecordError, claims_source, decode
 from domain.topics import DEAD_TOPIC, LEDGER_TOPIC, USAGE_TOPIC
 from ledger.spool import (
     CHECKPOINT,
@@ -39,10 +39,6 @@ from ledger.spool import (
 
 class RepairError(RuntimeError):
     pass
-
-
-#: fewer encoded bytes than any event takes in a record (a metered message: 6 ints and commas)
-MIN_EVENT_BYTES = 8
 
 
 @dataclass
@@ -73,8 +69,6 @@ def scan_log(
         request_timeout_ms=10000,
     )
     tip = LogTip()
-    prefix = b'{"src":"' + source.encode() + b'"'
-    body_at = len(MAGIC) + SIG_BYTES
     try:
         tps = []
         for topic in (USAGE_TOPIC, LEDGER_TOPIC, DEAD_TOPIC):
@@ -95,7 +89,7 @@ def scan_log(
                     value = msg.value or b""
                     if tp.topic == DEAD_TOPIC:
                         _dead_letter_tip(tip, value, source)
-                    elif value.startswith(prefix, body_at):
+                    elif claims_source(value, source):
                         _record_tip(tip, value, source)
             if on_progress:
                 on_progress(seen)
@@ -209,7 +203,7 @@ def _repair(
     unverified_bytes = damaged_bytes + sum(f.size for f in intact if f not in frames)
     if unverified_bytes:
         # damaged bytes may have held sealed records nobody else saw: skip every seq they could
-        # hold (an event takes more than MIN_EVENT_BYTES), so none is ever sealed twice
+        # hold (no event takes fewer than MIN_EVENT_BYTES), so none is ever sealed twice
         tip_seq += unverified_bytes // MIN_EVENT_BYTES + 1
         tip_from += f" + {unverified_bytes // MIN_EVENT_BYTES + 1} seqs damaged records may hold"
     # the records to send again: intact, and not in the log yet; each seq once, in seq order

@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS chain_logs (realm VARCHAR, chain_id BIGINT, block_has
 CREATE TABLE IF NOT EXISTS prices (chain_id BIGINT, feed VARCHAR, round_id HUGEINT, answer VARCHAR,
     decimals INTEGER, updated_at BIGINT, status VARCHAR, block BIGINT, block_hash VARCHAR, source VARCHAR,
     seq BIGINT);
+CREATE TABLE IF NOT EXISTS shard_realms (realm VARCHAR PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS shard_partitions (part INTEGER PRIMARY KEY, partitions INTEGER);
 CREATE TABLE IF NOT EXISTS reorg_flags (realm VARCHAR, epoch BIGINT, chain_id BIGINT, block_hash VARCHAR,
     log_index BIGINT, retracted VARCHAR, block BIGINT, source VARCHAR, seq BIGINT);
 """
@@ -206,6 +208,8 @@ class Batch:
     retracted_logs: list[tuple[int, str, int, int]] = field(default_factory=list)
     #: rows a retraction undoes: (table, {column: value}) deleted where every column matches
     undone_rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: realms first seen in a partition this projector owns (a shard's rows of them count)
+    owned_realms: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -219,6 +223,7 @@ class Batch:
             or self.sources
             or self.rejected is not None
             or self.offsets
+            or self.owned_realms
         )
 
 
@@ -283,6 +288,7 @@ def _write(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
             [[s[0] for s in batch.sources]],
         )
         append_rows(con, "sources", batch.sources)
+    append_rows(con, "shard_realms", [(realm,) for realm in batch.owned_realms])
     if batch.rejected is not None:
         con.execute("DELETE FROM rejected")
         append_rows(con, "rejected", batch.rejected)
@@ -333,6 +339,21 @@ def closed_epochs_ending_from(con: duckdb.DuckDBPyConnection, realm: str, block:
             [realm, block],
         ).fetchall()
     ]
+
+
+def shard_partitions(con: duckdb.DuckDBPyConnection) -> tuple[frozenset[int], int] | None:
+    """The partitions a shard's database was built from, and the topics' partition count; None
+    for the database of a projector that owns every partition."""
+    rows = rows_of(con, "SELECT part, partitions FROM shard_partitions")
+    if not rows:
+        return None
+    return frozenset(int(r[0]) for r in rows), int(rows[0][1])
+
+
+def set_shard_partitions(
+    con: duckdb.DuckDBPyConnection, owned: frozenset[int], partitions: int
+) -> None:
+    append_rows(con, "shard_partitions", [(p, partitions) for p in sorted(owned)])
 
 
 def unconfirmed_epochs(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:

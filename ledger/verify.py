@@ -137,6 +137,6 @@ def reported_blocks(record: Record) -> tuple[int, int]:
     """The first and last block a router's record reports on."""
     if record.metered is not None:
         blocks = record.metered.block
-        return min(blocks), max(blocks)
+        return int(blocks.min()), int(blocks.max())
     reported = [getattr(e, "block", 0) for e in record.events]
     return min(reported), max(reported)

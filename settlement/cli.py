@@ -91,9 +91,9 @@ class LedgerPayouts:
     the log (trusted ledger sources, signatures and seq chains verified) for the digest."""
 
     def __init__(self, query_url: str, log_reader: Any) -> None:
-        from ledger.query import QueryClient
+        from ledger.shards import query_client
 
-        self.query = QueryClient(query_url)
+        self.query = query_client(query_url)  # one endpoint, or each shard's (comma-separated)
         self.log_reader = log_reader  # ledger.logreader.LedgerLog
 
     def due_epochs(self, realm: str | None) -> list[tuple[str, int]]:
@@ -203,7 +203,8 @@ def load_key(path: str | Path) -> LocalAccount:
     "--query-url",
     envvar="MESHLEDGER_QUERY_URL",
     default=None,
-    help="The projector's query endpoint (default: read from DB.query).",
+    help="The projector's query endpoint (default: read from DB.query); a sharded ledger: every "
+    "shard's, comma-separated.",
 )
 @click.option(
     "--db",

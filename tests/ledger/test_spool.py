@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from ledger_world import World, caught_up, run_until, table
 
-from domain.envelope import Signer, decode
+from domain.envelope import MIN_EVENT_BYTES, Signer, decode
 from infra.broker import Broker
 from infra.procs import free_port
 from ledger.emitter import Emitter
@@ -129,7 +129,7 @@ def test_repair_recovers_the_tip_and_never_reuses_a_seq(
 
     result = repair(directory, fresh_broker.bootstrap)
     # the damaged bytes could have held more seqs than record 13 did: all of them are skipped
-    skipped = damaged.size // 8 + 1
+    skipped = damaged.size // MIN_EVENT_BYTES + 1
     tip = 20 * EVENTS_PER_RECORD + skipped
     assert result.tip_seq == tip
     assert result.kept == 9 and result.lost == [(61, 65), (101, tip)]
