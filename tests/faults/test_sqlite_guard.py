@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,7 +227,7 @@ def test_each_store_refuses_a_changed_committed_value(
 ) -> None:
     path = tmp_path / "store.sqlite"
     opener = fill(path)
-    opened = opener(path)  # intact: opens (and is closed again)
-    getattr(opened, "close")()
+    opened: Any = opener(path)  # intact: opens (and is closed again)
+    opened.close()
     _flip(path, needle)
     _refused(path, opener, "checksum", recovery)
