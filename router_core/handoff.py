@@ -30,6 +30,8 @@ from router_core.metering import UsageSink
 
 log = logging.getLogger("router_core.handoff")
 
+#: kinds of routed messages (router_core.broker, router_core.dealer), counted for /metrics
+ROUTED_KINDS = ("event", "invocation", "result", "error")
 #: slots of one item in a chunk: realm, from_peer, to_peer, kind, uri, payload_bytes, block.
 #: An event is (realm, EVENT, <Event>, "" or WATERMARK, "", 0, 0).
 SLOTS = 7
@@ -107,6 +109,9 @@ class LedgerHandoff:
         self.acked_items = 0
         self.paused = False
         self.pauses = 0
+        #: metered messages handed over, by kind: counted a chunk at a time (list.count over the
+        #: chunk's kind column), never per message on the loop (read by /metrics)
+        self.routed_by_kind: dict[str, int] = dict.fromkeys(ROUTED_KINDS, 0)
         self.on_full: Callable[[], None] = lambda: None
         self.on_space: Callable[[], None] = lambda: None
         self.drain.attach(self)
@@ -150,6 +155,9 @@ class LedgerHandoff:
         if not self._items:
             return
         chunk = Chunk(self._next_id, self._items, self._events)
+        kinds = self._items[3::SLOTS]
+        for kind in ROUTED_KINDS:
+            self.routed_by_kind[kind] += kinds.count(kind)
         self._next_id += 1
         self._items, self._events = [], []
         count = chunk.count

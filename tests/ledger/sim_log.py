@@ -86,6 +86,9 @@ class ChaosConsumer:
     def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]
 
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.log.end(tp.topic, tp.partition)
+
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self.log.end(tp.topic, tp.partition) for tp in tps}
 
