@@ -297,7 +297,7 @@ def router_metrics(service: Any) -> Iterator[Metric]:
         yield labelled(
             CounterMetricFamily,
             "meshledger_router_messages_routed",
-            "Metered messages handed to the ledger, by kind (counted per shipped chunk).",
+            "Metered messages sealed into the ledger, by kind (counted by the metering child).",
             ["kind"],
             {(kind,): n for kind, n in list(handoff.routed_by_kind.items())},
         )

@@ -109,8 +109,8 @@ class LedgerHandoff:
         self.acked_items = 0
         self.paused = False
         self.pauses = 0
-        #: metered messages handed over, by kind: counted a chunk at a time (list.count over the
-        #: chunk's kind column), never per message on the loop (read by /metrics)
+        #: metered messages sealed into the ledger, by kind: the drain reports them with its
+        #: acknowledgements (the child counts them), so the loop adds nothing per message
         self.routed_by_kind: dict[str, int] = dict.fromkeys(ROUTED_KINDS, 0)
         self.on_full: Callable[[], None] = lambda: None
         self.on_space: Callable[[], None] = lambda: None
@@ -155,9 +155,6 @@ class LedgerHandoff:
         if not self._items:
             return
         chunk = Chunk(self._next_id, self._items, self._events)
-        kinds = self._items[3::SLOTS]
-        for kind in ROUTED_KINDS:
-            self.routed_by_kind[kind] += kinds.count(kind)
         self._next_id += 1
         self._items, self._events = [], []
         count = chunk.count
@@ -181,6 +178,11 @@ class LedgerHandoff:
         if self.paused and self._unacked_items < self.low_water:
             self.paused = False
             self.on_space()
+
+    def count_routed(self, by_kind: dict[str, int]) -> None:
+        """The drain sealed these metered messages (by kind) with its last acknowledgement."""
+        for kind, count in by_kind.items():
+            self.routed_by_kind[kind] = self.routed_by_kind.get(kind, 0) + count
 
     def waiting(self) -> int:
         """Items not yet sealed by the emitter: the open chunk and the unacknowledged ones."""
