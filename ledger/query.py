@@ -2,7 +2,7 @@
 process serves reads over a loopback HTTP endpoint (JSON), each request on its own cursor.
 
 Endpoints: /metrics and /health (Prometheus text; 503 when the broker is unreachable), /realms, /bandwidth?realm=, /usage?realm=&epoch=, /epochs?realm=, /payouts?realm=&epoch=,
-/dead, /sources, /owned (the realms of a shard), /snapshot (offsets and table fingerprints read in one transaction), /table/NAME.
+/dead, /sources, /owned (the realms of a shard), /dashboard/ (the web page, dashboard/), /snapshot (offsets and table fingerprints read in one transaction), /table/NAME.
 Bounded: a client has `REQUEST_TIMEOUT_S` to send its request (socket timeout), at most
 `MAX_REQUEST_THREADS` requests run at once (more are answered 503 at once).
 """
@@ -131,6 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
     con: duckdb.DuckDBPyConnection
     #: (registry, health checks) of the projector, for /metrics and /health
     metrics: tuple[Any, dict[str, Any]] | None = None
+    #: the block explorer's transaction page for the dashboard's links (see dashboard/data.py)
+    explorer: str = ""
     timeout = REQUEST_TIMEOUT_S
 
     def do_GET(self) -> None:  # noqa: N802
@@ -142,6 +144,9 @@ class _Handler(BaseHTTPRequestHandler):
             if answer is not None:
                 self._send_bytes(*answer)
                 return
+        if url.path.startswith("/dashboard"):
+            self._dashboard(url.path)
+            return
         params = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
         name = url.path.strip("/")
         cursor = self.con.cursor()
@@ -170,6 +175,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": str(exc)})
         finally:
             cursor.close()
+
+    def _dashboard(self, path: str) -> None:
+        """The dashboard page and its JSON, read from this process's tables (dashboard/)."""
+        from dashboard.data import DuckReader
+        from dashboard.server import answer, send
+
+        cursor = self.con.cursor()
+        try:
+            reply = answer(path, lambda: DuckReader(cursor), self.explorer)
+        finally:
+            cursor.close()
+        send(self, reply or (404, "text/plain", b"not found\n"))
 
     def _send(self, status: int, body: Any) -> None:
         # stdlib json: token amounts exceed 64 bits and must stay exact integers
