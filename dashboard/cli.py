@@ -57,6 +57,6 @@ def dashboard(url: str | None, db_path: Path, host: str, port: int, explorer_url
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     source = endpoint or f"{db_path} (read-only)"
-    click.echo(f"dashboard of {source} on {server.url}")
+    click.echo(f"dashboard of {source} on {server.page_url}")
     stop.wait()
     server.close()

@@ -6,28 +6,22 @@ from __future__ import annotations
 
 import json
 import mimetypes
-import threading
-import urllib.parse
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from dashboard.data import Reader, overview
+from infra.loopback import LoopbackServer, Reply
 
 STATIC = Path(__file__).parent / "static"
 PREFIX = "/dashboard"
-#: seconds a client may take to send its request (as the query endpoint's)
-REQUEST_TIMEOUT_S = 10.0
-
-Answer = tuple[int, str, bytes]
 
 
 def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def answer(path: str, reader: Callable[[], Reader], explorer: str = "") -> Answer | None:
+def answer(path: str, reader: Callable[[], Reader], explorer: str = "") -> Reply | None:
     """The reply to GET `path` if it is the dashboard's (else None). `reader()` is called only
     for the API, so static files never touch the projections."""
     if path == PREFIX:
@@ -51,23 +45,9 @@ def answer(path: str, reader: Callable[[], Reader], explorer: str = "") -> Answe
     return 200, ctype, file.read_bytes()
 
 
-def send(handler: BaseHTTPRequestHandler, reply: Answer) -> None:
-    status, ctype, data = reply
-    handler.send_response(status)
-    if status == 301:
-        handler.send_header("Location", ctype)
-        handler.send_header("Content-Length", "0")
-        handler.end_headers()
-        return
-    handler.send_header("Content-Type", ctype)
-    handler.send_header("Content-Length", str(len(data)))
-    handler.send_header("Cache-Control", "no-store")
-    handler.end_headers()
-    handler.wfile.write(data)
-
-
-class DashboardServer:
-    """The dashboard on its own loopback port (`/` redirects to the page)."""
+class DashboardServer(LoopbackServer):
+    """The dashboard on its own loopback port (`/` redirects to the page); a ledger that cannot
+    be read is a 503 with the reason, which the page shows while it keeps polling."""
 
     def __init__(
         self,
@@ -76,36 +56,16 @@ class DashboardServer:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            timeout = REQUEST_TIMEOUT_S
+        def respond(path: str) -> Reply:
+            try:
+                reply = answer(PREFIX if path == "/" else path, reader, explorer)
+            except Exception as exc:  # noqa: BLE001 - any reading failure is the page's to show
+                body = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
+                return 503, "application/json", body
+            return reply or (404, "text/plain", b"not found\n")
 
-            def do_GET(self) -> None:  # noqa: N802
-                path = urllib.parse.urlparse(self.path).path
-                if path == "/":
-                    path = PREFIX
-                try:
-                    reply = answer(path, reader, explorer)
-                except Exception as exc:  # the page shows the error and keeps polling
-                    body = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
-                    reply = (503, "application/json", body)
-                send(self, reply or (404, "text/plain", b"not found\n"))
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.host = host
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="dashboard", daemon=True
-        )
-        self._thread.start()
+        super().__init__(respond, host, port)
 
     @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}{PREFIX}/"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def page_url(self) -> str:
+        return f"{self.url}{PREFIX}/"

@@ -12,13 +12,11 @@ import contextlib
 import json
 import os
 import socket
-import threading
 import time
-import urllib.parse
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +24,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from infra.loopback import LoopbackServer, Reply
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: seconds a dependency check may take before it counts as failed
 CHECK_TIMEOUT_S = 2.0
-#: seconds a client may take to send its request (as the query endpoint's)
-REQUEST_TIMEOUT_S = 10.0
 
 #: a dependency check: None when healthy, else what is wrong
 HealthCheck = Callable[[], str | None]
@@ -138,7 +136,7 @@ def serve_metrics_path(
     return None
 
 
-class MetricsServer:
+class MetricsServer(LoopbackServer):
     """/metrics and /health of one service on a loopback port (0: a free one)."""
 
     def __init__(
@@ -150,38 +148,33 @@ class MetricsServer:
     ) -> None:
         served = (registry, dict(checks))
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = REQUEST_TIMEOUT_S
+        def respond(path: str) -> Reply:
+            answer = serve_metrics_path(path, *served)
+            return answer or (404, "text/plain", b"/metrics or /health\n")
 
-            def do_GET(self) -> None:  # noqa: N802
-                path = urllib.parse.urlparse(self.path).path
-                answer = serve_metrics_path(path, *served)
-                status, ctype, data = answer or (404, "text/plain", b"/metrics or /health\n")
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        super().__init__(respond, host, port)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.host = host
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics", daemon=True
-        )
-        self._thread.start()
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of `url`/metrics, keyed by (sample name, sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    with urllib.request.urlopen(f"{url}/metrics", timeout=CHECK_TIMEOUT_S * 5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+
+def read_health(url: str) -> tuple[int, dict[str, Any]]:
+    """`url`/health: the HTTP status and the JSON body (status, checks)."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=CHECK_TIMEOUT_S * 5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 def parse_listen(value: str) -> tuple[str, int]:

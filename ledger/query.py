@@ -179,14 +179,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _dashboard(self, path: str) -> None:
         """The dashboard page and its JSON, read from this process's tables (dashboard/)."""
         from dashboard.data import DuckReader
-        from dashboard.server import answer, send
+        from dashboard.server import answer
+        from infra.loopback import send_reply
 
         cursor = self.con.cursor()
         try:
             reply = answer(path, lambda: DuckReader(cursor), self.explorer)
+        except duckdb.Error as exc:  # the page shows it and keeps polling
+            reply = (503, "application/json", json.dumps({"error": str(exc)}).encode())
         finally:
             cursor.close()
-        send(self, reply or (404, "text/plain", b"not found\n"))
+        send_reply(self, reply or (404, "text/plain", b"not found\n"))
 
     def _send(self, status: int, body: Any) -> None:
         # stdlib json: token amounts exceed 64 bits and must stay exact integers

@@ -50,12 +50,14 @@ def test_an_unreachable_ledger_answers_503_with_the_reason() -> None:
     server = DashboardServer(lambda: EndpointReader(dead))
     try:
         with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(server.url + "api/overview", timeout=10)
+            urllib.request.urlopen(server.page_url + "api/overview", timeout=10)
         assert err.value.code == 503
         assert json.loads(err.value.read())["error"].startswith(
             f"QueryError: ledger query endpoint {dead} unreachable"
         )
-        with urllib.request.urlopen(server.url, timeout=10) as resp:  # the page itself still loads
+        with urllib.request.urlopen(
+            server.page_url, timeout=10
+        ) as resp:  # the page itself still loads
             assert resp.status == 200
     finally:
         server.close()

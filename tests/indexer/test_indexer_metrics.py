@@ -4,39 +4,27 @@ and /health fails once the chain is stopped."""
 
 from __future__ import annotations
 
-import json
 import threading
-import urllib.error
-import urllib.request
 
 import pytest
 from indexer_harness import Harness
 from mesh_chain import ZERO, rpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from indexer.cli import serve_indexer_metrics
 from indexer.service import SyncConfig
+from infra.metrics import read_health, scrape
 
 pytestmark = pytest.mark.integration
 
 
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return {
-        s.name: s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if not s.labels
-    }
+def samples(url: str) -> dict[str, float]:
+    """The unlabelled samples of /metrics, by name."""
+    return {name: value for (name, labels), value in scrape(url).items() if not labels}
 
 
 def health(url: str) -> tuple[int, dict[str, str]]:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
-            return resp.status, json.loads(resp.read())["checks"]
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())["checks"]
+    status, body = read_health(url)
+    return status, body["checks"]
 
 
 def test_indexer_metrics_follow_sync_and_reorgs_and_health_follows_the_chain(
@@ -47,13 +35,13 @@ def test_indexer_metrics_follow_sync_and_reorgs_and_health_follows_the_chain(
     ix = harness.indexer()
     server = serve_indexer_metrics(ix, mesh.anvil.url, harness.broker.bootstrap, "127.0.0.1:0")
     try:
-        assert "meshledger_indexer_emitted_block" not in scrape(server.url)  # not opened yet
+        assert "meshledger_indexer_emitted_block" not in samples(server.url)  # not opened yet
         mesh.register("r", mesh.accounts[1])
         for i in range(6):
             mesh.stake("r", mesh.accounts[3 + i % 3], "user", ZERO, 10 + i)
         target = mesh.head() - 2
         ix.run(threading.Event(), until_block=target)
-        first = scrape(server.url)
+        first = samples(server.url)
         assert first["meshledger_indexer_emitted_block"] == target
         assert first["meshledger_indexer_head_block"] == mesh.head()
         assert first["meshledger_indexer_lag_blocks"] == mesh.head() - target
@@ -64,7 +52,7 @@ def test_indexer_metrics_follow_sync_and_reorgs_and_health_follows_the_chain(
         rpc(mesh.w3, "anvil_reorg", 4, [])  # deeper than the confirmations: logs were emitted
         mesh.mine(3)
         ix.run(threading.Event(), until_block=mesh.head() - 2)
-        second = scrape(server.url)
+        second = samples(server.url)
         assert second["meshledger_indexer_reorgs_total"] == 1
         assert second["meshledger_indexer_last_reorg_depth"] >= 2
         assert second["meshledger_indexer_emitted_block"] == mesh.head() - 2

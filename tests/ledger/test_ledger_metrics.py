@@ -4,40 +4,22 @@ fails once the broker is stopped."""
 
 from __future__ import annotations
 
-import json
 import random
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ledger_world import World, caught_up, run_until
-from prometheus_client.parser import text_string_to_metric_families
 
 from infra.broker import Broker
+from infra.metrics import read_health, scrape
 from ledger.simulate import emitter, heartbeat, skewed_traffic
 
 pytestmark = pytest.mark.integration
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of /metrics, keyed by (sample name, sorted labels)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def health(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return read_health(url)
 
 
 def test_projector_metrics_follow_the_log_and_health_follows_the_broker(

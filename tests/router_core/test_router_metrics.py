@@ -6,19 +6,16 @@ the chain, is stopped."""
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from autobahn.wamp.types import PublishOptions
-from prometheus_client.parser import text_string_to_metric_families
 from router_harness import PRICE, Chain, Key, new_key, run
 
 from infra.anvil import Anvil
 from infra.broker import Broker, restart_broker
+from infra.metrics import read_health, scrape
 from infra.procs import free_port
 from ledger.keys import write_new_key
 from router_core.client import MeshSession, SwapOffer, connect
@@ -30,22 +27,9 @@ pytestmark = pytest.mark.integration
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def health(url: str) -> tuple[int, dict[str, str]]:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
-            return resp.status, json.loads(resp.read())["checks"]
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())["checks"]
+    status, body = read_health(url)
+    return status, body["checks"]
 
 
 def routed(samples: Samples, kind: str) -> float:
