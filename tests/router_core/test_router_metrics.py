@@ -111,6 +111,9 @@ def test_router_metrics_move_with_traffic_and_health_follows_broker_and_chain(
             assert during[("meshledger_router_sessions", (("realm", "m"),))] == 2
             assert during[("meshledger_router_swap_peers", ())] == 2
             assert ("meshledger_router_metering_buffer_items", ()) in during
+            near = "meshledger_router_swap_peers_near_threshold"
+            assert (near, (("threshold", "payment"),)) in during  # cheques pay it down: varies
+            assert during[(near, (("threshold", "disconnect"),))] == 0  # 31 messages of 1000
             assert ("meshledger_router_cashout_pending_cheques", ()) in during
 
             assert await asyncio.to_thread(health, url) == (200, {"broker": "ok", "chain": "ok"})
