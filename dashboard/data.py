@@ -1,8 +1,9 @@
 """What the dashboard shows, read only from the projections (the query endpoint or the DuckDB
 file): realms, stakes, bandwidth, epochs and their settlement, payouts, SWAP, the chain.
 
-Amounts go out three ways: `base` (exact decimal string of base units), `text` (WMP, exact, as
-`ledger.render.format_amount` writes it) and `wmp` (a float, only for chart axes).
+Amounts go out four ways: `base` (exact decimal string of base units), `text` (WMP, exact, as
+`ledger.render.format_amount` writes it), `short` (cut to `CELL_PLACES`, marked "…") and `wmp`
+(a float, only for chart axes).
 """
 
 from __future__ import annotations
@@ -75,9 +76,18 @@ class DuckReader:
         return [dict(zip(cols, row, strict=True)) for row in store.table_rows(self.con, name)]
 
 
+#: fractional digits a cell shows (cut and marked "…"; the exact amount is in its tooltip)
+CELL_PLACES = 6
+
+
 def amount(value: Any) -> dict[str, Any]:
     base = int(value or 0)
-    return {"base": str(base), "text": format_amount(base), "wmp": base / 10**TOKEN_DECIMALS}
+    return {
+        "base": str(base),
+        "text": format_amount(base),
+        "short": format_amount(base, CELL_PLACES),
+        "wmp": base / 10**TOKEN_DECIMALS,
+    }
 
 
 def thin(points: list[dict[str, Any]], limit: int = MAX_SERIES_POINTS) -> list[dict[str, Any]]:

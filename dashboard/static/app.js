@@ -37,8 +37,8 @@ function fill(table, columns, rows, rowKey) {
       let value = typeof key === "function" ? key(row) : row[key];
       const attrs = { dataset: { k: typeof key === "function" ? kind : key } };
       if (kind === "amount") {
-        attrs.title = value.base + " base units";
-        value = value.text;
+        attrs.title = value.text + " = " + value.base + " base units";
+        value = value.short;
       }
       if (kind === "amount" || kind === "num") attrs.class = "num";
       const cell = el("td", attrs);
@@ -113,8 +113,8 @@ function renderRealms(realms) {
       { name: "epoch blocks", value: p.epoch_blocks },
       { name: "funding rate (bps of reserved stake)", value: p.rfr_bps },
       { name: "weights router / service / vendor (bps)", value: `${p.weights_bps.router} / ${p.weights_bps.service} / ${p.weights_bps.vendor}` },
-      { name: "stake per message per block", value: p.stake_per_mpb.text },
-      { name: "price per message", value: p.price_per_message.text },
+      { name: "stake per message per block", value: p.stake_per_mpb.short },
+      { name: "price per message", value: p.price_per_message.short },
       { name: "stake positions", value: r.positions },
       { name: "bandwidth points", value: r.bandwidth_points },
     ], (row) => row.name);

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cdp import Browser, chromium_binary  # noqa: E402
 from scenario import SETTLE_TX, Scenario, start  # noqa: E402
 
+from dashboard.data import CELL_PLACES  # noqa: E402
 from infra.broker import Broker  # noqa: E402
 from infra.procs import free_port  # noqa: E402
 from ledger.render import format_amount  # noqa: E402
@@ -66,8 +67,9 @@ def rendered(browser: Browser, count: int) -> None:
 
 
 def check_epochs(browser: Browser, scenario: Scenario) -> int:
-    """Every closed epoch's row shows the projection's amounts (exact base units in the title,
-    WMP in the text), payees and late messages; returns the rows checked."""
+    """Every closed epoch's row shows the projection's amounts (WMP cut to CELL_PLACES in the
+    text, exact and in base units in the title), payees and late messages; returns the rows
+    checked."""
     epochs = scenario.rows(
         "SELECT realm, epoch, funding, carry_in, total, remainder, payees, late_messages"
         " FROM epochs ORDER BY realm, epoch",
@@ -80,7 +82,8 @@ def check_epochs(browser: Browser, scenario: Scenario) -> int:
     for realm, epoch, *values, payees, late in epochs:
         cells = shown[f"{realm}/{epoch}"]
         for key, value in zip(AMOUNTS, values, strict=True):
-            assert cells[key] == [format_amount(value), f"{int(value)} base units"], (realm, epoch)
+            exact = f"{format_amount(value)} = {int(value)} base units"
+            assert cells[key] == [format_amount(value, CELL_PLACES), exact], (realm, epoch)
         assert (cells["payees"][0], cells["late_messages"][0]) == (str(payees), str(late))
     assert len(shown) == len(epochs)
     return len(epochs)
@@ -128,7 +131,7 @@ def test_dashboard_page_shows_the_projection_and_refreshes_live(
     swap = browser.evaluate(
         "[...document.querySelectorAll('#swap-table tr[data-row] td')].map(td => td.textContent)"
     )
-    assert swap[0] == "alpha" and swap[3:5] == ["1", format_amount(3 * 10**15)]
+    assert swap[0] == "alpha" and swap[3:5] == ["1", format_amount(3 * 10**15, CELL_PLACES)]
     shot(browser, tmp_path, "dashboard-realms.png", "#realms")
 
     # live: a fourth epoch of alpha closes and appears without a reload
