@@ -332,8 +332,29 @@ def chain_view(reader: Reader) -> dict[str, Any]:
     }
 
 
-def overview(reader: Reader, explorer: str = "") -> dict[str, Any]:
-    """Everything the page shows, in one JSON-ready dict (polled by the page)."""
+class _ReadOnce:
+    """One overview's reads: a table several views need is read once."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+        self.tables: dict[str, list[dict[str, Any]]] = {}
+
+    def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        return self.reader.query(name, **params)
+
+    def table(self, name: str) -> list[dict[str, Any]]:
+        if name not in self.tables:
+            self.tables[name] = self.reader.table(name)
+        return self.tables[name]
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def overview(source: Reader, explorer: str = "") -> dict[str, Any]:
+    """Everything the page shows, in one JSON-ready dict (polled by the page). Reads whole
+    projection tables (stakes, settlements, chain_logs, swap_events) once per call."""
+    reader = _ReadOnce(source)
     return {
         "token": {"symbol": TOKEN_SYMBOL, "decimals": TOKEN_DECIMALS},
         "explorer": explorer,
