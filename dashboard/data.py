@@ -203,6 +203,12 @@ def epochs_view(reader: Reader, explorer: str) -> dict[str, Any]:
     for p in payouts:
         by_class[(p["realm"], int(p["epoch"]), p["payee_class"])] += int(p["amount"])
         by_payee[(p["realm"], p["account"])] += int(p["amount"])
+    # USD at the last price observed at or before the epoch's last block ("stale" when it was
+    # not valid), as `query epochs --usd`: only once a feed reported anything
+    usd: dict[tuple[str, int], tuple[str, str]] = {}
+    if reader.query("prices"):
+        for u in reader.query("epochs_usd"):
+            usd[(u["realm"], int(u["epoch"]))] = (str(u["usd"]), str(u["price_status"]))
     rows = []
     for e in reader.query("epochs")[-MAX_EPOCHS:]:
         key = (e["realm"], int(e["epoch"]))
@@ -222,6 +228,8 @@ def epochs_view(reader: Reader, explorer: str) -> dict[str, Any]:
                 "late_messages": int(e["late_messages"] or 0),
                 "state": state.get(key, "closed"),
                 "txs": txs.get(key, []),
+                "usd": usd.get(key, ("", ""))[0],
+                "price_status": usd.get(key, ("", ""))[1],
             }
         )
     payees: list[dict[str, Any]] = []

@@ -160,9 +160,10 @@ function renderEpochs(data) {
     return span;
   };
   const state = (row) => el("span", { class: "state state-" + row.state }, row.state);
+  const usd = data.epochs.some((r) => r.usd) ? [["paid (USD)", (r) => (r.usd === "stale" ? "stale" : "$" + r.usd), "usd"]] : [];
   fill(document.getElementById("epoch-table"), [
     ["realm", "realm"], ["epoch", "epoch", "num"], ["blocks", (r) => `${r.first_block}–${r.last_block}`, "blocks"],
-    ["funding", "funding", "amount"], ["carried in", "carry_in", "amount"], ["paid", "total", "amount"],
+    ["funding", "funding", "amount"], ["carried in", "carry_in", "amount"], ["paid", "total", "amount"], ...usd,
     ["remainder carried", "remainder", "amount"], ["payees", "payees", "num"], ["late messages", "late_messages", "num"],
     ["settlement", state, "state"], ["transactions", txs, "txs"],
   ], data.epochs.slice().reverse(), (r) => r.realm + "/" + r.epoch);

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from domain.envelope import Signer
-from domain.events import ChequeReceived, RealmParams, SettlementConfirmed, SettlementSubmitted
+from domain.events import (
+    ChequeReceived,
+    PriceObserved,
+    RealmParams,
+    SettlementConfirmed,
+    SettlementSubmitted,
+)
 from ledger.emitter import Emitter
 from ledger.service import LedgerService, ServiceConfig, trust_from
 from ledger.simulate import (
@@ -29,6 +35,7 @@ from ledger.simulate import (
 EPOCH_BLOCKS = 20
 CHAIN_ID = 31337
 SETTLE_TX = "0x" + "5e" * 32
+FEED = "0x" + "fe" * 20
 
 
 @dataclass
@@ -163,6 +170,14 @@ def start(bootstrap: str, tmp: Path) -> Scenario:
         )
     )
     alpha.flush()
+    for block, answer, status in ((10, 2 * 10**8, "valid"), (45, 2 * 10**8, "stale")):
+        indexer.em.emit(  # a WMP/USD feed: $2.00, valid until block 45
+            PriceObserved(
+                realm="", chain_id=CHAIN_ID, feed=FEED, round_id=block, answer=answer,
+                decimals=8, updated_at=block, status=status, block=block,
+                block_hash="0x" + os.urandom(32).hex(),
+            )
+        )  # fmt: skip
     scenario.head(70)  # the chain past alpha's epochs 0-2 (blocks 0..59) and beta's 0-1
     service.start_query_server()
     scenario.thread.start()

@@ -124,6 +124,17 @@ def test_dashboard_page_shows_the_projection_and_refreshes_live(
     ) == len(bars)
 
     assert check_epochs(browser, scenario) == 5  # alpha 0-2, beta 0-1
+    # USD at the feed's last price at or before each epoch's end: $2.00 valid until block 45
+    usd = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#epoch-table tr[data-row]')].map(tr =>"
+        " [tr.dataset.row, tr.querySelector('td[data-k=usd]').textContent]))"
+    )
+    for realm, epoch, last_block, total in scenario.rows(
+        "SELECT realm, epoch, last_block, total FROM epochs"
+    ):
+        cents = int(total) * 2 * 10**8 // 10 ** (8 + 18 - 2)
+        valid = f"${cents // 100}.{cents % 100:02d}"
+        assert usd[f"{realm}/{epoch}"] == (valid if last_block < 45 else "stale"), (realm, epoch)
     state = browser.evaluate(
         "document.querySelector('#epoch-table tr[data-row=\"alpha/0\"] .state').textContent"
     )
