@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from kafka.errors import KafkaError
 from prometheus_client import Histogram
 
 from domain.envelope import Record
@@ -51,6 +52,9 @@ class ServiceConfig:
     max_buffered_records: int = 2048  # per partition; the partition is paused beyond it
     commit_every_records: int = 512
     poll_timeout_ms: int = 50
+    #: how long a request for the partitions' end offsets may take; past it (a broker down) the
+    #: service counts as not caught up and goes on polling
+    offsets_timeout_ms: int = 10_000
     query_host: str = "127.0.0.1"
     query_port: int | None = 0  # 0: a free port, None: no query endpoint
     topics: tuple[str, ...] = (USAGE_TOPIC, LEDGER_TOPIC)
@@ -92,6 +96,7 @@ class LedgerService:
         self._buffers: dict[Any, deque[list[Any]]] = {}
         self._paused: set[Any] = set()
         self._stalled_since: float | None = None
+        self._offsets_unavailable = False  # the broker could not give end offsets (logged once)
         #: replay stops each partition at these offsets (exclusive); live has none
         self.limits: dict[tuple[str, int], int] = {}
         #: replay also applies these offsets beyond a partition's limit (applied ahead live)
@@ -419,9 +424,19 @@ class LedgerService:
         return True
 
     def caught_up(self, exclude: set[Any] | None = None) -> bool:
-        """Every partition (but `exclude`) consumed to its end offset."""
+        """Every partition (but `exclude`) consumed to its end offset; False while the broker
+        cannot say (a broker down is never "caught up": no gap is declared across an outage)."""
         consumer = self._consumer
-        ends = consumer.end_offsets(list(self._buffers))
+        try:
+            ends = consumer.end_offsets(list(self._buffers), self.config.offsets_timeout_ms)
+        except KafkaError as exc:
+            if not self._offsets_unavailable:  # once an outage, not once a pass
+                log.warning("end offsets unavailable (%s): not caught up, retrying", exc)
+            self._offsets_unavailable = True
+            return False
+        if self._offsets_unavailable:
+            log.info("end offsets available again")
+            self._offsets_unavailable = False
         for tp, end in ends.items():
             if exclude and tp in exclude:
                 continue
