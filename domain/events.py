@@ -640,6 +640,107 @@ class SettlementConfirmed(Event):
     block_hash: str
 
 
+# -- service marketplace (issue 13) --------------------------------------------------------------
+#
+# ServiceRegistry's events (indexer): services are chain-wide (realm ""), offers and rewards
+# belong to their realm. Routers add what they decide about market calls: assessed outcomes and
+# agreed prices.
+
+
+def _check_verification(deterministic: object, min_requests: int) -> None:
+    """A service's verification fields (`_check_types` checks ints and strings only)."""
+    if type(deterministic) is not bool:
+        raise ValueError(f"deterministic must be a bool, got {deterministic!r}")
+    if min_requests < 0:
+        raise ValueError(f"min_requests must be >= 0, got {min_requests}")
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ServiceRegistered(ChainLogEvent):
+    """A service (an API: procedures under the URI prefix `api`) registered by `publisher`;
+    `service_id` is keccak256 of `api`. A deterministic service's results are compared over
+    `min_requests` redundant calls by the verifier `verifier_hash` (zero hash: exact equality)."""
+
+    TYPE: ClassVar[str] = "ServiceRegistered"
+    service_id: str
+    publisher: str
+    api: str
+    spec_hash: str
+    deterministic: bool
+    verifier_hash: str
+    min_requests: int
+
+    def __post_init__(self) -> None:
+        _check_verification(self.deterministic, self.min_requests)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ServiceUpdated(ChainLogEvent):
+    """The publisher changed a service's specification or verification."""
+
+    TYPE: ClassVar[str] = "ServiceUpdated"
+    service_id: str
+    spec_hash: str
+    deterministic: bool
+    verifier_hash: str
+    min_requests: int
+
+    def __post_init__(self) -> None:
+        _check_verification(self.deterministic, self.min_requests)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class OfferSet(ChainLogEvent):
+    """`server` offers `service_id` in the realm at `price_per_call` (replacing an older price)."""
+
+    TYPE: ClassVar[str] = "OfferSet"
+    server: str
+    service_id: str
+    price_per_call: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class OfferWithdrawn(ChainLogEvent):
+    TYPE: ClassVar[str] = "OfferWithdrawn"
+    server: str
+    service_id: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RewardSet(ChainLogEvent):
+    """`server` rewards `service_id` in the realm: it wants to see it used."""
+
+    TYPE: ClassVar[str] = "RewardSet"
+    server: str
+    service_id: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RewardWithdrawn(ChainLogEvent):
+    TYPE: ClassVar[str] = "RewardWithdrawn"
+    server: str
+    service_id: str
+
+
+#: ServiceRegistry's events as the indexer emits them
+MARKET_CHAIN_EVENTS: tuple[type[Event], ...] = (
+    ServiceRegistered,
+    ServiceUpdated,
+    OfferSet,
+    OfferWithdrawn,
+    RewardSet,
+    RewardWithdrawn,
+)
+INDEXER_EVENTS += MARKET_CHAIN_EVENTS
+CHAIN_WIDE_EVENTS += (ServiceRegistered, ServiceUpdated)
+
+
 # -- decoding -------------------------------------------------------------------------------------
 
 #: token amounts exceed 64 bits, so they travel as decimal strings (as JSON-RPC quantities do)
@@ -659,6 +760,7 @@ AMOUNT_FIELDS = frozenset(
         "paid",
         "due",
         "round_id",
+        "price_per_call",
     }
 )
 #: like AMOUNT_FIELDS, but may be negative (a Chainlink answer is an int256)

@@ -71,6 +71,7 @@ from domain.events import (
     event_to_dict,
     log_identity,
 )
+from domain.market import MARKET_TABLES, market_row
 from domain.stakes import provision_key
 from ledger import store
 from ledger.verify import (
@@ -427,6 +428,11 @@ class Projector:
     def _chain_fact(self, record: Record, seq: int, e: Event) -> None:
         """Chequebook, token and settlement logs: kept in chain_logs (see _apply), nothing else."""
 
+    def _market(self, record: Record, seq: int, e: Event) -> None:
+        """ServiceRegistry changes: one row each in services, offers or rewards."""
+        table, row = market_row(e, record.source, seq)
+        self._batch.rows[table].append(row)
+
     def _keeper_changed(self, record: Record, seq: int, e: KeeperChanged) -> None:
         book = self._realm(e.realm)
         book.keeper = e.keeper
@@ -460,6 +466,9 @@ class Projector:
         event, source, source_seq = found
         batch = self._batch
         batch.retracted_logs.append((e.chain_id, e.block_hash, e.log_index, seq))
+        market_table = MARKET_TABLES.get(type(event))
+        if market_table is not None:  # a registry change: its row goes, the views follow
+            batch.undone_rows.append((market_table, {"source": source, "seq": source_seq}))
         book = self.realms.get(event.realm)
         if book is None:
             return  # a chain-wide fact: marked retracted, nothing derived from it
@@ -764,6 +773,7 @@ _HANDLERS: dict[type[Event], Callable[[Projector, Record, int, Any], None]] = {
         for t in CHAIN_WIDE_EVENTS
         if t not in (ChainHead, LogRetracted, PriceObserved)
     },
+    **{t: Projector._market for t in MARKET_TABLES},
 }
 
 __all__ = ["Projector", "Trust", "Verdict", "Outcome"]

@@ -60,6 +60,13 @@ CREATE TABLE IF NOT EXISTS shard_realms (realm VARCHAR PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS shard_partitions (part INTEGER PRIMARY KEY, partitions INTEGER);
 CREATE TABLE IF NOT EXISTS reorg_flags (realm VARCHAR, epoch BIGINT, chain_id BIGINT, block_hash VARCHAR,
     log_index BIGINT, retracted VARCHAR, block BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS services (service_id VARCHAR, api VARCHAR, publisher VARCHAR, spec_hash VARCHAR,
+    deterministic BOOLEAN, verifier_hash VARCHAR, min_requests INTEGER, change VARCHAR, block BIGINT,
+    log_index BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS offers (realm VARCHAR, server VARCHAR, service_id VARCHAR, price_per_call HUGEINT,
+    active BOOLEAN, block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS rewards (realm VARCHAR, server VARCHAR, service_id VARCHAR, active BOOLEAN,
+    block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
 """
 
 #: Bandwidth per realm and block. The stake series come from `domain.stakes` (stake_points: the
@@ -99,6 +106,29 @@ SELECT b.realm, b.block,
     coalesce(u.used_bytes, 0)::BIGINT AS used_bytes
 FROM blocks b LEFT JOIN per_block p USING (realm, block) LEFT JOIN used u USING (realm, block)
 ORDER BY b.realm, b.block;
+-- the marketplace now: services, offers and rewards as their latest change says (the tables keep
+-- every change, so a retracted log is undone by deleting its row)
+CREATE OR REPLACE VIEW market_services AS
+SELECT r.service_id, r.api, r.publisher, l.spec_hash, l.deterministic, l.verifier_hash, l.min_requests,
+    r.block AS registered_block
+FROM services r JOIN (
+    SELECT * FROM services QUALIFY row_number() OVER (PARTITION BY service_id ORDER BY block DESC, log_index DESC) = 1
+) l USING (service_id)
+WHERE r.change = 'registered';
+
+CREATE OR REPLACE VIEW market_offers AS
+SELECT o.realm, s.api, o.service_id, o.server, o.price_per_call, o.block
+FROM (
+    SELECT * FROM offers QUALIFY row_number() OVER (PARTITION BY realm, server, service_id ORDER BY block DESC, log_index DESC) = 1
+) o JOIN market_services s USING (service_id)
+WHERE o.active;
+
+CREATE OR REPLACE VIEW market_rewards AS
+SELECT w.realm, s.api, w.service_id, w.server, w.block
+FROM (
+    SELECT * FROM rewards QUALIFY row_number() OVER (PARTITION BY realm, server, service_id ORDER BY block DESC, log_index DESC) = 1
+) w JOIN market_services s USING (service_id)
+WHERE w.active;
 """
 
 #: tables an audit compares (everything but bookkeeping of this one consumer's offsets)
@@ -122,6 +152,9 @@ AUDITED_TABLES = (
     "chain_logs",
     "prices",
     "reorg_flags",
+    "services",
+    "offers",
+    "rewards",
 )
 
 #: columns added since a table was first created (a file of an older version gains them)
