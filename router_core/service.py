@@ -17,6 +17,7 @@ from router_core.chequebooks import ChequebookReader, NoChain, Web3Chequebooks
 from router_core.config import RouterConfig
 from router_core.handoff import LedgerHandoff
 from router_core.ledger_follower import LedgerFollower
+from router_core.market import MarketBook, MarketService
 from router_core.meter_child import ChildDrain, ChildSpec
 from router_core.metering import NullSink, UsageSink
 from router_core.prices import PriceBook
@@ -104,6 +105,7 @@ class RouterService:
             ],
             ledger_realms,
         )
+        market_book = MarketBook()
         if cfg.broker and cfg.ledger_sources:
             ledger = LedgerStakes(settings.stake_per_mpb)
             self.follower = LedgerFollower(
@@ -113,6 +115,7 @@ class RouterService:
                 clock if isinstance(clock, HeadEventClock) else None,
                 realms=ledger_realms,
                 prices=prices,
+                market=market_book,
             )
             self.follower.start()
             stakes = CombinedStakes(static, ledger)
@@ -189,6 +192,7 @@ class RouterService:
             limits,
             chain_id=cfg.chain_id,
             watermark_every_blocks=cfg.watermark_every_blocks,
+            market=MarketService(market_book),
         )
         if self.handoff is not None:
             self.handoff.on_full = self.router.pause_reading

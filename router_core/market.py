@@ -1,0 +1,265 @@
+"""The router's side of the service marketplace: services and offers as the log says them
+(`MarketBook`, fed by the ledger follower), and the meta procedure `mesh.market.offers`.
+
+Each operator serves a service's procedures under its own prefix (`domain.market.operator_prefix`);
+a session may register under another operator's prefix only if it is that operator. The router
+keeps each operator's outcomes of the calls it routed (`CallStats`, bounded) and ranks offers by
+them (`domain.market.offer_rank`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from domain.events import (
+    Event,
+    OfferSet,
+    OfferWithdrawn,
+    ServiceRegistered,
+    ServiceUpdated,
+)
+from domain.market import OPERATOR_MARK, UNKNOWN_SUCCESS_BPS, offer_rank, operator_prefix
+from router_core import messages as m
+from router_core.dealer import MetaError, PendingCall
+from router_core.session import Session
+
+OFFERS_PROCEDURE = "mesh.market.offers"
+#: latencies kept per (realm, service, operator) for p50/p95
+LATENCY_WINDOW_CALLS = 256
+#: weight an older outcome keeps at each new one (decayed success ratio)
+SUCCESS_DECAY = 0.95
+#: offers one `mesh.market.offers` answer lists at most
+MAX_OFFERS_LISTED = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    service_id: str
+    api: str
+    deterministic: bool
+    verifier_hash: str
+    min_requests: int
+
+
+@dataclass(slots=True)
+class _Offer:
+    server: str
+    price_per_call: int
+    position: tuple[int, int]  # (block, log_index) of the change that set it
+
+
+@dataclass
+class CallStats:
+    """One operator's outcomes for one service as this router saw them: a decayed success
+    ratio and the latencies of the last `LATENCY_WINDOW_CALLS` answered calls."""
+
+    ok: float = 0.0
+    weight: float = 0.0
+    calls: int = 0
+    latencies_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW_CALLS))
+
+    def record(self, success: bool, latency_ms: int) -> None:
+        self.ok = self.ok * SUCCESS_DECAY + (1.0 if success else 0.0)
+        self.weight = self.weight * SUCCESS_DECAY + 1.0
+        self.calls += 1
+        self.latencies_ms.append(latency_ms)
+
+    @property
+    def success_bps(self) -> int:
+        if self.weight == 0:
+            return UNKNOWN_SUCCESS_BPS
+        return int(10_000 * self.ok / self.weight)
+
+    def percentile_ms(self, q: float) -> int:
+        if not self.latencies_ms:
+            return 0
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class MarketBook:
+    """Services and offers from trusted indexer sources (thread-safe: fed by the follower).
+    Changes apply in chain order: an offer change older than the one held is ignored (the
+    follower reads partitions in any interleaving)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._services: dict[str, Service] = {}
+        self._by_api: dict[str, str] = {}
+        self._offers: dict[tuple[str, str], dict[str, _Offer]] = {}
+        self._withdrawn: dict[tuple[str, str, str], tuple[int, int]] = {}
+
+    def apply(self, event: Event) -> bool:
+        """Apply one event of a trusted source; True if it was one of the market's."""
+        with self._lock:
+            if isinstance(event, ServiceRegistered):
+                self._services[event.service_id] = Service(
+                    event.service_id, event.api, event.deterministic, event.verifier_hash,
+                    event.min_requests,
+                )  # fmt: skip
+                self._by_api[event.api] = event.service_id
+                return True
+            if isinstance(event, ServiceUpdated):
+                old = self._services.get(event.service_id)
+                if old is not None:
+                    self._services[event.service_id] = Service(
+                        old.service_id, old.api, event.deterministic, event.verifier_hash,
+                        event.min_requests,
+                    )  # fmt: skip
+                return True
+            if isinstance(event, OfferSet | OfferWithdrawn):
+                self._offer_change(event)
+                return True
+        return False
+
+    def _offer_change(self, event: OfferSet | OfferWithdrawn) -> None:
+        position = (event.block, event.log_index)
+        key = event.server.lower()
+        offers = self._offers.setdefault((event.realm, event.service_id), {})
+        held = offers.get(key)
+        withdrawn = self._withdrawn.get((event.realm, event.service_id, key))
+        latest = max(held.position if held else (-1, -1), withdrawn or (-1, -1))
+        if position < latest:
+            return
+        if isinstance(event, OfferSet):
+            offers[key] = _Offer(event.server, event.price_per_call, position)
+            self._withdrawn.pop((event.realm, event.service_id, key), None)
+        else:
+            offers.pop(key, None)
+            self._withdrawn[(event.realm, event.service_id, key)] = position
+
+    def service(self, name: str) -> Service | None:
+        """A service by its API prefix or its id."""
+        with self._lock:
+            sid = self._by_api.get(name, name)
+            return self._services.get(sid)
+
+    def offers(self, realm: str, service_id: str) -> list[tuple[str, int]]:
+        """(server, price per call) of the service's standing offers in the realm."""
+        with self._lock:
+            found = self._offers.get((realm, service_id), {})
+            return [(o.server, o.price_per_call) for o in found.values()]
+
+    def price(self, realm: str, service_id: str, server: str) -> int | None:
+        with self._lock:
+            offer = self._offers.get((realm, service_id), {}).get(server.lower())
+            return None if offer is None else offer.price_per_call
+
+    def service_of(self, uri: str) -> tuple[Service, str] | None:
+        """The service whose API prefix `uri` falls under (the longest), and the operator
+        component that follows the prefix ("" if none)."""
+        parts = uri.split(".")
+        with self._lock:
+            for cut in range(len(parts) - 1, 0, -1):
+                sid = self._by_api.get(".".join(parts[:cut]))
+                if sid is not None:
+                    return self._services[sid], parts[cut]
+        return None
+
+
+class MarketService:
+    """Serves `mesh.market.offers` in every realm of the router and keeps the call statistics
+    discovery ranks by."""
+
+    def __init__(self, book: MarketBook) -> None:
+        self.book = book
+        self.stats: dict[tuple[str, str, str], CallStats] = {}
+
+    def attach(self, realm: Any) -> None:
+        """Plug into one realm: its meta procedure and its dealer's market hook."""
+        realm.dealer.meta[OFFERS_PROCEDURE] = partial(self.offers, realm)
+        realm.dealer.market = self
+
+    # -- dealer hooks -----------------------------------------------------------------------------
+    def may_register(self, session: Session, uri: str) -> str | None:
+        """Why `session` may not register `uri` (None: it may): under a service's API prefix,
+        only the operator named by the next URI component registers."""
+        found = self.book.service_of(uri)
+        if found is None:
+            return None
+        service, component = found
+        if not component.startswith(OPERATOR_MARK):
+            return None  # not an operator's prefix: the realm's own API convention applies
+        mine = operator_prefix(service.api, session.authid)
+        if not uri.startswith(mine + "."):
+            return (
+                f"{uri} is under another operator's prefix of service {service.api}; "
+                f"{session.authid} serves it under {mine}"
+            )
+        return None
+
+    def call_started(self, pending: PendingCall) -> None:
+        """A call under a service's operator prefix is a market call: remember what it is."""
+        found = self.book.service_of(pending.uri)
+        if found is None:
+            return
+        service, _ = found
+        pending.started = time.monotonic()
+        pending.market = service
+
+    def call_ended(self, pending: PendingCall, outcome: str) -> None:
+        """Record a market call's outcome (a caller's cancel says nothing of the operator)."""
+        if outcome == "canceled":
+            return
+        service: Service = pending.market
+        latency_ms = int((time.monotonic() - pending.started) * 1000)
+        realm = pending.caller.realm
+        operator = pending.callee.authid
+        key = (realm.name if realm is not None else "", service.service_id, operator.lower())
+        stats = self.stats.get(key)
+        if stats is None:
+            stats = self.stats[key] = CallStats()
+        stats.record(outcome == "result", latency_ms)
+
+    # -- meta procedure ---------------------------------------------------------------------------
+    def offers(
+        self, realm: Any, session: Session, args: list[Any], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """`mesh.market.offers(service, max_price=None)`: the service's offers in this realm,
+        best first, each with its operator, price, procedure prefix, whether the operator is
+        online, and its reputation here (success ratio, calls, p50/p95 latency)."""
+        name = kwargs.get("service", args[0] if args else None)
+        if type(name) is not str or not name:
+            raise MetaError(
+                m.INVALID_ARGUMENT, "service (an API prefix or a service id) is required"
+            )
+        max_price = kwargs.get("max_price")
+        if max_price is not None and (type(max_price) is not int or max_price < 0):
+            raise MetaError(
+                m.INVALID_ARGUMENT, f"max_price must be a non-negative int, got {max_price!r}"
+            )
+        service = self.book.service(name)
+        if service is None:
+            raise MetaError(m.INVALID_ARGUMENT, f"no service {name!r} is registered")
+        registered = realm.dealer.procedures()
+        listed = []
+        for server, price in self.book.offers(realm.name, service.service_id):
+            if max_price is not None and price > max_price:
+                continue
+            prefix = operator_prefix(service.api, server)
+            stats = self.stats.get((realm.name, service.service_id, server.lower())) or CallStats()
+            listed.append(
+                {
+                    "operator": server,
+                    "price_per_call": price,
+                    "procedure_prefix": prefix,
+                    "online": any(uri.startswith(prefix + ".") for uri in registered),
+                    "success_bps": stats.success_bps,
+                    "calls": stats.calls,
+                    "p50_ms": stats.percentile_ms(0.5),
+                    "p95_ms": stats.percentile_ms(0.95),
+                    "convicted": False,
+                }
+            )
+        listed.sort(key=offer_rank)
+        return {
+            "service": service.api,
+            "service_id": service.service_id,
+            "deterministic": service.deterministic,
+            "offers": listed[:MAX_OFFERS_LISTED],
+        }
