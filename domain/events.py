@@ -741,6 +741,37 @@ INDEXER_EVENTS += MARKET_CHAIN_EVENTS
 CHAIN_WIDE_EVENTS += (ServiceRegistered, ServiceUpdated)
 
 
+#: what a router saw of a market call: a result, an error (the callee's, or the callee left or
+#: was suspended), or no answer within the call's timeout
+CALL_OUTCOMES = ("result", "error", "timeout")
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class CallAssessed(Event):
+    """A market call routed by `router` from `client` to `operator` (a call under a registered
+    service's API prefix), judged objectively: its outcome and latency (INVOCATION to answer),
+    and what the client was charged for it (`charged`, base units; 0 when no price applied)
+    under the agreed quote `quote` ("" for none)."""
+
+    TYPE: ClassVar[str] = "CallAssessed"
+    router: str
+    client: str
+    operator: str
+    service_id: str
+    outcome: str
+    latency_ms: int
+    charged: int
+    quote: str
+    block: int
+
+    def __post_init__(self) -> None:
+        if self.outcome not in CALL_OUTCOMES:
+            raise ValueError(f"outcome must be one of {CALL_OUTCOMES}, got {self.outcome!r}")
+        if self.latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+
+
 # -- decoding -------------------------------------------------------------------------------------
 
 #: token amounts exceed 64 bits, so they travel as decimal strings (as JSON-RPC quantities do)
@@ -761,6 +792,7 @@ AMOUNT_FIELDS = frozenset(
         "due",
         "round_id",
         "price_per_call",
+        "charged",
     }
 )
 #: like AMOUNT_FIELDS, but may be negative (a Chainlink answer is an int256)

@@ -226,6 +226,8 @@ QUERY_NAMES = [
     "sources",
     "reorgs",
     "prices",
+    "reputation",
+    "offers",
 ]
 
 
@@ -265,7 +267,9 @@ def query(
     shards: tuple[str, ...],
 ) -> None:
     """Query the ledger: realms | bandwidth | usage | epochs | payouts | dead | sources |
-    reorgs (closed epochs that counted a log a reorg retracted) | prices.
+    reorgs (closed epochs that counted a log a reorg retracted) | prices | reputation (market
+    operators per service: calls, errors, timeouts, decayed success ratio, p50/p95 latency) |
+    offers (the marketplace's standing offers).
 
     Works while the projector runs (through its query endpoint) and without it (from the file).
     With --usd, epochs and payouts carry a USD value, or "stale" when the last price observed

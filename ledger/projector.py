@@ -49,6 +49,7 @@ from domain.events import (
     METER_KINDS,
     PARAM_FIELDS,
     ApiEnabled,
+    CallAssessed,
     ChainHead,
     ChequeIssued,
     ChequeReceived,
@@ -433,6 +434,12 @@ class Projector:
         table, row = market_row(e, record.source, seq)
         self._batch.rows[table].append(row)
 
+    def _call_assessed(self, record: Record, seq: int, e: CallAssessed) -> None:
+        self._batch.rows["call_assessments"].append(
+            (e.realm, e.router, e.client, e.operator, e.service_id, e.outcome, e.latency_ms,
+             e.charged, e.quote, e.block, record.source, seq)
+        )  # fmt: skip
+
     def _keeper_changed(self, record: Record, seq: int, e: KeeperChanged) -> None:
         book = self._realm(e.realm)
         book.keeper = e.keeper
@@ -774,6 +781,7 @@ _HANDLERS: dict[type[Event], Callable[[Projector, Record, int, Any], None]] = {
         if t not in (ChainHead, LogRetracted, PriceObserved)
     },
     **{t: Projector._market for t in MARKET_TABLES},
+    CallAssessed: Projector._call_assessed,
 }
 
 __all__ = ["Projector", "Trust", "Verdict", "Outcome"]

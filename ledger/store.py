@@ -65,6 +65,9 @@ CREATE TABLE IF NOT EXISTS services (service_id VARCHAR, api VARCHAR, publisher 
     log_index BIGINT, source VARCHAR, seq BIGINT);
 CREATE TABLE IF NOT EXISTS offers (realm VARCHAR, server VARCHAR, service_id VARCHAR, price_per_call HUGEINT,
     active BOOLEAN, block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS call_assessments (realm VARCHAR, router VARCHAR, client VARCHAR, operator VARCHAR,
+    service_id VARCHAR, outcome VARCHAR, latency_ms BIGINT, charged HUGEINT, quote VARCHAR, block BIGINT,
+    source VARCHAR, seq BIGINT);
 CREATE TABLE IF NOT EXISTS rewards (realm VARCHAR, server VARCHAR, service_id VARCHAR, active BOOLEAN,
     block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
 """
@@ -123,6 +126,24 @@ FROM (
 ) o JOIN market_services s USING (service_id)
 WHERE o.active;
 
+-- reputation per operator and service in a realm, from the calls routers assessed: a success
+-- ratio whose weights halve every 100 blocks behind the realm's newest assessment (integers, so a
+-- replay gives the same numbers), and p50/p95 latency over every assessed call
+CREATE OR REPLACE VIEW reputation AS
+WITH heads AS (SELECT realm, max(block) AS head FROM call_assessments GROUP BY realm),
+weighted AS (
+    SELECT a.*, (1::HUGEINT << (62 - least(62, (h.head - a.block) // 100))::INTEGER) AS w
+    FROM call_assessments a JOIN heads h USING (realm)
+)
+SELECT realm, operator, service_id, count(*) AS calls,
+    count(*) FILTER (WHERE outcome = 'result') AS results,
+    count(*) FILTER (WHERE outcome = 'error') AS errors,
+    count(*) FILTER (WHERE outcome = 'timeout') AS timeouts,
+    (coalesce(sum(w) FILTER (WHERE outcome = 'result'), 0) * 10000 // sum(w))::BIGINT AS success_bps,
+    quantile_disc(latency_ms, 0.5) AS p50_ms, quantile_disc(latency_ms, 0.95) AS p95_ms,
+    sum(charged) AS charged, max(block) AS last_block
+FROM weighted GROUP BY realm, operator, service_id;
+
 CREATE OR REPLACE VIEW market_rewards AS
 SELECT w.realm, s.api, w.service_id, w.server, w.block
 FROM (
@@ -155,6 +176,7 @@ AUDITED_TABLES = (
     "services",
     "offers",
     "rewards",
+    "call_assessments",
 )
 
 #: columns added since a table was first created (a file of an older version gains them)

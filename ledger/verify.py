@@ -9,6 +9,7 @@ from enum import Enum
 from domain.envelope import ZERO_HASH, Record, RecordError, decode
 from domain.events import (
     INDEXER_EVENTS,
+    CallAssessed,
     ChainHead,
     ChequeIssued,
     ChequeReceived,
@@ -77,6 +78,7 @@ ALLOWED: dict[str, tuple[type[Event], ...]] = {
         ChequeReceived,
         ChequeRejected,
         PeerDisconnected,
+        CallAssessed,
     ),
 }
 

@@ -3,8 +3,9 @@
 
 Each operator serves a service's procedures under its own prefix (`domain.market.operator_prefix`);
 a session may register under another operator's prefix only if it is that operator. The router
-keeps each operator's outcomes of the calls it routed (`CallStats`, bounded) and ranks offers by
-them (`domain.market.offer_rank`).
+keeps each operator's outcomes of the calls it routed (`CallStats`, bounded), ranks offers by
+them (`domain.market.offer_rank`) and records each as a `CallAssessed` event for the ledger's
+`reputation` projection.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from domain.events import (
+    CallAssessed,
     Event,
     OfferSet,
     OfferWithdrawn,
@@ -25,7 +27,9 @@ from domain.events import (
 )
 from domain.market import OPERATOR_MARK, UNKNOWN_SUCCESS_BPS, offer_rank, operator_prefix
 from router_core import messages as m
+from router_core.chain_clock import ChainClock
 from router_core.dealer import MetaError, PendingCall
+from router_core.metering import UsageSink
 from router_core.session import Session
 
 OFFERS_PROCEDURE = "mesh.market.offers"
@@ -166,8 +170,11 @@ class MarketService:
     """Serves `mesh.market.offers` in every realm of the router and keeps the call statistics
     discovery ranks by."""
 
-    def __init__(self, book: MarketBook) -> None:
+    def __init__(self, book: MarketBook, router: str, sink: UsageSink, clock: ChainClock) -> None:
         self.book = book
+        self.router = router
+        self._sink = sink
+        self._clock = clock
         self.stats: dict[tuple[str, str, str], CallStats] = {}
 
     def attach(self, realm: Any) -> None:
@@ -215,6 +222,21 @@ class MarketService:
         if stats is None:
             stats = self.stats[key] = CallStats()
         stats.record(outcome == "result", latency_ms)
+        # one event per call; the emitter batches a realm's events into records
+        self._sink.emit(
+            CallAssessed(
+                realm=key[0],
+                router=self.router,
+                client=pending.caller.authid,
+                operator=operator,
+                service_id=service.service_id,
+                outcome=outcome,
+                latency_ms=latency_ms,
+                charged=0,
+                quote="",
+                block=self._clock.block,
+            )
+        )
 
     # -- meta procedure ---------------------------------------------------------------------------
     def offers(

@@ -192,7 +192,7 @@ class RouterService:
             limits,
             chain_id=cfg.chain_id,
             watermark_every_blocks=cfg.watermark_every_blocks,
-            market=MarketService(market_book),
+            market=MarketService(market_book, signer.address, sink, clock),
         )
         if self.handoff is not None:
             self.handoff.on_full = self.router.pause_reading

@@ -46,9 +46,17 @@ class MarketWorld:
     operators: list[Key] = field(init=False)
     service: RouterService | None = None
 
+    router: Key = field(init=False)
+
     def __post_init__(self) -> None:
         self.realm = LoggedRealm(self.tmp, self.bootstrap, f"market-{uuid.uuid4().hex[:8]}")
         self.operators = [new_key() for _ in self.prices]
+        # the router's key, written where LoggedRealm's configuration reads it: its provision
+        # stake goes into the log with the rest, so the ledger accepts what it reports
+        self.router = new_key()
+        key_file = self.tmp / "router.key"
+        key_file.write_text("0x" + self.router.private.hex())
+        key_file.chmod(0o600)
 
     @property
     def client(self) -> Key:
@@ -60,6 +68,10 @@ class MarketWorld:
             StakeChanged(name, key.address, "user", REALM_TARGET, 10**18, "0x", 4, i)
             for i, key in enumerate([self.client, *self.operators])
         ]
+        stakes.append(
+            StakeChanged(name, self.router.address, "router_operator", REALM_TARGET, 10**18,
+                         "0x", 4, len(stakes))
+        )  # fmt: skip
         offers = [
             OfferSet(realm=name, server=key.address, service_id=service_id(API),
                      price_per_call=price, **_log(6, i))
