@@ -772,6 +772,27 @@ class CallAssessed(Event):
             raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
 
 
+@register
+@dataclass(frozen=True, slots=True)
+class PriceAgreed(Event):
+    """`client` and `operator` agreed `price_per_call` for the service in the realm until
+    `expiry_block` (EIP-712 `domain.market.Quote`, id = its digest, signed by both); `router`
+    verified and recorded it and charges the client's calls to the operator at that price."""
+
+    TYPE: ClassVar[str] = "PriceAgreed"
+    router: str
+    client: str
+    operator: str
+    service_id: str
+    price_per_call: int
+    expiry_block: int
+    chain_id: int
+    quote_id: str
+    client_signature: str
+    operator_signature: str
+    block: int
+
+
 # -- decoding -------------------------------------------------------------------------------------
 
 #: token amounts exceed 64 bits, so they travel as decimal strings (as JSON-RPC quantities do)

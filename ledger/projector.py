@@ -61,6 +61,7 @@ from domain.events import (
     LogRetracted,
     PayoutsComputed,
     PeerDisconnected,
+    PriceAgreed,
     PriceObserved,
     RealmCreated,
     RealmParams,
@@ -72,7 +73,7 @@ from domain.events import (
     event_to_dict,
     log_identity,
 )
-from domain.market import MARKET_TABLES, market_row
+from domain.market import MARKET_TABLES, Quote, QuoteRefused, check_signatures, market_row
 from domain.stakes import provision_key
 from ledger import store
 from ledger.verify import (
@@ -221,6 +222,8 @@ class Projector:
                 )
             if isinstance(event, PayoutsComputed):
                 self._check_payouts(event)
+            if isinstance(event, PriceAgreed):
+                _check_quote(event)
             if isinstance(event, LogRetracted) and self._find_log(event) is None:
                 raise _Refused(
                     "unknown_log",
@@ -438,6 +441,12 @@ class Projector:
         self._batch.rows["call_assessments"].append(
             (e.realm, e.router, e.client, e.operator, e.service_id, e.outcome, e.latency_ms,
              e.charged, e.quote, e.block, record.source, seq)
+        )  # fmt: skip
+
+    def _price_agreed(self, record: Record, seq: int, e: PriceAgreed) -> None:
+        self._batch.rows["quotes"].append(
+            (e.realm, e.router, e.client, e.operator, e.service_id, e.price_per_call,
+             e.expiry_block, e.quote_id, e.block, record.source, seq)
         )  # fmt: skip
 
     def _keeper_changed(self, record: Record, seq: int, e: KeeperChanged) -> None:
@@ -750,6 +759,18 @@ def payouts_event(
     )
 
 
+def _check_quote(e: PriceAgreed) -> None:
+    """A recorded quote must carry both parties' signatures over exactly its terms."""
+    quote = Quote(e.chain_id, e.service_id, e.realm, e.client, e.operator, e.price_per_call,
+                  e.expiry_block)  # fmt: skip
+    try:
+        check_signatures(quote, e.client_signature, e.operator_signature)
+    except QuoteRefused as exc:
+        raise _Refused("bad_quote", f"quote {e.quote_id}: {exc.detail}") from exc
+    if quote.quote_id != e.quote_id:
+        raise _Refused("bad_quote", f"quote id {e.quote_id} is not its digest {quote.quote_id}")
+
+
 class _Refused(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -782,6 +803,7 @@ _HANDLERS: dict[type[Event], Callable[[Projector, Record, int, Any], None]] = {
     },
     **{t: Projector._market for t in MARKET_TABLES},
     CallAssessed: Projector._call_assessed,
+    PriceAgreed: Projector._price_agreed,
 }
 
 __all__ = ["Projector", "Trust", "Verdict", "Outcome"]

@@ -68,6 +68,9 @@ CREATE TABLE IF NOT EXISTS offers (realm VARCHAR, server VARCHAR, service_id VAR
 CREATE TABLE IF NOT EXISTS call_assessments (realm VARCHAR, router VARCHAR, client VARCHAR, operator VARCHAR,
     service_id VARCHAR, outcome VARCHAR, latency_ms BIGINT, charged HUGEINT, quote VARCHAR, block BIGINT,
     source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS quotes (realm VARCHAR, router VARCHAR, client VARCHAR, operator VARCHAR,
+    service_id VARCHAR, price_per_call HUGEINT, expiry_block BIGINT, quote_id VARCHAR, block BIGINT,
+    source VARCHAR, seq BIGINT);
 CREATE TABLE IF NOT EXISTS rewards (realm VARCHAR, server VARCHAR, service_id VARCHAR, active BOOLEAN,
     block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
 """
@@ -177,6 +180,7 @@ AUDITED_TABLES = (
     "offers",
     "rewards",
     "call_assessments",
+    "quotes",
 )
 
 #: columns added since a table was first created (a file of an older version gains them)

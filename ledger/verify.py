@@ -19,6 +19,7 @@ from domain.events import (
     HandshakeCompleted,
     PayoutsComputed,
     PeerDisconnected,
+    PriceAgreed,
     SettlementConfirmed,
     SettlementSubmitted,
 )
@@ -79,6 +80,7 @@ ALLOWED: dict[str, tuple[type[Event], ...]] = {
         ChequeRejected,
         PeerDisconnected,
         CallAssessed,
+        PriceAgreed,
     ),
 }
 

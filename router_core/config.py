@@ -101,6 +101,8 @@ class RouterConfig:
     #: the router's watermark (ChainHead of block - 1, per realm) at least every N blocks, so an
     #: idle router never holds its realms' epochs open; 0 turns it off
     watermark_every_blocks: int = 10
+    #: the router operator's fee on market calls it clears under agreed quotes (bps of the price)
+    market_fee_bps: int = 0
     swap: SwapConfig = field(default_factory=SwapConfig)
     cashout: CashoutConfig = field(default_factory=CashoutConfig)
 

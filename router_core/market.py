@@ -22,17 +22,30 @@ from domain.events import (
     Event,
     OfferSet,
     OfferWithdrawn,
+    PriceAgreed,
     ServiceRegistered,
     ServiceUpdated,
 )
-from domain.market import OPERATOR_MARK, UNKNOWN_SUCCESS_BPS, offer_rank, operator_prefix
+from domain.market import (
+    OPERATOR_MARK,
+    QUOTE_PROCEDURE_NAME,
+    UNKNOWN_SUCCESS_BPS,
+    Quote,
+    QuoteRefused,
+    check_quote,
+    offer_rank,
+    operator_prefix,
+)
 from router_core import messages as m
 from router_core.chain_clock import ChainClock
 from router_core.dealer import MetaError, PendingCall
 from router_core.metering import UsageSink
 from router_core.session import Session
+from router_core.swap import SwapService
 
 OFFERS_PROCEDURE = "mesh.market.offers"
+QUOTE_PROCEDURE = "mesh.market.quote"
+QUOTE_REFUSED = "mesh.error.quote_refused"
 #: latencies kept per (realm, service, operator) for p50/p95
 LATENCY_WINDOW_CALLS = 256
 #: weight an older outcome keeps at each new one (decayed success ratio)
@@ -170,16 +183,38 @@ class MarketService:
     """Serves `mesh.market.offers` in every realm of the router and keeps the call statistics
     discovery ranks by."""
 
-    def __init__(self, book: MarketBook, router: str, sink: UsageSink, clock: ChainClock) -> None:
+    def __init__(
+        self,
+        book: MarketBook,
+        router: str,
+        sink: UsageSink,
+        clock: ChainClock,
+        *,
+        chain_id: int = 0,
+        swap: SwapService | None = None,
+        fee_bps: int = 0,
+        max_quotes: int = 100_000,
+    ) -> None:
+        if not 0 <= fee_bps <= 10_000:
+            raise ValueError(f"fee_bps must be in [0, 10000], got {fee_bps}")
         self.book = book
         self.router = router
         self._sink = sink
         self._clock = clock
+        self.chain_id = chain_id
+        self.swap = swap
+        #: the router operator's fee on market calls it clears, in bps of the agreed price
+        self.fee_bps = fee_bps
+        #: agreed quotes held at once (expired ones are dropped first; then new ones are refused)
+        self.max_quotes = max_quotes
         self.stats: dict[tuple[str, str, str], CallStats] = {}
+        #: (realm, client, operator, service id), addresses lowercase -> the agreed quote
+        self.quotes: dict[tuple[str, str, str, str], Quote] = {}
 
     def attach(self, realm: Any) -> None:
         """Plug into one realm: its meta procedure and its dealer's market hook."""
         realm.dealer.meta[OFFERS_PROCEDURE] = partial(self.offers, realm)
+        realm.dealer.meta[QUOTE_PROCEDURE] = partial(self.quote, realm)
         realm.dealer.market = self
 
     # -- dealer hooks -----------------------------------------------------------------------------
@@ -203,7 +238,7 @@ class MarketService:
     def call_started(self, pending: PendingCall) -> None:
         """A call under a service's operator prefix is a market call: remember what it is."""
         found = self.book.service_of(pending.uri)
-        if found is None:
+        if found is None or pending.uri.endswith("." + QUOTE_PROCEDURE_NAME):
             return
         service, _ = found
         pending.started = time.monotonic()
@@ -222,6 +257,7 @@ class MarketService:
         if stats is None:
             stats = self.stats[key] = CallStats()
         stats.record(outcome == "result", latency_ms)
+        charged, quote_id = self._charge(pending, key, outcome)
         # one event per call; the emitter batches a realm's events into records
         self._sink.emit(
             CallAssessed(
@@ -232,11 +268,89 @@ class MarketService:
                 service_id=service.service_id,
                 outcome=outcome,
                 latency_ms=latency_ms,
-                charged=0,
-                quote="",
+                charged=charged,
+                quote=quote_id,
                 block=self._clock.block,
             )
         )
+
+    def _charge(
+        self, pending: PendingCall, key: tuple[str, str, str], outcome: str
+    ) -> tuple[int, str]:
+        """An answered call under a live quote is charged at its price through SWAP (only a
+        result is paid for); returns (charged, quote id)."""
+        realm, service_id, operator = key
+        quote = self.quotes.get((realm, pending.caller.authid.lower(), operator, service_id))
+        if quote is None or outcome != "result" or quote.expiry_block < self._clock.block:
+            return 0, ""
+        price = quote.price_per_call
+        fee = price * self.fee_bps // 10_000  # rounds down: the operator never gets less
+        if self.swap is None or not self.swap.settle_call(
+            pending.caller, pending.callee, price, fee
+        ):
+            return 0, quote.quote_id
+        return price, quote.quote_id
+
+    def quote(
+        self, realm: Any, session: Session, args: list[Any], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """`mesh.market.quote(quote, client_signature, operator_signature)`: agree a quote both
+        parties signed (see `domain.market.check_quote`); the caller's later calls of the
+        service at that operator are charged at its price until it expires. Refused with
+        `mesh.error.quote_refused` and a reason; nothing is recorded or charged then."""
+        try:
+            quote = Quote.from_wire(kwargs.get("quote"))
+            if self.swap is None or session.swap is None:
+                raise QuoteRefused("no_swap", "calls are charged through SWAP: log in with it")
+            service = self.book.service(quote.service_id)
+            if service is None:
+                raise QuoteRefused("no_service", f"no service {quote.service_id} is registered")
+            check_quote(
+                quote,
+                kwargs.get("client_signature", ""),
+                kwargs.get("operator_signature", ""),
+                chain_id=self.chain_id,
+                realm=realm.name,
+                client=session.authid,
+                offer_price=self.book.price(realm.name, quote.service_id, quote.operator),
+                block=self._clock.block,
+            )
+            self._hold(quote)
+        except QuoteRefused as exc:
+            raise MetaError(QUOTE_REFUSED, exc.detail, {"reason": exc.reason}) from exc
+        self._sink.emit(
+            PriceAgreed(
+                realm=realm.name,
+                router=self.router,
+                client=quote.client,
+                operator=quote.operator,
+                service_id=quote.service_id,
+                price_per_call=quote.price_per_call,
+                expiry_block=quote.expiry_block,
+                chain_id=quote.chain_id,
+                quote_id=quote.quote_id,
+                client_signature=kwargs["client_signature"],
+                operator_signature=kwargs["operator_signature"],
+                block=self._clock.block,
+            )
+        )
+        return {
+            "quote_id": quote.quote_id,
+            "price_per_call": quote.price_per_call,
+            "expiry_block": quote.expiry_block,
+        }
+
+    def _hold(self, quote: Quote) -> None:
+        key = (quote.realm, quote.client.lower(), quote.operator.lower(), quote.service_id)
+        if key not in self.quotes and len(self.quotes) >= self.max_quotes:
+            block = self._clock.block
+            for old in [k for k, q in self.quotes.items() if q.expiry_block < block]:
+                del self.quotes[old]
+            if len(self.quotes) >= self.max_quotes:
+                raise QuoteRefused(
+                    "quotes_full", f"this router holds {self.max_quotes} live quotes already"
+                )
+        self.quotes[key] = quote
 
     # -- meta procedure ---------------------------------------------------------------------------
     def offers(
@@ -280,6 +394,8 @@ class MarketService:
             )
         listed.sort(key=offer_rank)
         return {
+            "chain_id": self.chain_id,
+            "block": self._clock.block,
             "service": service.api,
             "service_id": service.service_id,
             "deterministic": service.deterministic,

@@ -192,7 +192,15 @@ class RouterService:
             limits,
             chain_id=cfg.chain_id,
             watermark_every_blocks=cfg.watermark_every_blocks,
-            market=MarketService(market_book, signer.address, sink, clock),
+            market=MarketService(
+                market_book,
+                signer.address,
+                sink,
+                clock,
+                chain_id=cfg.chain_id,
+                swap=swap,
+                fee_bps=cfg.market_fee_bps,
+            ),
         )
         if self.handoff is not None:
             self.handoff.on_full = self.router.pause_reading
