@@ -793,6 +793,38 @@ class PriceAgreed(Event):
     block: int
 
 
+@register
+@dataclass(frozen=True, slots=True)
+class ResultMismatch(Event):
+    """A redundant call of a deterministic service: `operator`'s answer to the request
+    `request_digest` (keccak256 of the procedure and its arguments) was judged wrong by the
+    service's verifier (`verifier`: "exact", or the module's hash) among the answers of
+    `compared` (comma-separated addresses)."""
+
+    TYPE: ClassVar[str] = "ResultMismatch"
+    router: str
+    service_id: str
+    request_digest: str
+    operator: str
+    compared: str
+    verifier: str
+    block: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class OperatorConvicted(Event):
+    """`operator` answered the service wrongly `mismatches` times (the router's threshold): the
+    router no longer offers it; the realm's keeper may slash its stake on chain."""
+
+    TYPE: ClassVar[str] = "OperatorConvicted"
+    router: str
+    operator: str
+    service_id: str
+    mismatches: int
+    block: int
+
+
 # -- decoding -------------------------------------------------------------------------------------
 
 #: token amounts exceed 64 bits, so they travel as decimal strings (as JSON-RPC quantities do)

@@ -39,13 +39,13 @@ def market_row(event: Event, source: str, seq: int) -> tuple[str, tuple[Any, ...
     at = (event.block, event.log_index, source, seq)  # type: ignore[attr-defined]
     if isinstance(event, ServiceRegistered):
         return "services", (
-            event.service_id, event.api, event.publisher, event.spec_hash, event.deterministic,
-            event.verifier_hash, event.min_requests, "registered", *at,
+            event.realm, event.service_id, event.api, event.publisher, event.spec_hash,
+            event.deterministic, event.verifier_hash, event.min_requests, "registered", *at,
         )  # fmt: skip
     if isinstance(event, ServiceUpdated):
         return "services", (
-            event.service_id, "", "", event.spec_hash, event.deterministic, event.verifier_hash,
-            event.min_requests, "updated", *at,
+            event.realm, event.service_id, "", "", event.spec_hash, event.deterministic,
+            event.verifier_hash, event.min_requests, "updated", *at,
         )  # fmt: skip
     if isinstance(event, OfferSet | OfferWithdrawn):
         price = event.price_per_call if isinstance(event, OfferSet) else 0
@@ -263,3 +263,18 @@ def check_signatures(quote: Quote, client_signature: str, operator_signature: st
         signer = quote.signer(signature)
         if signer.lower() != party.lower():
             raise QuoteRefused("bad_signature", f"signed by {signer}, expected {party}")
+
+
+# -- verification by redundant calls --------------------------------------------------------------
+
+
+def majority_wrong(answers: list[bytes]) -> list[int] | None:
+    """The default verifier (exact equality): the indices of answers that differ from a strict
+    majority of identical answers; None when no answer has a strict majority (undecided)."""
+    counts: dict[bytes, int] = {}
+    for answer in answers:
+        counts[answer] = counts.get(answer, 0) + 1
+    best, n = max(counts.items(), key=lambda kv: kv[1], default=(b"", 0))
+    if n * 2 <= len(answers):
+        return None
+    return [i for i, answer in enumerate(answers) if answer != best]

@@ -59,6 +59,7 @@ from domain.events import (
     HandshakeCompleted,
     KeeperChanged,
     LogRetracted,
+    OperatorConvicted,
     PayoutsComputed,
     PeerDisconnected,
     PriceAgreed,
@@ -66,6 +67,7 @@ from domain.events import (
     RealmCreated,
     RealmParams,
     RealmParamsChanged,
+    ResultMismatch,
     SettlementConfirmed,
     SettlementSubmitted,
     StakeChanged,
@@ -449,6 +451,17 @@ class Projector:
              e.expiry_block, e.quote_id, e.block, record.source, seq)
         )  # fmt: skip
 
+    def _result_mismatch(self, record: Record, seq: int, e: ResultMismatch) -> None:
+        self._batch.rows["mismatches"].append(
+            (e.realm, e.router, e.service_id, e.request_digest, e.operator, e.compared,
+             e.verifier, e.block, record.source, seq)
+        )  # fmt: skip
+
+    def _operator_convicted(self, record: Record, seq: int, e: OperatorConvicted) -> None:
+        self._batch.rows["convictions"].append(
+            (e.realm, e.router, e.operator, e.service_id, e.mismatches, e.block, record.source, seq)
+        )
+
     def _keeper_changed(self, record: Record, seq: int, e: KeeperChanged) -> None:
         book = self._realm(e.realm)
         book.keeper = e.keeper
@@ -804,6 +817,8 @@ _HANDLERS: dict[type[Event], Callable[[Projector, Record, int, Any], None]] = {
     **{t: Projector._market for t in MARKET_TABLES},
     CallAssessed: Projector._call_assessed,
     PriceAgreed: Projector._price_agreed,
+    ResultMismatch: Projector._result_mismatch,
+    OperatorConvicted: Projector._operator_convicted,
 }
 
 __all__ = ["Projector", "Trust", "Verdict", "Outcome"]

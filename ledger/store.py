@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS shard_realms (realm VARCHAR PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS shard_partitions (part INTEGER PRIMARY KEY, partitions INTEGER);
 CREATE TABLE IF NOT EXISTS reorg_flags (realm VARCHAR, epoch BIGINT, chain_id BIGINT, block_hash VARCHAR,
     log_index BIGINT, retracted VARCHAR, block BIGINT, source VARCHAR, seq BIGINT);
-CREATE TABLE IF NOT EXISTS services (service_id VARCHAR, api VARCHAR, publisher VARCHAR, spec_hash VARCHAR,
+CREATE TABLE IF NOT EXISTS services (realm VARCHAR, service_id VARCHAR, api VARCHAR, publisher VARCHAR, spec_hash VARCHAR,
     deterministic BOOLEAN, verifier_hash VARCHAR, min_requests INTEGER, change VARCHAR, block BIGINT,
     log_index BIGINT, source VARCHAR, seq BIGINT);
 CREATE TABLE IF NOT EXISTS offers (realm VARCHAR, server VARCHAR, service_id VARCHAR, price_per_call HUGEINT,
@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS call_assessments (realm VARCHAR, router VARCHAR, clie
 CREATE TABLE IF NOT EXISTS quotes (realm VARCHAR, router VARCHAR, client VARCHAR, operator VARCHAR,
     service_id VARCHAR, price_per_call HUGEINT, expiry_block BIGINT, quote_id VARCHAR, block BIGINT,
     source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS mismatches (realm VARCHAR, router VARCHAR, service_id VARCHAR, request_digest VARCHAR,
+    operator VARCHAR, compared VARCHAR, verifier VARCHAR, block BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS convictions (realm VARCHAR, router VARCHAR, operator VARCHAR, service_id VARCHAR,
+    mismatches BIGINT, block BIGINT, source VARCHAR, seq BIGINT);
 CREATE TABLE IF NOT EXISTS rewards (realm VARCHAR, server VARCHAR, service_id VARCHAR, active BOOLEAN,
     block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
 """
@@ -137,15 +141,30 @@ WITH heads AS (SELECT realm, max(block) AS head FROM call_assessments GROUP BY r
 weighted AS (
     SELECT a.*, (1::HUGEINT << (62 - least(62, (h.head - a.block) // 100))::INTEGER) AS w
     FROM call_assessments a JOIN heads h USING (realm)
+), assessed AS (
+    SELECT realm, operator, service_id, count(*) AS calls,
+        count(*) FILTER (WHERE outcome = 'result') AS results,
+        count(*) FILTER (WHERE outcome = 'error') AS errors,
+        count(*) FILTER (WHERE outcome = 'timeout') AS timeouts,
+        (coalesce(sum(w) FILTER (WHERE outcome = 'result'), 0) * 10000 // sum(w))::BIGINT AS success_bps,
+        quantile_disc(latency_ms, 0.5) AS p50_ms, quantile_disc(latency_ms, 0.95) AS p95_ms,
+        sum(charged) AS charged, max(block) AS last_block
+    FROM weighted GROUP BY realm, operator, service_id
+), judged AS (
+    SELECT realm, operator, service_id, count(*) AS mismatches, 0 AS convictions FROM mismatches GROUP BY ALL
+    UNION ALL
+    SELECT realm, operator, service_id, 0, count(*) FROM convictions GROUP BY ALL
+), verdicts AS (
+    SELECT realm, operator, service_id, sum(mismatches)::BIGINT AS mismatches,
+        sum(convictions)::BIGINT AS convictions
+    FROM judged GROUP BY ALL
 )
-SELECT realm, operator, service_id, count(*) AS calls,
-    count(*) FILTER (WHERE outcome = 'result') AS results,
-    count(*) FILTER (WHERE outcome = 'error') AS errors,
-    count(*) FILTER (WHERE outcome = 'timeout') AS timeouts,
-    (coalesce(sum(w) FILTER (WHERE outcome = 'result'), 0) * 10000 // sum(w))::BIGINT AS success_bps,
-    quantile_disc(latency_ms, 0.5) AS p50_ms, quantile_disc(latency_ms, 0.95) AS p95_ms,
-    sum(charged) AS charged, max(block) AS last_block
-FROM weighted GROUP BY realm, operator, service_id;
+-- a conviction cuts the success ratio to zero
+SELECT a.realm, a.operator, a.service_id, a.calls, a.results, a.errors, a.timeouts,
+    CASE WHEN coalesce(v.convictions, 0) > 0 THEN 0 ELSE a.success_bps END AS success_bps,
+    a.p50_ms, a.p95_ms, a.charged, coalesce(v.mismatches, 0) AS mismatches,
+    coalesce(v.convictions, 0) AS convictions, a.last_block
+FROM assessed a LEFT JOIN verdicts v USING (realm, operator, service_id);
 
 CREATE OR REPLACE VIEW market_rewards AS
 SELECT w.realm, s.api, w.service_id, w.server, w.block
@@ -181,6 +200,8 @@ AUDITED_TABLES = (
     "rewards",
     "call_assessments",
     "quotes",
+    "mismatches",
+    "convictions",
 )
 
 #: columns added since a table was first created (a file of an older version gains them)

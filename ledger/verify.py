@@ -17,9 +17,11 @@ from domain.events import (
     EpochClosed,
     Event,
     HandshakeCompleted,
+    OperatorConvicted,
     PayoutsComputed,
     PeerDisconnected,
     PriceAgreed,
+    ResultMismatch,
     SettlementConfirmed,
     SettlementSubmitted,
 )
@@ -81,6 +83,8 @@ ALLOWED: dict[str, tuple[type[Event], ...]] = {
         PeerDisconnected,
         CallAssessed,
         PriceAgreed,
+        ResultMismatch,
+        OperatorConvicted,
     ),
 }
 

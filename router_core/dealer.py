@@ -46,7 +46,7 @@ class MarketHooks(Protocol):
 
     def may_register(self, session: Session, uri: str) -> str | None: ...
 
-    def call_started(self, pending: PendingCall) -> None: ...
+    def call_started(self, pending: PendingCall, payload: list[Any]) -> None: ...
 
     def call_ended(self, pending: PendingCall, outcome: str) -> None: ...
 
@@ -61,7 +61,9 @@ class Registration:
 
 
 class PendingCall:
-    __slots__ = ("invocation", "caller", "request", "callee", "uri", "timer", "started", "market")
+    __slots__ = (
+        "invocation", "caller", "request", "callee", "uri", "timer", "started", "market", "result",
+    )  # fmt: skip
 
     def __init__(
         self, invocation: int, caller: Session, request: int, callee: Session, uri: str
@@ -76,6 +78,8 @@ class PendingCall:
         #: market call); set by the market hook only
         self.started = 0.0
         self.market: Any = None
+        #: a market call's result payload (args, kwargs), kept for its verification
+        self.result: list[Any] = []
 
 
 class Dealer:
@@ -194,7 +198,7 @@ class Dealer:
         if timeout_s > 0:
             pending.timer = self._loop.call_later(timeout_s, self._timed_out, invocation)
         if self.market is not None:
-            self.market.call_started(pending)
+            self.market.call_started(pending, msg[4:])
         callee.send_frame(frame)
         self._routed("invocation", caller, callee, uri, len(frame))
 
@@ -256,6 +260,8 @@ class Dealer:
             return  # late (timed out, canceled, caller gone): ignored, as the spec allows
         progress = msg[2].get("progress") is True
         if not progress:
+            if pending.market is not None:
+                pending.result = msg[3:]
             self._finish(pending, "result")
         caller = pending.caller
         frame = self._reply(

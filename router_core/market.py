@@ -39,6 +39,7 @@ from domain.market import (
 from router_core import messages as m
 from router_core.chain_clock import ChainClock
 from router_core.dealer import MetaError, PendingCall
+from router_core.market_verify import Check, Verification
 from router_core.metering import UsageSink
 from router_core.session import Session
 from router_core.swap import SwapService
@@ -97,6 +98,14 @@ class CallStats:
             return 0
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass(frozen=True, slots=True)
+class _MarketCall:
+    """What the marketplace keeps of a routed market call (`PendingCall.market`)."""
+
+    service: Service
+    check: Check | None
 
 
 class MarketBook:
@@ -194,6 +203,7 @@ class MarketService:
         swap: SwapService | None = None,
         fee_bps: int = 0,
         max_quotes: int = 100_000,
+        verification: Verification | None = None,
     ) -> None:
         if not 0 <= fee_bps <= 10_000:
             raise ValueError(f"fee_bps must be in [0, 10000], got {fee_bps}")
@@ -207,6 +217,7 @@ class MarketService:
         self.fee_bps = fee_bps
         #: agreed quotes held at once (expired ones are dropped first; then new ones are refused)
         self.max_quotes = max_quotes
+        self.verification = verification
         self.stats: dict[tuple[str, str, str], CallStats] = {}
         #: (realm, client, operator, service id), addresses lowercase -> the agreed quote
         self.quotes: dict[tuple[str, str, str, str], Quote] = {}
@@ -235,20 +246,39 @@ class MarketService:
             )
         return None
 
-    def call_started(self, pending: PendingCall) -> None:
+    def call_started(self, pending: PendingCall, payload: list[Any]) -> None:
         """A call under a service's operator prefix is a market call: remember what it is."""
         found = self.book.service_of(pending.uri)
         if found is None or pending.uri.endswith("." + QUOTE_PROCEDURE_NAME):
             return
         service, _ = found
         pending.started = time.monotonic()
-        pending.market = service
+        check = None
+        realm = pending.caller.realm
+        verify = self.verification
+        own = operator_prefix(service.api, pending.callee.authid) + "."
+        if (
+            service.deterministic
+            and verify is not None
+            and realm is not None
+            and not verify.is_router(pending.caller)
+            and pending.uri.startswith(own)
+        ):
+            check = verify.start(
+                realm, service, pending.callee.authid, pending.uri[len(own) :], payload,
+                self.book.offers(realm.name, service.service_id),
+            )  # fmt: skip
+        pending.market = _MarketCall(service, check)
 
     def call_ended(self, pending: PendingCall, outcome: str) -> None:
         """Record a market call's outcome (a caller's cancel says nothing of the operator)."""
         if outcome == "canceled":
             return
-        service: Service = pending.market
+        call: _MarketCall = pending.market
+        service = call.service
+        if call.check is not None and self.verification is not None:
+            answer = pending.result if outcome == "result" else None
+            self.verification.answered(call.check, pending.callee.authid, answer)
         latency_ms = int((time.monotonic() - pending.started) * 1000)
         realm = pending.caller.realm
         operator = pending.callee.authid
@@ -389,7 +419,8 @@ class MarketService:
                     "calls": stats.calls,
                     "p50_ms": stats.percentile_ms(0.5),
                     "p95_ms": stats.percentile_ms(0.95),
-                    "convicted": False,
+                    "convicted": self.verification is not None
+                    and self.verification.is_convicted(realm.name, service.service_id, server),
                 }
             )
         listed.sort(key=offer_rank)

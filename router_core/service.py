@@ -18,6 +18,7 @@ from router_core.config import RouterConfig
 from router_core.handoff import LedgerHandoff
 from router_core.ledger_follower import LedgerFollower
 from router_core.market import MarketBook, MarketService
+from router_core.market_verify import Verification
 from router_core.meter_child import ChildDrain, ChildSpec
 from router_core.metering import NullSink, UsageSink
 from router_core.prices import PriceBook
@@ -200,6 +201,17 @@ class RouterService:
                 chain_id=cfg.chain_id,
                 swap=swap,
                 fee_bps=cfg.market_fee_bps,
+                verification=Verification(
+                    signer.address,
+                    sink,
+                    clock,
+                    every_calls=cfg.market_verify_every_calls,
+                    conviction_mismatches=cfg.market_conviction_mismatches,
+                    call_timeout_ms=cfg.call_timeout_ms,
+                    verifiers_dir=(
+                        Path(cfg.market_verifiers_dir) if cfg.market_verifiers_dir else None
+                    ),
+                ),
             ),
         )
         if self.handoff is not None:
@@ -229,6 +241,9 @@ class RouterService:
                 await task
         if self.router is not None:
             await self.router.stop()
+            market = self.router.market
+            if market is not None and market.verification is not None:
+                market.verification.close()
         if isinstance(self.clock, Web3HeadPoller):
             await self.clock.stop()
         if self.follower is not None:

@@ -42,6 +42,8 @@ class MarketWorld:
     bootstrap: str
     prices: list[int]
     deterministic: bool = False
+    min_requests: int = 2
+    verifier_hash: str = ZERO_HASH
     realm: LoggedRealm = field(init=False)
     operators: list[Key] = field(init=False)
     service: RouterService | None = None
@@ -83,7 +85,8 @@ class MarketWorld:
             ServiceRegistered(
                 realm="", service_id=service_id(API), publisher=self.operators[0].address,
                 api=API, spec_hash=ZERO_HASH, deterministic=self.deterministic,
-                verifier_hash=ZERO_HASH, min_requests=2 if self.deterministic else 0, **_log(5, 0),
+                verifier_hash=self.verifier_hash,
+                min_requests=self.min_requests if self.deterministic else 0, **_log(5, 0),
             ),
             *offers,
             ChainHead(name, self.realm.chain_id, 7),
