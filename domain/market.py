@@ -79,11 +79,13 @@ def operator_prefix(api: str, operator: str) -> str:
 
 def offer_rank(offer: dict[str, Any]) -> tuple[Any, ...]:
     """Sort key of an offer (best first): not convicted, online, success ratio (in buckets of
-    `REPUTATION_BUCKET_BPS`, higher first), price, p95 latency, then the address (a total order)."""
+    `REPUTATION_BUCKET_BPS`, higher first), reciprocal with the asker ("if you run my service I
+    will run yours"), price, p95 latency, then the address (a total order)."""
     return (
         bool(offer["convicted"]),
         not offer["online"],
         -(int(offer["success_bps"]) // REPUTATION_BUCKET_BPS),
+        not offer.get("reciprocal", False),
         int(offer["price_per_call"]),
         int(offer["p95_ms"]),
         str(offer["operator"]).lower(),

@@ -228,6 +228,7 @@ QUERY_NAMES = [
     "prices",
     "reputation",
     "offers",
+    "reciprocity",
 ]
 
 
@@ -269,7 +270,8 @@ def query(
     """Query the ledger: realms | bandwidth | usage | epochs | payouts | dead | sources |
     reorgs (closed epochs that counted a log a reorg retracted) | prices | reputation (market
     operators per service: calls, errors, timeouts, decayed success ratio, p50/p95 latency) |
-    offers (the marketplace's standing offers).
+    offers (the marketplace's standing offers) | reciprocity (pairs of servers: calls each
+    answered of the services the other rewards).
 
     Works while the projector runs (through its query endpoint) and without it (from the file).
     With --usd, epochs and payouts carry a USD value, or "stale" when the last price observed

@@ -71,6 +71,11 @@ QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
         " ORDER BY realm, service_id, success_bps DESC, operator",
         ("realm",),
     ),
+    "reciprocity": (
+        "SELECT * FROM reciprocity WHERE realm = coalesce($realm, realm)"
+        " ORDER BY realm, server_a, server_b",
+        ("realm",),
+    ),
     "offers": (
         "SELECT * FROM market_offers WHERE realm = coalesce($realm, realm)"
         " ORDER BY realm, api, price_per_call, server",

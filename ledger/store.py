@@ -172,6 +172,29 @@ FROM (
     SELECT * FROM rewards QUALIFY row_number() OVER (PARTITION BY realm, server, service_id ORDER BY block DESC, log_index DESC) = 1
 ) w JOIN market_services s USING (service_id)
 WHERE w.active;
+
+-- reciprocity per pair of servers in a realm ("if you run my service I will run yours"): the calls
+-- each answered (results, as routers assessed them) of the services the other rewards now
+CREATE OR REPLACE VIEW reciprocity AS
+WITH served AS (
+    SELECT realm, operator, service_id, count(*) AS results FROM call_assessments
+    WHERE outcome = 'result' GROUP BY ALL
+), for_rewarder AS (
+    SELECT w.realm, w.server AS rewarder, s.operator AS server, sum(s.results)::BIGINT AS results
+    FROM market_rewards w JOIN served s
+      ON s.realm = w.realm AND s.service_id = w.service_id AND lower(s.operator) <> lower(w.server)
+    GROUP BY ALL
+), pairs AS (
+    SELECT realm, rewarder AS a, server AS b FROM for_rewarder
+    UNION SELECT realm, server, rewarder FROM for_rewarder
+)
+SELECT p.realm, p.a AS server_a, p.b AS server_b,
+    coalesce(x.results, 0) AS b_served_for_a, coalesce(y.results, 0) AS a_served_for_b,
+    coalesce(x.results, 0) > 0 AND coalesce(y.results, 0) > 0 AS reciprocal
+FROM pairs p
+LEFT JOIN for_rewarder x ON x.realm = p.realm AND x.rewarder = p.a AND x.server = p.b
+LEFT JOIN for_rewarder y ON y.realm = p.realm AND y.rewarder = p.b AND y.server = p.a
+WHERE lower(p.a) < lower(p.b);
 """
 
 #: tables an audit compares (everything but bookkeeping of this one consumer's offsets)

@@ -44,6 +44,7 @@ class Offer:
     price_per_call: int
     procedure_prefix: str
     online: bool
+    reciprocal: bool
     success_bps: int
     calls: int
     p50_ms: int

@@ -23,6 +23,8 @@ from domain.events import (
     OfferSet,
     OfferWithdrawn,
     PriceAgreed,
+    RewardSet,
+    RewardWithdrawn,
     ServiceRegistered,
     ServiceUpdated,
 )
@@ -64,11 +66,14 @@ class Service:
     min_requests: int
 
 
-@dataclass(slots=True)
-class _Offer:
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """The latest change of one offer or reward (by its chain position)."""
+
+    position: tuple[int, int]  # (block, log_index)
+    active: bool
     server: str
-    price_per_call: int
-    position: tuple[int, int]  # (block, log_index) of the change that set it
+    price_per_call: int = 0
 
 
 @dataclass
@@ -79,12 +84,15 @@ class CallStats:
     ok: float = 0.0
     weight: float = 0.0
     calls: int = 0
+    #: calls answered with a result (what reciprocity counts)
+    results: int = 0
     latencies_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW_CALLS))
 
     def record(self, success: bool, latency_ms: int) -> None:
         self.ok = self.ok * SUCCESS_DECAY + (1.0 if success else 0.0)
         self.weight = self.weight * SUCCESS_DECAY + 1.0
         self.calls += 1
+        self.results += success
         self.latencies_ms.append(latency_ms)
 
     @property
@@ -117,8 +125,8 @@ class MarketBook:
         self._lock = threading.Lock()
         self._services: dict[str, Service] = {}
         self._by_api: dict[str, str] = {}
-        self._offers: dict[tuple[str, str], dict[str, _Offer]] = {}
-        self._withdrawn: dict[tuple[str, str, str], tuple[int, int]] = {}
+        #: ("offer" | "reward", realm, service id, server lowercase) -> its latest change
+        self._entries: dict[tuple[str, str, str, str], _Entry] = {}
 
     def apply(self, event: Event) -> bool:
         """Apply one event of a trusted source; True if it was one of the market's."""
@@ -138,26 +146,17 @@ class MarketBook:
                         event.min_requests,
                     )  # fmt: skip
                 return True
-            if isinstance(event, OfferSet | OfferWithdrawn):
-                self._offer_change(event)
+            if isinstance(event, OfferSet | OfferWithdrawn | RewardSet | RewardWithdrawn):
+                kind = "offer" if isinstance(event, OfferSet | OfferWithdrawn) else "reward"
+                key = (kind, event.realm, event.service_id, event.server.lower())
+                position = (event.block, event.log_index)
+                held = self._entries.get(key)
+                if held is None or held.position <= position:  # chain order, however read
+                    price = event.price_per_call if isinstance(event, OfferSet) else 0
+                    active = isinstance(event, OfferSet | RewardSet)
+                    self._entries[key] = _Entry(position, active, event.server, price)
                 return True
         return False
-
-    def _offer_change(self, event: OfferSet | OfferWithdrawn) -> None:
-        position = (event.block, event.log_index)
-        key = event.server.lower()
-        offers = self._offers.setdefault((event.realm, event.service_id), {})
-        held = offers.get(key)
-        withdrawn = self._withdrawn.get((event.realm, event.service_id, key))
-        latest = max(held.position if held else (-1, -1), withdrawn or (-1, -1))
-        if position < latest:
-            return
-        if isinstance(event, OfferSet):
-            offers[key] = _Offer(event.server, event.price_per_call, position)
-            self._withdrawn.pop((event.realm, event.service_id, key), None)
-        else:
-            offers.pop(key, None)
-            self._withdrawn[(event.realm, event.service_id, key)] = position
 
     def service(self, name: str) -> Service | None:
         """A service by its API prefix or its id."""
@@ -168,13 +167,26 @@ class MarketBook:
     def offers(self, realm: str, service_id: str) -> list[tuple[str, int]]:
         """(server, price per call) of the service's standing offers in the realm."""
         with self._lock:
-            found = self._offers.get((realm, service_id), {})
-            return [(o.server, o.price_per_call) for o in found.values()]
+            return [
+                (e.server, e.price_per_call)
+                for (kind, r, sid, _), e in self._entries.items()
+                if kind == "offer" and r == realm and sid == service_id and e.active
+            ]
 
     def price(self, realm: str, service_id: str, server: str) -> int | None:
         with self._lock:
-            offer = self._offers.get((realm, service_id), {}).get(server.lower())
-            return None if offer is None else offer.price_per_call
+            entry = self._entries.get(("offer", realm, service_id, server.lower()))
+            return entry.price_per_call if entry is not None and entry.active else None
+
+    def rewarded(self, realm: str, server: str) -> set[str]:
+        """The service ids `server` rewards in the realm."""
+        server = server.lower()
+        with self._lock:
+            return {
+                sid
+                for (kind, r, sid, who), e in self._entries.items()
+                if kind == "reward" and r == realm and who == server and e.active
+            }
 
     def service_of(self, uri: str) -> tuple[Service, str] | None:
         """The service whose API prefix `uri` falls under (the longest), and the operator
@@ -304,6 +316,15 @@ class MarketService:
             )
         )
 
+    def _served(self, realm: str, server: str, services: set[str]) -> int:
+        """Results `server` answered, through this router, of `services` in the realm."""
+        server = server.lower()
+        return sum(
+            stats.results
+            for (r, sid, operator), stats in self.stats.items()
+            if r == realm and operator == server and sid in services
+        )
+
     def _charge(
         self, pending: PendingCall, key: tuple[str, str, str], outcome: str
     ) -> tuple[int, str]:
@@ -403,6 +424,8 @@ class MarketService:
         if service is None:
             raise MetaError(m.INVALID_ARGUMENT, f"no service {name!r} is registered")
         registered = realm.dealer.procedures()
+        caller = session.authid
+        rewarded_by_caller = self.book.rewarded(realm.name, caller)
         listed = []
         for server, price in self.book.offers(realm.name, service.service_id):
             if max_price is not None and price > max_price:
@@ -415,6 +438,10 @@ class MarketService:
                     "price_per_call": price,
                     "procedure_prefix": prefix,
                     "online": any(uri.startswith(prefix + ".") for uri in registered),
+                    "reciprocal": server.lower() != caller.lower()
+                    and self._served(realm.name, server, rewarded_by_caller) > 0
+                    and self._served(realm.name, caller, self.book.rewarded(realm.name, server))
+                    > 0,
                     "success_bps": stats.success_bps,
                     "calls": stats.calls,
                     "p50_ms": stats.percentile_ms(0.5),

@@ -14,6 +14,7 @@ from router_harness import TOKEN, Key, new_key
 from domain.events import (
     REALM_TARGET,
     ChainHead,
+    Event,
     OfferSet,
     RealmCreated,
     RealmParams,
@@ -28,7 +29,7 @@ API = "com.example.calc"
 PARAMS = RealmParams(stake_per_mpb=10**15, price_per_message=10**12)
 
 
-def _log(block: int, index: int) -> dict[str, Any]:
+def chain_log(block: int, index: int) -> dict[str, Any]:
     return {"chain_id": 31337, "block": block, "block_hash": f"0x{block:064x}",
             "log_index": index, "tx_hash": "0x"}  # fmt: skip
 
@@ -44,6 +45,9 @@ class MarketWorld:
     deterministic: bool = False
     min_requests: int = 2
     verifier_hash: str = ZERO_HASH
+    #: more keys holding reservations, and more events for the log (other services, rewards)
+    extra_keys: list[Key] = field(default_factory=list)
+    extra_events: list[Event] = field(default_factory=list)
     realm: LoggedRealm = field(init=False)
     operators: list[Key] = field(init=False)
     service: RouterService | None = None
@@ -68,7 +72,7 @@ class MarketWorld:
         name = self.realm.realm
         stakes = [
             StakeChanged(name, key.address, "user", REALM_TARGET, 10**18, "0x", 4, i)
-            for i, key in enumerate([self.client, *self.operators])
+            for i, key in enumerate([self.client, *self.operators, *self.extra_keys])
         ]
         stakes.append(
             StakeChanged(name, self.router.address, "router_operator", REALM_TARGET, 10**18,
@@ -76,7 +80,7 @@ class MarketWorld:
         )  # fmt: skip
         offers = [
             OfferSet(realm=name, server=key.address, service_id=service_id(API),
-                     price_per_call=price, **_log(6, i))
+                     price_per_call=price, **chain_log(6, i))
             for i, (key, price) in enumerate(zip(self.operators, self.prices, strict=True))
         ]  # fmt: skip
         self.realm.publish(
@@ -86,9 +90,10 @@ class MarketWorld:
                 realm="", service_id=service_id(API), publisher=self.operators[0].address,
                 api=API, spec_hash=ZERO_HASH, deterministic=self.deterministic,
                 verifier_hash=self.verifier_hash,
-                min_requests=self.min_requests if self.deterministic else 0, **_log(5, 0),
+                min_requests=self.min_requests if self.deterministic else 0, **chain_log(5, 0),
             ),
             *offers,
+            *self.extra_events,
             ChainHead(name, self.realm.chain_id, 7),
         )  # fmt: skip
 
