@@ -160,3 +160,46 @@ def test_a_registry_event_with_a_non_boolean_flag_is_refused_on_decoding() -> No
     with pytest.raises(EventDecodeError) as err:
         event_from_dict({**data, "deterministic": 1})
     assert err.value.reason == "schema" and "deterministic must be a bool" in err.value.detail
+
+
+def test_a_retracted_offer_change_is_undone_in_the_projection(
+    fresh_broker: Broker, tmp_path: Path
+) -> None:
+    """A reorg retracts the log that changed an offer's price: its row goes and the view shows
+    the price before it again (the indexer's LogRetracted, through the real projector)."""
+    from realm_log import publish
+    from router_harness import new_key
+
+    from domain.envelope import Signer
+    from domain.events import ChainHead, LogRetracted, RealmCreated, RealmParams
+
+    indexer = Signer(new_key().private)
+    server = new_key().address
+    sid = service_id("com.example.calc")
+
+    def at(block: int) -> dict[str, object]:
+        return {"chain_id": 1, "block": block, "block_hash": f"0x{block:064x}", "log_index": 0,
+                "tx_hash": "0x"}  # fmt: skip
+
+    publish(
+        fresh_broker.bootstrap, tmp_path / "spool", indexer,
+        RealmCreated("r", "0x" + "4b" * 20, RealmParams(), 1),
+        ServiceRegistered(realm="", service_id=sid, publisher=server, api="com.example.calc",
+                          spec_hash=SPEC, deterministic=False, verifier_hash="0x" + "00" * 32,
+                          min_requests=0, **at(2)),
+        OfferSet(realm="r", server=server, service_id=sid, price_per_call=5, **at(3)),
+        OfferSet(realm="r", server=server, service_id=sid, price_per_call=7, **at(4)),
+        ChainHead("r", 1, 4),
+    )  # fmt: skip
+    # a later chunk of the indexer: the block of the second change was reorganized away
+    publish(
+        fresh_broker.bootstrap, tmp_path / "spool", indexer,
+        LogRetracted(realm="r", chain_id=1, block=4, block_hash=f"0x{4:064x}", log_index=0,
+                     retracted="OfferSet"),
+        ChainHead("r", 1, 5),
+    )  # fmt: skip
+    service = project(fresh_broker, tmp_path / "ledger.duckdb", [indexer.address])
+    assert rows(service, "SELECT reason, records FROM rejected") == []
+    assert rows(service, "SELECT server, price_per_call FROM market_offers") == [(server, 5)]
+    assert rows(service, "SELECT price_per_call FROM offers") == [(5,)]
+    service.close()
