@@ -99,10 +99,17 @@ def test_peer_pays_several_cumulative_cheques_automatically(paying: Harness) -> 
             return [e for e in harness.sink.of_type(ChequeReceived) if e.peer == key.address]
 
         for sent in (15, 35):  # past the payment threshold twice: at least two cheques
+            before = len(cheques())
             await publish_n(payer, sent - len(got))
+            # charges may reach the account a moment after the delivery: wait for the cheque
             await until(
-                lambda n=sent: len(got) == n and swap.debt(REALM, key.address) < 10 * PRICE,
-                "every message delivered and the debt paid down below the payment threshold",
+                lambda n=sent, b=before: (
+                    len(got) == n
+                    and len(cheques()) > b
+                    and swap.debt(REALM, key.address) < 10 * PRICE
+                ),
+                "every message delivered, a cheque received and the debt paid down below the"
+                " payment threshold",
             )
         received = cheques()
         assert len(received) >= 2
