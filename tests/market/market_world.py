@@ -106,9 +106,13 @@ class MarketWorld:
         router = await self.service.start()
         return router.port
 
-    async def connect(self, key: Key) -> MeshSession:
+    async def connect(self, key: Key, offer: SwapOffer | None = None) -> MeshSession:
+        """Log `key` in with SWAP (`offer`, else a made-up chequebook a chainless router never
+        needs to read)."""
         assert self.service is not None and self.service.router is not None
-        offer = SwapOffer("0x" + key.address[2:][::-1], self.realm.chain_id, TOKEN, 10**18, 10**13)
+        offer = offer or SwapOffer(
+            "0x" + key.address[2:][::-1], self.realm.chain_id, TOKEN, 10**18, 10**13
+        )
         return await connect(
             f"ws://127.0.0.1:{self.service.router.port}/ws", self.realm.realm, key.private,
             swap=offer,

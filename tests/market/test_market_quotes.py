@@ -13,44 +13,60 @@ from typing import Any
 import pytest
 from autobahn.wamp.exception import ApplicationError
 from market_world import API, MarketWorld
-from router_harness import new_key, run
+from router_harness import Chain, Key, chequebook_of, new_key, run, until
 from test_indexer_projection import project, rows
 
-from domain.events import PriceAgreed
+from domain.events import ChainHead, PriceAgreed
 from domain.market import Quote
 from infra.broker import Broker
 from ledger.projector import _check_quote, _Refused
 from market.client import QuoteDesk, find_service, negotiate, serve
 from market.registry import service_id
+from router_core.client import SwapOffer
+from router_core.config import SwapConfig
 
 pytestmark = pytest.mark.integration
 
 MSG = 10**12  # the realm's price per message (market_world.PARAMS)
-OFFER = 3 * 10**15
-FLOOR = 2 * 10**15
+PAYMENT_THRESHOLD = 10**18
+# five calls at the agreed price pass the payment threshold: the client pays a cheque
+OFFER = 45 * 10**16
+FLOOR = 30 * 10**16
 FEE_BPS = 1_000
 CALLS = 5
 
 
 def test_negotiated_price_is_charged_through_swap_and_bad_quotes_charge_nothing(
-    tmp_path: Path, fresh_broker: Broker
+    tmp_path: Path, fresh_broker: Broker, chain: Chain
 ) -> None:
     world = MarketWorld(tmp_path, fresh_broker.bootstrap, prices=[OFFER, OFFER])
     operator, other = world.operators
     client = world.client
 
+    def swap_offer(key: Key, chequebook: str) -> SwapOffer:
+        return SwapOffer(chequebook, chain.chain_id, chain.token.address, PAYMENT_THRESHOLD, MSG)
+
+    # the log's stakes and offers are at blocks up to 7: the chain is past them
+    chain.w3.provider.make_request("anvil_mine", [hex(10)])  # type: ignore[arg-type]
+
     async def body() -> None:
-        await world.start(market_fee_bps=FEE_BPS)
+        # the router reads the chain: its blocks, and the client's chequebook for its cheques
+        await world.start(
+            market_fee_bps=FEE_BPS, chain_rpc_url=chain.url, chain_id=chain.chain_id,
+            chain_poll_ms=200,
+            swap=SwapConfig(token=chain.token.address, payment_threshold=PAYMENT_THRESHOLD,
+                            disconnect_threshold=2 * PAYMENT_THRESHOLD),
+        )  # fmt: skip
         assert world.service is not None and world.service.router is not None
         swap = world.service.router.swap
         assert swap is not None
         realm = world.realm.realm
         try:
-            op = await world.connect(operator)
+            op = await world.connect(operator, swap_offer(operator, chequebook_of(operator)))
             await serve(
                 op, API, {"add": lambda a, b: a + b}, desk=QuoteDesk(operator.private, FLOOR)
             )
-            user = await world.connect(client)
+            user = await world.connect(client, swap_offer(client, chain.chequebook(client)))
             offer = await find_service(user, API, max_price=OFFER)
             assert offer.operator == operator.address
             listed = await user.call("mesh.market.offers", service=API)
@@ -105,18 +121,26 @@ def test_negotiated_price_is_charged_through_swap_and_bad_quotes_charge_nothing(
             assert (agreed.rounds, agreed.price_per_call) == (2, FLOOR)  # asked, countered, agreed
             client_before = swap.debt(realm, client.address)
             operator_before = swap.debt(realm, operator.address)
+            assert swap.last_cumulative(realm, client.address) == 0  # no cheque yet
             for a in range(CALLS):
                 assert await user.call(offer.procedure("add"), a, 1) == a + 1
             fee = FLOOR * FEE_BPS // 10_000
-            assert swap.debt(realm, client.address) - client_before == CALLS * (FLOOR + MSG)
             assert swap.debt(realm, operator.address) - operator_before == CALLS * (
                 MSG - (FLOOR - fee)
             )
+            # past the payment threshold the client paid a cheque the router checked on chain
+            await until(lambda: swap.last_cumulative(realm, client.address) > 0, "a cheque", 30)
+            paid = swap.last_cumulative(realm, client.address)
+            assert paid >= PAYMENT_THRESHOLD
+            assert swap.debt(realm, client.address) + paid == client_before + CALLS * (FLOOR + MSG)
         finally:
             await world.stop()
 
     run(body)
-
+    # the indexer's head passes the router's blocks (the anvil's), so the ledger decides them
+    world.realm.publish(
+        ChainHead(world.realm.realm, chain.chain_id, chain.w3.eth.block_number + 50)
+    )
     service = project(fresh_broker, tmp_path / "ledger.duckdb", [world.realm.indexer.address])
     assert rows(service, "SELECT reason, records FROM rejected") == []
     realm = world.realm.realm
@@ -128,6 +152,13 @@ def test_negotiated_price_is_charged_through_swap_and_bad_quotes_charge_nothing(
         "SELECT count(*), sum(charged), count(DISTINCT quote) FILTER (WHERE charged > 0)"
         f" FROM call_assessments WHERE realm = '{realm}'",
     ) == [(CALLS + 1, CALLS * FLOOR, 1)]
+    cheques = rows(
+        service,
+        "SELECT peer, cumulative FROM swap_events WHERE type = 'ChequeReceived'"
+        f" AND realm = '{realm}'",
+    )
+    assert len(cheques) >= 1 and cheques[-1][0] == client.address
+    assert max(int(c) for _, c in cheques) >= PAYMENT_THRESHOLD
     service.close()
 
 
