@@ -10,6 +10,7 @@ them (`domain.market.offer_rank`) and records each as a `CallAssessed` event for
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -46,6 +47,7 @@ from router_core.metering import UsageSink
 from router_core.session import Session
 from router_core.swap import SwapService
 
+_OPERATOR_COMPONENT = re.compile(rf"^{OPERATOR_MARK}[0-9a-fA-F]{{40}}$")
 OFFERS_PROCEDURE = "mesh.market.offers"
 QUOTE_PROCEDURE = "mesh.market.quote"
 QUOTE_REFUSED = "mesh.error.quote_refused"
@@ -191,6 +193,8 @@ class MarketBook:
     def service_of(self, uri: str) -> tuple[Service, str] | None:
         """The service whose API prefix `uri` falls under (the longest), and the operator
         component that follows the prefix ("" if none)."""
+        if not self._by_api:  # no marketplace in the log: one check on every call's path
+            return None
         parts = uri.split(".")
         with self._lock:
             for cut in range(len(parts) - 1, 0, -1):
@@ -248,7 +252,7 @@ class MarketService:
         if found is None:
             return None
         service, component = found
-        if not component.startswith(OPERATOR_MARK):
+        if _OPERATOR_COMPONENT.match(component) is None:
             return None  # not an operator's prefix: the realm's own API convention applies
         mine = operator_prefix(service.api, session.authid)
         if not uri.startswith(mine + "."):
@@ -259,22 +263,25 @@ class MarketService:
         return None
 
     def call_started(self, pending: PendingCall, payload: list[Any]) -> None:
-        """A call under a service's operator prefix is a market call: remember what it is."""
+        """A call under its callee's operator prefix of a service is a market call (assessed,
+        priced, maybe verified): remember what it is. A call of a procedure registered under the
+        API prefix but outside every operator prefix is an ordinary call."""
         found = self.book.service_of(pending.uri)
         if found is None or pending.uri.endswith("." + QUOTE_PROCEDURE_NAME):
             return
         service, _ = found
+        own = operator_prefix(service.api, pending.callee.authid) + "."
+        if not pending.uri.startswith(own):
+            return
         pending.started = time.monotonic()
         check = None
         realm = pending.caller.realm
         verify = self.verification
-        own = operator_prefix(service.api, pending.callee.authid) + "."
         if (
             service.deterministic
             and verify is not None
             and realm is not None
             and not verify.is_router(pending.caller)
-            and pending.uri.startswith(own)
         ):
             check = verify.start(
                 realm, service, pending.callee.authid, pending.uri[len(own) :], payload,

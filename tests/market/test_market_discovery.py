@@ -60,6 +60,11 @@ def test_discovery_lists_ranks_and_finds_the_best_offer(tmp_path: Path, broker: 
                 )
             assert stolen.value.error == "wamp.error.not_authorized"
             assert "another operator's prefix" in str(stolen.value.args[0])
+            # outside every operator prefix, the API's procedures are ordinary ones: not
+            # guarded, not assessed
+            await sessions[0].register(lambda: "open", f"{API}.open.status")
+            assert await user.call(f"{API}.open.status") == "open"
+            assert {o.calls for o in await offers(user, API)} == {0, 1}  # the one market call
             for bad, reason in (({"service": "com.nothing"}, "no service"),
                                 ({"service": API, "max_price": -1}, "max_price"),
                                 ({}, "service")):  # fmt: skip
