@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from autobahn.wamp.exception import ApplicationError
+
 from domain.market import QUOTE_PROCEDURE_NAME
 from ledger.demo_clients import Client, ClientSpec, Tally, Traffic, join
 from market.client import AgreedQuote, Offer, QuoteDesk, find_service, negotiate, offers, serve
@@ -114,7 +116,7 @@ async def run_scene(demo: Any, offer_of: Any) -> tuple[SceneResult, list[Client]
     async def offered() -> bool:
         try:
             return len(await offers(user.session, API)) == len(OPERATORS)
-        except Exception:  # the indexer has not brought the registry's logs in yet
+        except ApplicationError:  # the indexer has not brought the registry's logs in yet
             return False
 
     await _until(offered, "the registry's offers reach the router")
@@ -137,8 +139,17 @@ async def run_scene(demo: Any, offer_of: Any) -> tuple[SceneResult, list[Client]
         target_price=second.price_per_call // 2, max_price=second.price_per_call,
     )  # fmt: skip
     for a in range(CALLS_EACH):
-        assert await user.session.call(second.procedure("add"), a, 1) == a + 1
+        answer = await user.session.call(second.procedure("add"), a, 1)
         user.tally.calls += 1
+        if answer != a + 1:
+            raise RuntimeError(f"market scene: {second.operator} answered {answer} to {a} + 1")
+
+    # every call assessed: the client's six, and the router's two verification calls for each
+    # of the first three (after the conviction too few operators remain to verify)
+    async def assessed() -> bool:
+        return sum(o.calls for o in await offers(user.session, API)) == 4 * CALLS_EACH
+
+    await _until(assessed, "every market call assessed")
     invocations = sum(c.tally.invocations for c in clients.values())
     # every invocation (the client's calls, the router's verification calls, the price asks)
     # was answered with a result, routed and metered like the invocation
