@@ -111,6 +111,18 @@ def test_peer_pays_several_cumulative_cheques_automatically(paying: Harness) -> 
                 "every message delivered, a cheque received and the debt paid down below the"
                 " payment threshold",
             )
+        book_key = payer.journal.key(
+            harness.chain_id, harness.offer(key).chequebook, harness.router_key.address
+        )
+
+        def settled() -> bool:  # no cheque between the payer's journal and the router any more
+            issued, _ = payer.journal.issued(book_key)
+            events = cheques()
+            return bool(events) and issued == events[-1].cumulative == swap.last_cumulative(
+                REALM, key.address
+            )
+
+        await until(settled, "the last cheque the payer issued credited and recorded")
         received = cheques()
         assert len(received) >= 2
         cumulatives = [e.cumulative for e in received]
@@ -121,11 +133,7 @@ def test_peer_pays_several_cumulative_cheques_automatically(paying: Harness) -> 
         assert router.swap.debt(REALM, key.address) == 35 * PRICE - cumulatives[-1]
         assert router.swap.debt(REALM, key.address) < 10 * PRICE
         assert payer.close_reason is None
-        journal_cumulative, _ = payer.journal.issued(
-            payer.journal.key(
-                harness.chain_id, harness.offer(key).chequebook, harness.router_key.address
-            )
-        )
+        journal_cumulative, _ = payer.journal.issued(book_key)
         assert journal_cumulative == cumulatives[-1]
         await router.stop()
 
