@@ -17,6 +17,7 @@ from domain.events import ChainHead
 from router_core import messages as m
 from router_core.auth import ANONYMOUS, ETH_EIP191, AuthFailed, Challenge, EthEip191Auth
 from router_core.chain_clock import ChainClock
+from router_core.market import MarketService
 from router_core.metering import MeteringObserver, UsageSink
 from router_core.realm import Realm, RoutingObserver
 from router_core.reservation import BandwidthGate
@@ -93,8 +94,10 @@ class Router:
         limits: Limits | None = None,
         chain_id: int = 0,
         watermark_every_blocks: int = 0,
+        market: MarketService | None = None,
     ) -> None:
         self.address = address
+        self.market = market
         self.chain_id = chain_id
         #: emit ChainHead(block - 1) for each realm at least this often (0: never)
         self.watermark_every_blocks = watermark_every_blocks
@@ -173,6 +176,8 @@ class Router:
             if self.swap is not None:
                 realm.dealer.meta[CHEQUE_PROCEDURE] = self.swap.cheque
                 realm.dealer.meta[BALANCE_PROCEDURE] = self.swap.balance
+            if self.market is not None:
+                self.market.attach(realm)
             self.realms[name] = realm
             self.clock.on_block(realm.on_block)
         self.clock.on_block(self._on_block)
