@@ -27,6 +27,11 @@ never from the configuration itself. Example: see README / `router_core.cli`.
     keeper = "0x…"                     # static (offline dev): the log's values win, and a
     price_per_message = 1_000_000_000_000  # router whose values disagree refuses to start
     reservations = { "0xabc…" = 100 }  # static stakes (dev); messages per block
+    # router-to-router links: dial each peer (it must list this router too), forward across
+    peers = [{ url = "ws://127.0.0.1:8081/ws", address = "0x…" }]
+
+    [links]                            # optional: limits of router-to-router links
+    backoff_max_s = 5.0
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.events import DEFAULT_PRICE_PER_MESSAGE
+from router_core.links import LinkLimits, LinkPeer
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,23 @@ class RealmConfig:
     enforce_bandwidth: bool = False
     burst_messages: int = 0
     reservations: dict[str, int] = field(default_factory=dict)
+    #: peer routers of this realm: [{url = "ws://host:port/ws", address = "0x…"}]
+    peers: list[dict[str, str]] = field(default_factory=list)
+
+    def link_peers(self) -> list[LinkPeer]:
+        found = []
+        for i, peer in enumerate(self.peers):
+            if not isinstance(peer, dict) or set(peer) != {"url", "address"}:
+                raise ValueError(
+                    f"realm {self.name!r} peers #{i + 1}: needs exactly `url` and `address`"
+                )
+            url, address = peer["url"], peer["address"]
+            if not str(url).startswith(("ws://", "wss://")):
+                raise ValueError(f"realm {self.name!r} peer {url!r}: not a ws:// URL")
+            if not (isinstance(address, str) and address.startswith("0x") and len(address) == 42):
+                raise ValueError(f"realm {self.name!r} peer {url}: address must be 0x + 40 hex")
+            found.append(LinkPeer(str(url), address))
+        return found
 
 
 @dataclass(frozen=True)
@@ -103,6 +126,7 @@ class RouterConfig:
     watermark_every_blocks: int = 10
     swap: SwapConfig = field(default_factory=SwapConfig)
     cashout: CashoutConfig = field(default_factory=CashoutConfig)
+    links: LinkLimits = field(default_factory=LinkLimits)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -135,8 +159,15 @@ def parse_config(data: dict[str, Any]) -> RouterConfig:
         raise ValueError("the configuration defines no [[realms]]")
     swap = SwapConfig(**_pick(SwapConfig, data.pop("swap", {}), "[swap]"))
     cashout = CashoutConfig(**_pick(CashoutConfig, data.pop("cashout", {}), "[cashout]"))
+    links = LinkLimits(**_pick(LinkLimits, data.pop("links", {}), "[links]"))
+    for realm in realms:
+        realm.link_peers()  # refuse a malformed peer before anything starts
     return RouterConfig(
-        realms=realms, swap=swap, cashout=cashout, **_pick(RouterConfig, data, "top level")
+        realms=realms,
+        swap=swap,
+        cashout=cashout,
+        links=links,
+        **_pick(RouterConfig, data, "top level"),
     )
 
 

@@ -10,13 +10,16 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from router_core import messages as m
 from router_core.broker import Broker
 from router_core.dealer import Dealer
 from router_core.reservation import ADMIT, HOLD
 from router_core.session import Session, State
+
+if TYPE_CHECKING:
+    from router_core.links import Federation
 
 log = logging.getLogger("router_core.realm")
 
@@ -67,6 +70,8 @@ class Realm:
         self.name = name
         self.sessions: dict[int, Session] = {}
         self._throttled: set[Session] = set()
+        #: router-to-router links of this realm (router_core.links.Federation), if any
+        self.links: Federation | None = None
         self.set_observers(observers)
         self.broker = Broker(self.routed, limits.max_subscriptions_per_session)
         self.dealer = Dealer(
@@ -129,6 +134,8 @@ class Realm:
         session.held.clear()
         self.broker.session_left(session)
         self.dealer.session_left(session)
+        if self.links is not None:
+            self.links.session_left(session)
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -167,7 +174,11 @@ class Realm:
             session.suspended = ""
 
     def _publish(self, session: Session, msg: list[Any]) -> None:
-        self.broker.publish(session, msg)
+        links = self.links
+        if links is None:
+            self.broker.publish(session, msg)
+        else:
+            links.publish(session, msg)
 
     def _call(self, session: Session, msg: list[Any]) -> None:
         self.dealer.call(session, msg, 0)

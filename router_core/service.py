@@ -189,6 +189,9 @@ class RouterService:
             limits,
             chain_id=cfg.chain_id,
             watermark_every_blocks=cfg.watermark_every_blocks,
+            peers={r.name: r.link_peers() for r in cfg.realms},
+            link_key=key,
+            link_limits=cfg.links,
         )
         if self.handoff is not None:
             self.handoff.on_full = self.router.pause_reading
