@@ -24,7 +24,9 @@ from urllib.parse import urlparse
 from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from eth_utils import to_checksum_address
 
+from domain.events import METER_KINDS
 from router_core import messages as m
 from router_core.auth import ETH_EIP191, login_message, sign_challenge
 from router_core.serializer import JsonSerializer, SerializationError
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("router_core.links")
 
-ROUTER_ROLE = "router"
+ROUTER_ROLE = m.ROUTER_ROLE
 #: link state announcements travel as PUBLISH on this topic over a link session
 STATE_TOPIC = "mesh.link.state"
 #: meta procedure: this router's links, reachable routers and forwarding counters in the realm
@@ -44,8 +46,12 @@ STATUS_PROCEDURE = "mesh.link.status"
 LINK_LOST = "mesh.error.link_lost"
 NO_ROUTE = "mesh.error.no_route"
 #: a message counted when it crosses a link (observer kind): sent and received
-LINK_OUT = "link_out"
-LINK_IN = "link_in"
+LINK_OUT, LINK_IN = METER_KINDS[4], METER_KINDS[5]
+assert (LINK_OUT, LINK_IN) == ("link_out", "link_in")
+
+
+#: (kind, from_peer, to_peer, uri, frame bytes) of one metered message
+LinkMeter = Callable[[str, str, str, str, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +237,7 @@ class Link:
             msg = self.serializer.decode(payload)
             code = msg[0]
             if code == m.RESULT or code == m.ERROR:
-                self.federation.answer(self, msg)
+                self.federation.answer(self, msg, len(payload))
             elif code == m.CHALLENGE:
                 self._send([m.AUTHENTICATE, sign_challenge(self.federation.key, msg[2]), {}])
             elif code == m.WELCOME:
@@ -322,20 +328,22 @@ class Federation:
         key: bytes,
         peers: list[LinkPeer],
         limits: LinkLimits | None = None,
-        on_link: Callable[[str, str, str, int], None] | None = None,
+        meter: LinkMeter | None = None,
     ) -> None:
         self.realm = realm
         self.me = me
         self.key = key
         self.limits = limits or LinkLimits()
+        peers = [LinkPeer(p.url, to_checksum_address(p.address)) for p in peers]
         self.peers = {p.address.lower(): p for p in peers}
         self.links: dict[str, Link] = {p.address.lower(): Link(self, p) for p in peers}
         self.topology = Topology(me.lower(), self.limits.max_routers)
         self.seen = SeenPublications(
             self.limits.dedup_window_publications, self.limits.dedup_max_origins
         )
-        #: (kind, peer router, uri, frame bytes) for each message crossing a link (metering)
-        self.on_link = on_link
+        #: metering of each message crossing a link (link_out / link_in) and of answers
+        #: delivered to callers here
+        self.meter = meter
         self._incarnation = time.time_ns()
         self._version = 0
         self._pub_ids = itertools.count(1)
@@ -366,13 +374,14 @@ class Federation:
 
     def _own_state(self) -> LinkState:
         broker, dealer = self.realm.broker, self.realm.dealer
+        # router topics (mesh.*: SWAP payment requests of link sessions) are nobody's interest
         self._version += 1
         return LinkState(
             self.me.lower(),
             self._incarnation,
             self._version,
             frozenset(a for a, link in self.links.items() if link.up),
-            frozenset(broker.exact_topics()),
+            frozenset(t for t in broker.exact_topics() if not t.startswith("mesh.")),
             frozenset(broker.prefix_topics()),
             frozenset(dealer.procedures()),
         )
@@ -419,28 +428,50 @@ class Federation:
             self._fail(call, LINK_LOST, f"link to router {link.peer.address} lost: {reason}")
         self._announce()
 
+    # -- what a peer router sends ------------------------------------------------------------------
+
+    def from_peer(self, session: Session, code: int, msg: list[Any], nbytes: int) -> None:
+        """A message on a peer router's session (it dialed us): link state, a forwarded
+        PUBLISH or CALL, a CANCEL, its SWAP subscription, GOODBYE."""
+        realm = self.realm
+        if code == m.PUBLISH:
+            if msg[3] == STATE_TOPIC:
+                self._on_state(session, msg[5] if len(msg) > 5 else {})
+            else:
+                self._forwarded_publish(session, msg, nbytes)
+        elif code == m.CALL:
+            if msg[3] not in realm.dealer.meta:  # paying a cheque is between the two routers
+                self._metered(LINK_IN, session.authid, self.me, msg[3], nbytes)
+            realm.dealer.call(session, msg, nbytes)
+        elif code == m.CANCEL:
+            realm.dealer.cancel(session, msg)
+        elif code == m.SUBSCRIBE and msg[3].startswith("mesh."):
+            realm.broker.subscribe(session, msg)  # the SWAP payment requests
+        elif code == m.GOODBYE:
+            session.send([m.GOODBYE, {}, m.CLOSE_GOODBYE_AND_OUT])
+            session.close_transport()
+        else:
+            session.violation(f"message {code} is not part of a router link")
+
     # -- publications -----------------------------------------------------------------------------
 
     def publish(self, session: Session, msg: list[Any]) -> None:
-        """A PUBLISH in this realm: from a client (deliver, then forward as origin), or from a
-        peer router (link state, or a forwarded publication: deduplicate, deliver, forward on)."""
-        if session.authrole != ROUTER_ROLE:
-            self.realm.broker.publish(session, msg)
-            topic = msg[3]
-            fanout = self.topology.fanout(self.topology.me, topic)
-            if fanout and not session.suspended:
-                options = {
-                    k: v
-                    for k, v in msg[2].items()
-                    if k not in ("acknowledge", "exclude", "eligible", "exclude_me")
-                }
-                options["forward_for"] = [{"authid": self.topology.me, "authrole": ROUTER_ROLE}]
-                options["_mesh_pub"] = [self._incarnation, next(self._pub_ids)]
-                self._forward(fanout, [m.PUBLISH, 0, options, topic, *msg[4:]], topic)
-            return
-        if msg[3] == STATE_TOPIC:
-            self._on_state(session, msg[5] if len(msg) > 5 else {})
-            return
+        """A client's PUBLISH: delivered here, then forwarded with this router as its origin."""
+        self.realm.broker.publish(session, msg)
+        topic = msg[3]
+        fanout = self.topology.fanout(self.topology.me, topic)
+        if fanout and not session.suspended:
+            options = {
+                k: v
+                for k, v in msg[2].items()
+                if k not in ("acknowledge", "exclude", "eligible", "exclude_me")
+            }
+            options["forward_for"] = [{"authid": self.topology.me, "authrole": ROUTER_ROLE}]
+            options["_mesh_pub"] = [self._incarnation, next(self._pub_ids)]
+            self._forward(fanout, [m.PUBLISH, 0, options, topic, *msg[4:]], topic)
+
+    def _forwarded_publish(self, session: Session, msg: list[Any], nbytes: int) -> None:
+        """Deduplicate, deliver here, forward on along the origin's tree."""
         options = msg[2]
         trail = _trail(options)
         pub = options.get("_mesh_pub")
@@ -453,7 +484,7 @@ class Federation:
             session.violation("a forwarded PUBLISH needs forward_for and _mesh_pub")
             return
         self.received_forwarded += 1
-        self._counted(LINK_IN, session.authid, msg[3], msg)
+        self._metered(LINK_IN, session.authid, self.me, msg[3], nbytes)
         origin = trail[0]
         if not self.seen.first_time(f"{origin}:{pub[0]}", pub[1]):
             return
@@ -475,13 +506,14 @@ class Federation:
             if link is None:
                 continue
             msg[1] = next(link.ids)
-            if link.send(msg):
+            nbytes = link.send(msg)
+            if nbytes:
                 self.forwarded += 1
-                self._counted(LINK_OUT, address, uri, msg)
+                self._metered(LINK_OUT, self.me, link.peer.address, uri, nbytes)
 
-    def _counted(self, kind: str, peer: str, uri: str, msg: list[Any]) -> None:
-        if self.on_link is not None:
-            self.on_link(kind, peer, uri, len(msg))
+    def _metered(self, kind: str, from_peer: str, to_peer: str, uri: str, nbytes: int) -> None:
+        if self.meter is not None:
+            self.meter(kind, from_peer, to_peer, uri, nbytes)
 
     # -- calls ------------------------------------------------------------------------------------
 
@@ -496,8 +528,6 @@ class Federation:
         hop = self.topology.next_hop(uri)
         if hop is None:
             return False
-        if caller.authrole == ROUTER_ROLE:
-            self._counted(LINK_IN, caller.authid, uri, msg)
         if hop in trail or len(trail) >= self.limits.max_hops:
             caller.error(m.CALL, request, NO_ROUTE, f"no loop-free route to a callee of {uri}")
             return True
@@ -526,10 +556,11 @@ class Federation:
             forwarded["forward_for"] = forwarded["forward_for"][-1:]
         link_request = next(link.ids)
         out = [m.CALL, link_request, forwarded, uri, *msg[4:]]
-        if not link.send(out):
+        nbytes = link.send(out)
+        if not nbytes:
             caller.error(m.CALL, request, LINK_LOST, f"link to router {hop} is down")
             return True
-        self._counted(LINK_OUT, hop, uri, out)
+        self._metered(LINK_OUT, self.me, link.peer.address, uri, nbytes)
         pending = RemoteCall(caller, request, link, link_request, uri)
         self._calls[(id(link), link_request)] = pending
         self._by_caller[key] = pending
@@ -539,7 +570,7 @@ class Federation:
             )
         return True
 
-    def answer(self, link: Link, msg: list[Any]) -> None:
+    def answer(self, link: Link, msg: list[Any], nbytes: int) -> None:
         """RESULT or ERROR from a peer router for a call we forwarded."""
         if msg[0] == m.ERROR:
             if msg[1] != m.CALL:
@@ -550,7 +581,7 @@ class Federation:
         pending = self._calls.get((id(link), request))
         if pending is None:
             return  # answered already (timed out, canceled)
-        self._counted(LINK_IN, link.peer.address.lower(), pending.uri, msg)
+        self._metered(LINK_IN, link.peer.address, self.me, pending.uri, nbytes)
         if msg[0] == m.RESULT:
             progress = msg[2].get("progress") is True
             if not progress:
@@ -559,8 +590,14 @@ class Federation:
         else:
             self._finish(pending)
             answer = [m.ERROR, m.CALL, pending.request, {}, *msg[4:]]
-        if pending.caller.state is State.ESTABLISHED:
-            self.realm.dealer.reply(pending.caller, answer, pending.request)
+        caller = pending.caller
+        if caller.state is State.ESTABLISHED:
+            frame = self.realm.dealer.reply(caller, answer, pending.request)
+            if caller.authrole != ROUTER_ROLE:  # delivered to a client here: its own kind
+                kind = "result" if msg[0] == m.RESULT else "error"
+                self._metered(kind, link.peer.address, caller.authid, pending.uri, len(frame))
+            else:
+                self._metered(LINK_OUT, self.me, caller.authid, pending.uri, len(frame))
 
     def cancel(self, caller: Session, request: int) -> bool:
         pending = self._by_caller.get((caller.id, request))

@@ -146,6 +146,9 @@ class Realm:
         if session.suspended and code in _ROUTING and not self._may_while_suspended(code, msg):
             self._refuse_suspended(session, code, msg)
             return
+        if session.authrole == m.ROUTER_ROLE and self.links is not None:
+            self.links.from_peer(session, code, msg, nbytes)
+            return
         if (code == m.PUBLISH or code == m.CALL) and session.gate is not None:
             verdict = session.gate.admit()
             if verdict != ADMIT:

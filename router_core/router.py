@@ -17,7 +17,14 @@ from domain.events import ChainHead
 from router_core import messages as m
 from router_core.auth import ANONYMOUS, ETH_EIP191, AuthFailed, Challenge, EthEip191Auth
 from router_core.chain_clock import ChainClock
-from router_core.links import ROUTER_ROLE, Federation, LinkLimits, LinkPeer, link_proof
+from router_core.links import (
+    ROUTER_ROLE,
+    Federation,
+    LinkLimits,
+    LinkMeter,
+    LinkPeer,
+    link_proof,
+)
 from router_core.metering import MeteringObserver, UsageSink
 from router_core.realm import Realm, RoutingObserver
 from router_core.reservation import BandwidthGate
@@ -171,6 +178,17 @@ class Router:
         for name in self.realms:
             self.sink.emit(ChainHead(realm=name, chain_id=self.chain_id, block=block - 1))
 
+    def _link_meter(self, realm: str) -> LinkMeter | None:
+        sink, clock = self.sink, self.clock
+        if sink is None:
+            return None
+        meter = sink.meter
+
+        def metered(kind: str, from_peer: str, to_peer: str, uri: str, nbytes: int) -> None:
+            meter(realm, from_peer, to_peer, kind, uri, nbytes, clock.block)
+
+        return metered
+
     def observers(self) -> list[RoutingObserver]:
         found: list[RoutingObserver] = []
         if self.sink is not None:
@@ -193,7 +211,12 @@ class Router:
             self.clock.on_block(realm.on_block)
             if name in self.peers:
                 self.federations[name] = Federation(
-                    realm, self.address, self._link_key, self.peers[name], self.link_limits
+                    realm,
+                    self.address,
+                    self._link_key,
+                    self.peers[name],
+                    self.link_limits,
+                    self._link_meter(name),
                 )
         self.clock.on_block(self._on_block)
         if self.swap is not None:
