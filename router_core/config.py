@@ -32,6 +32,10 @@ never from the configuration itself. Example: see README / `router_core.cli`.
 
     [links]                            # optional: limits of router-to-router links
     backoff_max_s = 5.0
+
+    [link_swap]                        # paying peer routers (their [swap] terms apply)
+    chequebook = "0x…"                 # this operator's Chequebook, issued by the router key
+    payment_threshold = 10_000_000_000_000_000
 """
 
 from __future__ import annotations
@@ -106,6 +110,18 @@ class CashoutConfig:
 
 
 @dataclass(frozen=True)
+class LinkSwapConfig:
+    """This operator's side of SWAP with peer routers (it pays them as a client pays a router)."""
+
+    #: the operator's Chequebook (issuer: the router key); "" = offer no SWAP on links
+    chequebook: str = ""
+    #: the debt at which a peer may ask for a cheque (at least the peer's minimum)
+    payment_threshold: int = 100 * DEFAULT_PRICE_PER_MESSAGE * 1000
+    #: the highest price per message this operator accepts from a peer router
+    max_price_per_message: int = 10 * DEFAULT_PRICE_PER_MESSAGE
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     realms: list[RealmConfig]
     listen: str = "127.0.0.1:8080"
@@ -127,6 +143,7 @@ class RouterConfig:
     swap: SwapConfig = field(default_factory=SwapConfig)
     cashout: CashoutConfig = field(default_factory=CashoutConfig)
     links: LinkLimits = field(default_factory=LinkLimits)
+    link_swap: LinkSwapConfig = field(default_factory=LinkSwapConfig)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -160,6 +177,7 @@ def parse_config(data: dict[str, Any]) -> RouterConfig:
     swap = SwapConfig(**_pick(SwapConfig, data.pop("swap", {}), "[swap]"))
     cashout = CashoutConfig(**_pick(CashoutConfig, data.pop("cashout", {}), "[cashout]"))
     links = LinkLimits(**_pick(LinkLimits, data.pop("links", {}), "[links]"))
+    link_swap = LinkSwapConfig(**_pick(LinkSwapConfig, data.pop("link_swap", {}), "[link_swap]"))
     for realm in realms:
         realm.link_peers()  # refuse a malformed peer before anything starts
     return RouterConfig(
@@ -167,6 +185,7 @@ def parse_config(data: dict[str, Any]) -> RouterConfig:
         swap=swap,
         cashout=cashout,
         links=links,
+        link_swap=link_swap,
         **_pick(RouterConfig, data, "top level"),
     )
 

@@ -17,7 +17,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -29,8 +29,10 @@ from eth_utils import to_checksum_address
 from domain.events import METER_KINDS
 from router_core import messages as m
 from router_core.auth import ETH_EIP191, login_message, sign_challenge
+from router_core.client import ChequeJournal, SwapOffer, next_cheque
 from router_core.serializer import JsonSerializer, SerializationError
 from router_core.session import Session, State
+from router_core.swap import BALANCE_PROCEDURE, CHEQUE_PROCEDURE, PAYMENT_DUE_TOPIC
 from router_core.topology import BadLinkState, LinkState, Topology
 
 if TYPE_CHECKING:
@@ -171,6 +173,12 @@ class Link:
         self.connects = 0
         #: why the link last went down or was refused ("" while never)
         self.last_error = ""
+        #: the peer's SWAP terms from WELCOME (empty: the peer runs no SWAP)
+        self.swap_terms: dict[str, Any] = {}
+        #: answers to this link's own calls (cheques), by request id
+        self._own: dict[int, asyncio.Future[Any]] = {}
+        self._pay_lock = asyncio.Lock()
+        self.payments: list[dict[str, Any]] = []
         self._nonce = ""
         self._welcomed: asyncio.Future[None] | None = None
         self._closed: asyncio.Event = asyncio.Event()
@@ -211,6 +219,12 @@ class Link:
             await self._welcomed
         self.connects += 1
         self.up = True
+        if self.swap_terms:
+            # the peer asks for payment on this topic; a debt already due is paid at once
+            self._send([m.SUBSCRIBE, next(self.ids), {}, PAYMENT_DUE_TOPIC])
+            terms = self.swap_terms
+            if int(terms.get("debt", 0)) >= int(terms.get("payment_threshold", 1)):
+                self._pay_soon(int(terms["debt"]), int(terms["last_cumulative"]))
         self.federation.link_up(self)
 
     # -- transport callbacks ----------------------------------------------------------------------
@@ -219,6 +233,9 @@ class Link:
         self.protocol = protocol
         self._nonce = secrets.token_hex(32)
         fed = self.federation
+        authextra: dict[str, Any] = {"link": {"nonce": self._nonce}}
+        if fed.swap_offer is not None:
+            authextra["swap"] = asdict(fed.swap_offer)
         self._send(
             [
                 m.HELLO,
@@ -226,8 +243,12 @@ class Link:
                 {
                     "authmethods": [ETH_EIP191],
                     "authid": fed.me,
-                    "roles": {"publisher": {}, "caller": {"features": {"call_canceling": True}}},
-                    "authextra": {"link": {"nonce": self._nonce}},
+                    "roles": {
+                        "publisher": {},
+                        "subscriber": {},
+                        "caller": {"features": {"call_canceling": True}},
+                    },
+                    "authextra": authextra,
                 },
             ]
         )
@@ -237,7 +258,15 @@ class Link:
             msg = self.serializer.decode(payload)
             code = msg[0]
             if code == m.RESULT or code == m.ERROR:
-                self.federation.answer(self, msg, len(payload))
+                request = msg[1] if code == m.RESULT else msg[2]
+                own = self._own.pop(request, None)
+                if own is None:
+                    self.federation.answer(self, msg, len(payload))
+                elif not own.done():
+                    own.set_result(msg)
+            elif code == m.EVENT:
+                due = msg[5] if len(msg) > 5 else {}
+                self._pay_soon(int(due["debt"]), int(due["last_cumulative"]))
             elif code == m.CHALLENGE:
                 self._send([m.AUTHENTICATE, sign_challenge(self.federation.key, msg[2]), {}])
             elif code == m.WELCOME:
@@ -249,6 +278,48 @@ class Link:
                 self._refused(f"{msg[2]}: {msg[1].get('message', '')}")
         except (SerializationError, IndexError, KeyError, TypeError, AttributeError) as exc:
             self.drop(f"malformed message from the peer router: {exc}")
+
+    def _pay_soon(self, debt: int, last_cumulative: int) -> None:
+        task = asyncio.get_running_loop().create_task(self.pay(debt, last_cumulative))
+        task.add_done_callback(_log_failure)
+
+    async def pay(self, debt: int, router_last_cumulative: int) -> dict[str, Any] | None:
+        """Pay the peer router a cumulative cheque for `debt` (client SWAP rules: journaled
+        before it is sent, a cheque the peer has not seen is resent unchanged). A cheque the
+        peer had already accepted (its answer lost with a dropped link) is answered by reading
+        the balance again and paying what is still owed, once."""
+        fed = self.federation
+        if fed.journal is None or not self.swap_terms:
+            return None
+        async with self._pay_lock:
+            for _ in range(2):
+                claim = next_cheque(
+                    fed.journal, self.swap_terms, fed.key, debt, router_last_cumulative
+                )
+                if claim is None or not self.up:
+                    return None
+                msg = await self._call(CHEQUE_PROCEDURE, claim)
+                if msg[0] == m.RESULT:
+                    result: dict[str, Any] = msg[3][0] if len(msg) > 3 and msg[3] else {}
+                    self.payments.append(result)
+                    return result
+                reason = (msg[6] if len(msg) > 6 else {}).get("reason")
+                if reason != "not_increasing":
+                    raise LinkRefused(f"cheque refused by {self.peer.address}: {msg[4:]}")
+                balance = await self._call(BALANCE_PROCEDURE, {})
+                if balance[0] != m.RESULT:
+                    raise LinkRefused(f"balance refused by {self.peer.address}: {balance[4:]}")
+                debt = int(balance[3][0]["debt"])
+                router_last_cumulative = int(balance[3][0]["last_cumulative"])
+            return None
+
+    async def _call(self, procedure: str, kwargs: dict[str, Any]) -> list[Any]:
+        """One call of this link's own (the peer's SWAP procedures): RESULT or ERROR."""
+        request = next(self.ids)
+        answer = self._own[request] = asyncio.get_running_loop().create_future()
+        self._send([m.CALL, request, {}, procedure, [], kwargs])
+        msg: list[Any] = await asyncio.wait_for(answer, self.federation.limits.login_timeout_s)
+        return msg
 
     def _welcome(self, details: dict[str, Any]) -> None:
         # the peer proves its operator key by signing our nonce: a link never forwards to an
@@ -264,6 +335,7 @@ class Link:
         if signer.lower() != self.peer.address.lower():
             self._refused(f"peer router signed as {signer}, expected {self.peer.address}")
             return
+        self.swap_terms = extra.get("swap") or {}
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_result(None)
 
@@ -289,6 +361,10 @@ class Link:
 
     def _lost(self, reason: str) -> None:
         was_up, self.up = self.up, False
+        for waiting in self._own.values():
+            if not waiting.done():
+                waiting.set_exception(LinkRefused(f"link lost: {reason}"))
+        self._own.clear()
         self._closed.set()
         if was_up:
             log.warning("link %s -> %s lost: %s", self.federation.me, self.peer.address, reason)
@@ -329,6 +405,8 @@ class Federation:
         peers: list[LinkPeer],
         limits: LinkLimits | None = None,
         meter: LinkMeter | None = None,
+        swap_offer: SwapOffer | None = None,
+        journal: ChequeJournal | None = None,
     ) -> None:
         self.realm = realm
         self.me = me
@@ -344,6 +422,10 @@ class Federation:
         #: metering of each message crossing a link (link_out / link_in) and of answers
         #: delivered to callers here
         self.meter = meter
+        #: this operator's side of the SWAP handshake with peer routers, and the journal of the
+        #: cheques it issued them (None: it offers none; a peer running SWAP refuses the link)
+        self.swap_offer = swap_offer
+        self.journal = journal
         self._incarnation = time.time_ns()
         self._version = 0
         self._pub_ids = itertools.count(1)
@@ -635,6 +717,8 @@ class Federation:
     def stats(self) -> dict[str, Any]:
         return {
             "links_up": sorted(a for a, link in self.links.items() if link.up),
+            "link_errors": {a: link.last_error for a, link in self.links.items()},
+            "cheques_paid": sum(len(link.payments) for link in self.links.values()),
             "reachable": sorted(self.topology.reachable()),
             "forwarded": self.forwarded,
             "received_forwarded": self.received_forwarded,
@@ -642,6 +726,11 @@ class Federation:
             "stale": self.seen.stale,
             "pending_calls": len(self._calls),
         }
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("link payment failed: %s", task.exception())
 
 
 def _trail(options: dict[str, Any]) -> list[str] | None:

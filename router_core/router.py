@@ -17,6 +17,7 @@ from domain.events import ChainHead
 from router_core import messages as m
 from router_core.auth import ANONYMOUS, ETH_EIP191, AuthFailed, Challenge, EthEip191Auth
 from router_core.chain_clock import ChainClock
+from router_core.client import ChequeJournal, SwapOffer
 from router_core.links import (
     ROUTER_ROLE,
     Federation,
@@ -104,6 +105,8 @@ class Router:
         peers: dict[str, list[LinkPeer]] | None = None,
         link_key: bytes | None = None,
         link_limits: LinkLimits | None = None,
+        link_swap: SwapOffer | None = None,
+        link_journal: ChequeJournal | None = None,
     ) -> None:
         self.address = address
         #: peer routers per realm (router-to-router links); `link_key` is this router's operator
@@ -113,6 +116,8 @@ class Router:
             raise ValueError("router links need the router's key (link_key)")
         self._link_key = link_key or b""
         self.link_limits = link_limits or LinkLimits()
+        self._link_swap = link_swap
+        self._link_journal = link_journal
         self.federations: dict[str, Federation] = {}
         self.chain_id = chain_id
         #: emit ChainHead(block - 1) for each realm at least this often (0: never)
@@ -217,6 +222,8 @@ class Router:
                     self.peers[name],
                     self.link_limits,
                     self._link_meter(name),
+                    self._link_swap,
+                    self._link_journal,
                 )
         self.clock.on_block(self._on_block)
         if self.swap is not None:
@@ -341,15 +348,26 @@ class Router:
         nonce = link.get("nonce") if isinstance(link, dict) else None
         if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
             raise AuthFailed(m.AUTHENTICATION_FAILED, "a link login needs authextra.link.nonce")
-        proof = link_proof(self._link_key, realm, address, nonce)
-        self._welcome(session, realm, address, ROUTER_ROLE, ETH_EIP191, {"signature": proof})
+        proof = {"signature": link_proof(self._link_key, realm, address, nonce)}
+        if self.swap is None:
+            self._welcome(session, realm, address, ROUTER_ROLE, ETH_EIP191, proof)
+            return
+        # operators settle with each other as clients do with a router: the same handshake
+        task = asyncio.get_running_loop().create_task(
+            self._swap_welcome(session, realm, address, proof)
+        )
+        self._joining.add(task)
+        task.add_done_callback(self._joining.discard)
 
-    async def _swap_welcome(self, session: Session, realm: str, address: str) -> None:
+    async def _swap_welcome(
+        self, session: Session, realm: str, address: str, link: dict[str, Any] | None = None
+    ) -> None:
         assert self.swap is not None
         try:
             await self.swap.prepare(realm, address, session.hello_details)
             if session.state is State.CHALLENGED:  # it may have gone meanwhile
-                self._welcome(session, realm, address, "user", ETH_EIP191)
+                role = "user" if link is None else ROUTER_ROLE
+                self._welcome(session, realm, address, role, ETH_EIP191, link)
         except AuthFailed as exc:
             log.info("session %s refused: %s %s", session.id, exc.uri, exc.message)
             session.abort(exc.uri, exc.message)
@@ -376,14 +394,14 @@ class Router:
         authextra: dict[str, Any] = {"router": self.address}
         if link is not None:
             authextra["link"] = link
-        elif authmethod == ETH_EIP191 and self.swap is not None:
+        if authmethod == ETH_EIP191 and self.swap is not None:
             authextra["swap"] = self.swap.join(session, realm_name, session.hello_details)
         if options.enforce_bandwidth and authmethod == ETH_EIP191 and link is None:
             mpb = self.stakes.reserved_mpb(realm_name, authid, self.clock.block)
             session.gate = BandwidthGate(mpb, options.burst_messages, self.clock)
         realm.join(session)
         session.transport.admitted()
-        if self.swap is not None and link is None:
+        if self.swap is not None:
             self.swap.admit(session)
         session.send(
             [

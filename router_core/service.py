@@ -14,6 +14,7 @@ from domain.swap import RouterTerms
 from router_core.cashout import CashoutPolicy, CashoutQueue, CashoutSink, open_chequebook_sink
 from router_core.chain_clock import ChainClock, HeadEventClock, ManualClock, Web3HeadPoller
 from router_core.chequebooks import ChequebookReader, NoChain, Web3Chequebooks
+from router_core.client import ChequeJournal, SwapOffer
 from router_core.config import RouterConfig
 from router_core.handoff import LedgerHandoff
 from router_core.ledger_follower import LedgerFollower
@@ -192,6 +193,8 @@ class RouterService:
             peers={r.name: r.link_peers() for r in cfg.realms},
             link_key=key,
             link_limits=cfg.links,
+            link_swap=self._link_offer(),
+            link_journal=ChequeJournal(data / "link-cheques.json"),
         )
         if self.handoff is not None:
             self.handoff.on_full = self.router.pause_reading
@@ -201,6 +204,18 @@ class RouterService:
         if self.cashout is not None and self.cashout_sink is not None:
             self._tasks.append(loop.create_task(self._cashout_loop()))
         return self.router
+
+    def _link_offer(self) -> SwapOffer | None:
+        cfg = self.config
+        if not cfg.link_swap.chequebook:
+            return None
+        return SwapOffer(
+            chequebook=cfg.link_swap.chequebook,
+            chain_id=cfg.chain_id,
+            token=cfg.swap.token,
+            payment_threshold=cfg.link_swap.payment_threshold,
+            price_per_message=cfg.link_swap.max_price_per_message,
+        )
 
     async def _cashout_loop(self) -> None:
         assert self.cashout is not None and self.cashout_sink is not None

@@ -9,7 +9,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,10 @@ class Mesh:
     edges: list[tuple[int, int]]
     via: dict[tuple[int, int], int] = field(default_factory=dict)
     extra_toml: str = ""
+    #: the router's TOML tables per index (default: SWAP off); must end with its [swap] table
+    tables: Callable[[int], str] | None = None
+    #: more keys of the [[realms]] table
+    realm_toml: str = ""
     routers: list[RouterProc] = field(default_factory=list)
 
     def prepare(self) -> None:
@@ -67,13 +71,13 @@ class Mesh:
             f'address = "{self.routers[j].key.address}" }}'
             for j in self.peers_of(i)
         )
+        tables = self.tables(i) if self.tables is not None else "[swap]\nenabled = false"
         me.config.write_text(
             f"""
 listen = "127.0.0.1:{me.port}"
 data_dir = "{self.tmp_path / f"data{i}"}"
 {self.extra_toml}
-[swap]
-enabled = false
+{tables}
 [links]
 backoff_initial_s = 0.1
 backoff_max_s = 0.5
@@ -81,6 +85,7 @@ backoff_max_s = 0.5
 name = "{REALM}"
 allow_anonymous = true
 peers = [{peers}]
+{self.realm_toml}
 """
         )
 
@@ -98,7 +103,7 @@ peers = [{peers}]
             ],
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=open(self.tmp_path / f"router{i}.log", "w"),  # noqa: SIM115 (the child's)
             text=True,
         )
 
