@@ -438,7 +438,9 @@ class Federation:
         realm.dealer.links = self
         realm.broker.on_interest = self.interest_changed
         realm.dealer.on_interest = self.interest_changed
-        realm.dealer.meta[STATUS_PROCEDURE] = lambda caller, args, kwargs: self.stats()
+        realm.dealer.meta[STATUS_PROCEDURE] = lambda caller, args, kwargs: self.stats(
+            str(kwargs.get("topic", "")), str(kwargs.get("rpc", ""))
+        )
         self._announce()
 
     def accepts(self, address: str) -> bool:
@@ -714,8 +716,15 @@ class Federation:
             self._finish(pending)
             pending.link.send([m.CANCEL, pending.link_request, {"mode": "killnowait"}])
 
-    def stats(self) -> dict[str, Any]:
-        return {
+    def stats(self, topic: str = "", procedure: str = "") -> dict[str, Any]:
+        """Links, reachable routers and counters; with `topic` the peers a publication on it
+        goes to from here, with `procedure` the next hop of a call to it."""
+        found: dict[str, Any] = {}
+        if topic:
+            found["fanout"] = sorted(self.topology.fanout(self.topology.me, topic))
+        if procedure:
+            found["next_hop"] = self.topology.next_hop(procedure)
+        return found | {
             "links_up": sorted(a for a, link in self.links.items() if link.up),
             "link_errors": {a: link.last_error for a, link in self.links.items()},
             "cheques_paid": sum(len(link.payments) for link in self.links.values()),
