@@ -4,9 +4,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.meshledger-setup
-PACKAGES := domain ledger router_core settlement infra indexer
+PACKAGES := domain ledger router_core settlement infra indexer dashboard
 
-.PHONY: setup demo test lint typecheck unit bench clean subgraph fault
+.PHONY: setup demo test lint typecheck unit bench clean subgraph fault vendor browser
 
 setup: $(STAMP)
 
@@ -17,6 +17,20 @@ $(STAMP): pyproject.toml package.json
 	npm install --no-audit --no-fund --loglevel=error
 	chmod +x node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 	touch $(STAMP)
+
+# the dashboard's charting libraries, committed under dashboard/static/vendor (so an installed
+# package serves them without npm): refreshed from node_modules after a version change in
+# package.json; tests/dashboard checks the committed copies equal node_modules'
+VENDOR_JS := vega/build/vega.min.js vega-lite/build/vega-lite.min.js vega-embed/build/vega-embed.min.js
+vendor: setup
+	for f in $(VENDOR_JS); do cp node_modules/$$f dashboard/static/vendor/; done
+	for p in vega vega-lite vega-embed; do cp node_modules/$$p/LICENSE dashboard/static/vendor/LICENSE.$$p; done
+
+# Debian's chromium, for the dashboard's browser test (root: apt-get; else say what to install)
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) for tests/dashboard"; exit 1; fi; }
 
 demo: setup
 	$(BIN)/meshledger demo
@@ -34,7 +48,7 @@ subgraph: setup
 	  && ../../node_modules/.bin/graph build --output-dir build
 
 # three workers: most tests wait on anvil, the broker or routers rather than on the CPU
-test: setup lint typecheck subgraph
+test: setup browser lint typecheck subgraph
 	$(BIN)/pytest -q -n 3
 
 # Long fault campaigns; `make test` runs a short, seeded one of each.

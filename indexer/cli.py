@@ -71,7 +71,16 @@ def example_config() -> None:
 @_config_option
 @click.option("--until-block", type=int, default=None, help="Stop once this block is emitted.")
 @click.option("-v", "--verbose", is_flag=True, help="Log retries and reorgs.")
-def run(config_path: Path, until_block: int | None, verbose: bool) -> None:
+@click.option(
+    "--metrics",
+    "metrics_listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve /metrics and /health (chain and broker reachable) there, e.g. 127.0.0.1:9102.",
+)
+def run(
+    config_path: Path, until_block: int | None, verbose: bool, metrics_listen: str | None
+) -> None:
     """Backfill from the checkpoint (or start_block), then follow the head until Ctrl-C.
 
     Emits at the configured confirmation depth, checks every block's parent hash, retracts
@@ -135,15 +144,41 @@ def run(config_path: Path, until_block: int | None, verbose: bool) -> None:
             wait_for_head=waiter.wait,
             on_progress=progress,
         )
+        metrics = (
+            serve_indexer_metrics(service, cfg.rpc, cfg.bootstrap, metrics_listen)
+            if metrics_listen
+            else None
+        )
         try:
             service.run(stop, until_block)
         except Exception as exc:
             emitter.close(timeout_s=10)
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if metrics is not None:
+                metrics.close()
     emitter.close()
     waiter.close()
     cp = service.checkpoint
     click.echo(f"emitted through block {cp.cursor_block} ({cp.events_emitted} events)")
+
+
+def serve_indexer_metrics(service: Any, rpc_url: str, bootstrap: str, listen: str) -> Any:
+    """/metrics of a running indexer and /health: its chain node and the broker answer."""
+    from infra.metrics import (
+        MetricsServer,
+        indexer_metrics,
+        parse_listen,
+        registry_of,
+        rpc_check,
+        tcp_check,
+    )
+
+    checks = {"chain": rpc_check(rpc_url)} if rpc_url else {}
+    checks["broker"] = tcp_check(bootstrap)
+    return MetricsServer(
+        registry_of(lambda: indexer_metrics(service)), checks, *parse_listen(listen)
+    )
 
 
 def status_of(cfg: IndexerConfig) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -431,6 +432,10 @@ def _check_hashes(hashes: Mapping[int, str], logs: list[dict[str, Any]]) -> None
             )
 
 
+#: how often a wait for a new head looks at its stop event
+STOP_CHECK_S = 0.5
+
+
 class HeadWaiter:
     """Waits for the next block: a `newHeads` subscription over WebSocket, polling over HTTP."""
 
@@ -459,9 +464,15 @@ class HeadWaiter:
                         }
                     ).decode()
                 )
-            self._conn.recv(timeout=self.poll_interval_s)
-        except TimeoutError:
-            return
+            # in short slices, so a stop is seen within STOP_CHECK_S, not after a whole interval
+            deadline = time.monotonic() + self.poll_interval_s
+            while not stop.is_set():
+                try:
+                    self._conn.recv(timeout=min(STOP_CHECK_S, deadline - time.monotonic()))
+                    return
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        return
         except Exception:  # the subscription broke: poll this round, resubscribe next
             self.close()
             stop.wait(self.poll_interval_s)

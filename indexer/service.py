@@ -148,6 +148,8 @@ class Indexer:
         self.cp: Checkpoint | None = None
         self.names = RealmNames()
         self.safe_head = -1
+        #: reorgs this process handled (read by /metrics; the last one is in the checkpoint)
+        self.reorgs = 0
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -345,6 +347,7 @@ class Indexer:
 
     # -- reorgs -------------------------------------------------------------------------------------------
     def _note_reorg(self, ancestor: int, depth: int, retracted: int) -> None:
+        self.reorgs += 1
         self.checkpoint.last_reorg = {
             "ancestor": ancestor,
             "depth": depth,

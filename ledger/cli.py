@@ -240,7 +240,13 @@ QUERY_NAMES = [
     help="Query endpoint (default: from DB.query).",
 )
 @_db_option("DuckDB file; read directly when no projector is running.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="JSON lines instead of a table (amounts in base units)."
+)
+@click.option(
+    "--csv", "as_csv", is_flag=True, help="CSV with a header instead of a table (base units)."
+)
+@click.option("--wide", is_flag=True, help="Every column at full width, however wide the terminal.")
 @click.option(
     "--usd", is_flag=True, help="epochs, payouts: value at the last price at the epoch's end."
 )
@@ -260,6 +266,8 @@ def query(
     url: str | None,
     db_path: Path,
     as_json: bool,
+    as_csv: bool,
+    wide: bool,
     usd: bool,
     feed: str | None,
     shards: tuple[str, ...],
@@ -267,13 +275,18 @@ def query(
     """Query the ledger: realms | bandwidth | usage | epochs | payouts | dead | sources |
     reorgs (closed epochs that counted a log a reorg retracted) | prices.
 
+    The table fits the terminal: the query's key columns first, others while they fit (--wide
+    shows all); amounts in WMP. --json (one object a line) and --csv keep exact base units.
+
     Works while the projector runs (through its query endpoint) and without it (from the file).
     With --usd, epochs and payouts carry a USD value, or "stale" when the last price observed
     at or before the epoch's last block was not valid.
     """
     from ledger.query import QueryClient, QueryError
-    from ledger.render import print_query
+    from ledger.render import print_query, write_csv
 
+    if as_json and as_csv:
+        raise click.UsageError("--json or --csv, not both")
     if usd:
         if what not in ("epochs", "payouts"):
             raise click.UsageError("--usd applies to epochs and payouts")
@@ -298,8 +311,10 @@ def query(
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, default=str))
+    elif as_csv:
+        write_csv(sys.stdout, data["columns"], rows)
     else:
-        print_query(console, what, rows)
+        print_query(console, what, rows, layout="wide" if wide else "fit")
 
 
 def _read_shards(targets: tuple[str, ...], what: str, **params: Any) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Read access while the projector runs: DuckDB admits one writing process, so the projector's
 process serves reads over a loopback HTTP endpoint (JSON), each request on its own cursor.
 
-Endpoints: /realms, /bandwidth?realm=, /usage?realm=&epoch=, /epochs?realm=, /payouts?realm=&epoch=,
-/dead, /sources, /owned (the realms of a shard), /snapshot (offsets and table fingerprints read in one transaction), /table/NAME.
+Endpoints: /metrics and /health (Prometheus text; 503 when the broker is unreachable), /realms, /bandwidth?realm=, /usage?realm=&epoch=, /epochs?realm=, /payouts?realm=&epoch=,
+/dead, /sources, /owned (the realms of a shard), /dashboard/ (the web page, dashboard/), /snapshot (offsets and table fingerprints read in one transaction), /table/NAME.
 Bounded: a client has `REQUEST_TIMEOUT_S` to send its request (socket timeout), at most
 `MAX_REQUEST_THREADS` requests run at once (more are answered 503 at once).
 """
@@ -129,10 +129,24 @@ MAX_REQUEST_THREADS = 16
 
 class _Handler(BaseHTTPRequestHandler):
     con: duckdb.DuckDBPyConnection
+    #: (registry, health checks) of the projector, for /metrics and /health
+    metrics: tuple[Any, dict[str, Any]] | None = None
+    #: the block explorer's transaction page for the dashboard's links (see dashboard/data.py)
+    explorer: str = ""
     timeout = REQUEST_TIMEOUT_S
 
     def do_GET(self) -> None:  # noqa: N802
         url = urllib.parse.urlparse(self.path)
+        if self.metrics is not None:
+            from infra.metrics import serve_metrics_path
+
+            answer = serve_metrics_path(url.path, *self.metrics)
+            if answer is not None:
+                self._send_bytes(*answer)
+                return
+        if url.path.startswith("/dashboard"):
+            self._dashboard(url.path)
+            return
         params = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
         name = url.path.strip("/")
         cursor = self.con.cursor()
@@ -162,11 +176,30 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             cursor.close()
 
+    def _dashboard(self, path: str) -> None:
+        """The dashboard page and its JSON, read from this process's tables (dashboard/)."""
+        from dashboard.data import DuckReader
+        from dashboard.server import answer
+        from infra.loopback import send_reply
+
+        cursor = self.con.cursor()
+        try:
+            reply = answer(path, lambda: DuckReader(cursor), self.explorer)
+        except duckdb.Error as exc:  # the page shows it and keeps polling
+            reply = (503, "application/json", json.dumps({"error": str(exc)}).encode())
+        finally:
+            cursor.close()
+        send_reply(self, reply or (404, "text/plain", b"not found\n"))
+
     def _send(self, status: int, body: Any) -> None:
         # stdlib json: token amounts exceed 64 bits and must stay exact integers
-        data = json.dumps(body, default=_json_default).encode()
+        self._send_bytes(
+            status, "application/json", json.dumps(body, default=_json_default).encode()
+        )
+
+    def _send_bytes(self, status: int, content_type: str, data: bytes) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -200,9 +233,12 @@ class _BoundedServer(ThreadingHTTPServer):
 
 
 def serve(
-    con: duckdb.DuckDBPyConnection, host: str = "127.0.0.1", port: int = 0
+    con: duckdb.DuckDBPyConnection,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    metrics: tuple[Any, dict[str, Any]] | None = None,
 ) -> ThreadingHTTPServer:
-    handler = type("Handler", (_Handler,), {"con": con})
+    handler = type("Handler", (_Handler,), {"con": con, "metrics": metrics})
     server = _BoundedServer((host, port), handler)
     threading.Thread(target=server.serve_forever, name="ledger-query", daemon=True).start()
     return server

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, TextIO
 
 from rich import box
 from rich.console import Console
@@ -66,23 +67,76 @@ def _cell(column: str, value: Any, amounts: frozenset[str]) -> str:
     return str(value)
 
 
+#: per query, the columns a narrow terminal shows first (then the others, in their order, while
+#: they fit); `--wide` shows every column
+KEY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "realms": ("realm", "keeper", "epoch_blocks", "stake_per_mpb", "price_per_message", "rfr_bps"),
+    "bandwidth": ("realm", "block", "reserved_mpb", "provided_mpb", "used_mpb"),
+    "usage": ("realm", "epoch", "messages", "credit", "payee_class", "account"),
+    "epochs": ("realm", "epoch", "funding", "total", "remainder", "payees", "late_messages"),
+    "payouts": ("realm", "epoch", "amount", "payee_class", "account"),
+    "dead": ("reason", "records"),
+    "sources": ("source", "watermark", "last_seq", "records", "events"),
+    "reorgs": ("realm", "epoch", "retracted", "block"),
+    "prices": ("feed", "block", "answer", "decimals", "status"),
+    "epochs_usd": ("realm", "epoch", "total", "usd", "price_status"),
+    "payouts_usd": ("realm", "epoch", "amount", "usd", "price_status", "account"),
+}
+#: characters a table spends around each column (SIMPLE_HEAD, collapsed padding)
+COLUMN_GAP = 2
+
+
+def fit_columns(cells: dict[str, list[str]], width: int, first: Iterable[str] = ()) -> list[str]:
+    """The columns (in their order) to show within `width`: the `first` ones, then the rest,
+    each while its widest cell still fits; at least one column."""
+    natural = {
+        c: max(len(c), *(len(v) for v in values)) + COLUMN_GAP for c, values in cells.items()
+    }
+    order = [c for c in first if c in cells] + [c for c in cells if c not in set(first)]
+    chosen: set[str] = set()
+    used = 0
+    for column in order:
+        if used + natural[column] <= width or not chosen:
+            chosen.add(column)
+            used += natural[column]
+    return [c for c in cells if c in chosen]
+
+
 def print_query(
     console: Console,
     title: str,
     rows: Sequence[dict[str, Any]],
     drop: Iterable[str] = (),
     amounts: Iterable[str] = AMOUNT_COLUMNS,
+    layout: Literal["squeeze", "fit", "wide"] = "squeeze",
 ) -> None:
     """Rows as one table no wider than the console: amount columns in WMP (the unit in the
-    title), long hex shortened, cells cut (…), never wrapped."""
+    title), long hex shortened, cells cut (…), never wrapped. `layout`: "squeeze" every column
+    into the console; "fit" the query's key columns first and others while they fit (the title
+    says how many are left out: `query --wide` shows them); "wide" every column at its full
+    width, however wide the console."""
     if not rows:
         console.print(f"[dim]{title}: no rows[/]")
         return
     dropped = set(drop)
     amount_columns = frozenset(amounts)
-    columns = [c for c in rows[0] if c not in dropped]
+    cells = {
+        c: [_cell(c, row[c], amount_columns) for row in rows] for c in rows[0] if c not in dropped
+    }
+    wide = layout == "wide"
+    columns = (
+        fit_columns(cells, console.width, KEY_COLUMNS.get(title, ()))
+        if layout == "fit"
+        else list(cells)
+    )
+    notes = []
     if any(c in amount_columns for c in columns):
-        title = f"{title} (amounts in {TOKEN_SYMBOL})"
+        notes.append(f"amounts in {TOKEN_SYMBOL}")
+    if len(columns) < len(cells):
+        hidden = len(cells) - len(columns)
+        notes.append(f"{hidden} more column{'s' if hidden > 1 else ''}: --wide")
+    if notes:
+        title = f"{title} ({'; '.join(notes)})"
     table = Table(
         title=title,
         title_justify="left",
@@ -99,9 +153,26 @@ def print_query(
             overflow="ellipsis",
             min_width=4,
         )
+    for i in range(len(rows)):
+        table.add_row(*(cells[c][i] for c in columns))
+    if not wide:
+        console.print(table)
+        return
+    full = sum(max(len(c), *(len(v) for v in cells[c])) + COLUMN_GAP for c in columns)
+    width = console.width
+    console.width = max(full, width)  # print(width=) cannot exceed the console's own
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
+
+
+def write_csv(out: TextIO, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Rows as CSV with a header; amounts stay exact base-unit integers, None is empty."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
     for row in rows:
-        table.add_row(*(_cell(c, row[c], amount_columns) for c in columns))
-    console.print(table)
+        writer.writerow(["" if row[c] is None else row[c] for c in columns])
 
 
 def print_audit(console: Console, report: AuditReport) -> None:

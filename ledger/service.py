@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from kafka.errors import KafkaError
+from prometheus_client import Histogram
 
 from domain.envelope import Record
 from domain.events import PayoutsComputed
@@ -50,6 +52,9 @@ class ServiceConfig:
     max_buffered_records: int = 2048  # per partition; the partition is paused beyond it
     commit_every_records: int = 512
     poll_timeout_ms: int = 50
+    #: how long a request for the partitions' end offsets may take; past it (a broker down) the
+    #: service counts as not caught up and goes on polling
+    offsets_timeout_ms: int = 10_000
     query_host: str = "127.0.0.1"
     query_port: int | None = 0  # 0: a free port, None: no query endpoint
     topics: tuple[str, ...] = (USAGE_TOPIC, LEDGER_TOPIC)
@@ -91,6 +96,7 @@ class LedgerService:
         self._buffers: dict[Any, deque[list[Any]]] = {}
         self._paused: set[Any] = set()
         self._stalled_since: float | None = None
+        self._offsets_unavailable = False  # the broker could not give end offsets (logged once)
         #: replay stops each partition at these offsets (exclusive); live has none
         self.limits: dict[tuple[str, int], int] = {}
         #: replay also applies these offsets beyond a partition's limit (applied ahead live)
@@ -102,12 +108,29 @@ class LedgerService:
         #: deciding that previous record decides them at once, wherever they sit
         self._parked: dict[tuple[str, int], tuple[Any, list[Any]]] = {}
         self._payouts_resent = False
+        #: the broker's high watermark per (topic, partition), as the last fetch reported it
+        self.high_watermarks: dict[tuple[str, int], int] = {}
+        self.commit_seconds = Histogram(
+            "meshledger_projector_commit_seconds",
+            "Time to commit a transaction of tables and offsets.",
+            registry=None,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start_query_server(self) -> int:
+        from infra.metrics import projector_metrics, registry_of, tcp_check
         from ledger.query import serve
 
-        self.query_server = serve(self.con, self.config.query_host, self.config.query_port or 0)
+        self.query_server = serve(
+            self.con,
+            self.config.query_host,
+            self.config.query_port or 0,
+            metrics=(
+                registry_of(lambda: projector_metrics(self)),
+                {"broker": tcp_check(self.config.bootstrap)},
+            ),
+        )
         return int(self.query_server.server_address[1])
 
     def stop(self) -> None:
@@ -206,13 +229,17 @@ class LedgerService:
             self._fetch()
             changed = self._process()
             if changed:
-                self.projector.commit()
+                self._commit()
                 self._staged = 0
                 if on_progress:
                     on_progress(self.progress)
             self._close_due_epochs()
             if until is not None and until(self):
                 break
+
+    def _commit(self) -> None:
+        with self.commit_seconds.time():
+            self.projector.commit()
 
     def _fetch(self) -> None:
         consumer = self._consumer
@@ -224,6 +251,9 @@ class LedgerService:
             self._buffers[tp].extend([msg, None, None] for msg in records if msg.offset not in done)
             self._fetched[tp] = records[-1].offset + 1
         for tp, buf in self._buffers.items():
+            high = consumer.highwater(tp)  # from the last fetch response: no request
+            if high is not None:
+                self.high_watermarks[(tp.topic, tp.partition)] = high
             if len(buf) >= self.config.max_buffered_records and tp not in self._paused:
                 consumer.pause(tp)
                 self._paused.add(tp)
@@ -290,7 +320,7 @@ class LedgerService:
             self._staged += 1
             if self._staged >= self.config.commit_every_records:  # a bounded transaction
                 self._stage_offsets(tp, remaining, buf, decided, limit)
-                projector.commit()
+                self._commit()
                 self._staged = 0
         # records of this pass that a wake decided meanwhile are decided offsets, not remaining
         remaining = deque(e for e in remaining if e[1] is not _DONE)
@@ -394,9 +424,19 @@ class LedgerService:
         return True
 
     def caught_up(self, exclude: set[Any] | None = None) -> bool:
-        """Every partition (but `exclude`) consumed to its end offset."""
+        """Every partition (but `exclude`) consumed to its end offset; False while the broker
+        cannot say (a broker down is never "caught up": no gap is declared across an outage)."""
         consumer = self._consumer
-        ends = consumer.end_offsets(list(self._buffers))
+        try:
+            ends = consumer.end_offsets(list(self._buffers), self.config.offsets_timeout_ms)
+        except KafkaError as exc:
+            if not self._offsets_unavailable:  # once an outage, not once a pass
+                log.warning("end offsets unavailable (%s): not caught up, retrying", exc)
+            self._offsets_unavailable = True
+            return False
+        if self._offsets_unavailable:
+            log.info("end offsets available again")
+            self._offsets_unavailable = False
         for tp, end in ends.items():
             if exclude and tp in exclude:
                 continue

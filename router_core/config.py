@@ -9,6 +9,7 @@ never from the configuration itself. Example: see README / `router_core.cli`.
     chain_rpc_url = ""                 # web3 head poller and chequebook solvency checks
     ledger_sources = ["0x…"]           # trusted indexer keys: stakes and chain heads from mesh.ledger
     watermark_every_blocks = 10        # a signed ChainHead per realm at least this often, even idle
+    metrics_listen = "127.0.0.1:9101"  # /metrics and /health (Prometheus); omit: none
 
     [swap]
     token = "0x…"
@@ -140,6 +141,8 @@ class RouterConfig:
     #: the router's watermark (ChainHead of block - 1, per realm) at least every N blocks, so an
     #: idle router never holds its realms' epochs open; 0 turns it off
     watermark_every_blocks: int = 10
+    #: host:port of /metrics and /health (infra/metrics.py); "" serves none
+    metrics_listen: str = ""
     swap: SwapConfig = field(default_factory=SwapConfig)
     cashout: CashoutConfig = field(default_factory=CashoutConfig)
     links: LinkLimits = field(default_factory=LinkLimits)

@@ -30,6 +30,8 @@ from router_core.metering import UsageSink
 
 log = logging.getLogger("router_core.handoff")
 
+#: kinds of routed messages (router_core.broker, router_core.dealer), counted for /metrics
+ROUTED_KINDS = ("event", "invocation", "result", "error")
 #: slots of one item in a chunk: realm, from_peer, to_peer, kind, uri, payload_bytes, block.
 #: An event is (realm, EVENT, <Event>, "" or WATERMARK, "", 0, 0).
 SLOTS = 7
@@ -107,6 +109,9 @@ class LedgerHandoff:
         self.acked_items = 0
         self.paused = False
         self.pauses = 0
+        #: metered messages sealed into the ledger, by kind: the drain reports them with its
+        #: acknowledgements (the child counts them), so the loop adds nothing per message
+        self.routed_by_kind: dict[str, int] = dict.fromkeys(ROUTED_KINDS, 0)
         self.on_full: Callable[[], None] = lambda: None
         self.on_space: Callable[[], None] = lambda: None
         self.drain.attach(self)
@@ -173,6 +178,11 @@ class LedgerHandoff:
         if self.paused and self._unacked_items < self.low_water:
             self.paused = False
             self.on_space()
+
+    def count_routed(self, by_kind: dict[str, int]) -> None:
+        """The drain sealed these metered messages (by kind) with its last acknowledgement."""
+        for kind, count in by_kind.items():
+            self.routed_by_kind[kind] = self.routed_by_kind.get(kind, 0) + count
 
     def waiting(self) -> int:
         """Items not yet sealed by the emitter: the open chunk and the unacknowledged ones."""

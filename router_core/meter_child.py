@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 
 from domain.events import event_from_dict, event_to_dict
-from router_core.handoff import EVENT, SLOTS, WATERMARK, Chunk, LedgerHandoff
+from router_core.handoff import EVENT, ROUTED_KINDS, SLOTS, WATERMARK, Chunk, LedgerHandoff
 
 log = logging.getLogger("router_core.meter_child")
 
@@ -308,6 +308,8 @@ class ChildDrain:
                     self._progress.notify_all()
                 if self._handoff is not None:
                     self._handoff.acked(ident)
+                    if payload:
+                        self._handoff.count_routed(orjson.loads(payload))
                 if time.monotonic() - self._started_at > 30:
                     self._backoff_s = 0.1
             elif kind == READY:
@@ -595,7 +597,10 @@ class _Child:
                     os._exit(70)
         if refused:
             self.send(FATAL, 0, f"{refused} items refused by the emitter (see the log)".encode())
-        self.send(ACK, chunks[-1][0])
+        # the acknowledged chunks' metered messages by kind, for the router's /metrics: counted
+        # here, off the router's loop (a chunk is acknowledged, so counted, once)
+        kinds = items[3::SLOTS]
+        self.send(ACK, chunks[-1][0], orjson.dumps({k: kinds.count(k) for k in ROUTED_KINDS}))
 
 
 def main(argv: list[str] | None = None) -> None:

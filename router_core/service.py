@@ -11,6 +11,15 @@ from typing import Any
 
 from domain.envelope import Signer
 from domain.swap import RouterTerms
+from infra.metrics import (
+    HealthCheck,
+    MetricsServer,
+    parse_listen,
+    registry_of,
+    router_metrics,
+    rpc_check,
+    tcp_check,
+)
 from router_core.cashout import CashoutPolicy, CashoutQueue, CashoutSink, open_chequebook_sink
 from router_core.chain_clock import ChainClock, HeadEventClock, ManualClock, Web3HeadPoller
 from router_core.chequebooks import ChequebookReader, NoChain, Web3Chequebooks
@@ -58,6 +67,9 @@ class RouterService:
     cashout: CashoutQueue | None = None
     cashout_sink: CashoutSink | None = None
     clock: ChainClock | None = None
+    #: the metering child's spool (its size is a metric)
+    spool_dir: Path | None = None
+    metrics: Any = None
     _opened_sink: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -71,8 +83,9 @@ class RouterService:
         sink: UsageSink
         if cfg.broker:
             # sealing, signing and producing run in a supervised child that owns the spool
+            self.spool_dir = data / "spool"
             self.drain = ChildDrain(
-                ChildSpec(bootstrap=cfg.broker, spool_dir=str(data / "spool"), state_dir=str(data)),
+                ChildSpec(bootstrap=cfg.broker, spool_dir=str(self.spool_dir), state_dir=str(data)),
                 key,
                 loop,
             )
@@ -203,6 +216,8 @@ class RouterService:
         await self.router.start(host, port)
         if self.cashout is not None and self.cashout_sink is not None:
             self._tasks.append(loop.create_task(self._cashout_loop()))
+        if cfg.metrics_listen:
+            self.metrics = self.serve_metrics(*parse_listen(cfg.metrics_listen))
         return self.router
 
     def _link_offer(self) -> SwapOffer | None:
@@ -217,6 +232,17 @@ class RouterService:
             price_per_message=cfg.link_swap.max_price_per_message,
         )
 
+    def serve_metrics(self, host: str = "127.0.0.1", port: int = 0) -> MetricsServer:
+        """/metrics (read at scrape time, nothing on the loop) and /health: the broker and the
+        chain the router depends on."""
+        cfg = self.config
+        checks: dict[str, HealthCheck] = {}
+        if cfg.broker:
+            checks["broker"] = tcp_check(cfg.broker)
+        if cfg.chain_rpc_url:
+            checks["chain"] = rpc_check(cfg.chain_rpc_url)
+        return MetricsServer(registry_of(lambda: router_metrics(self)), checks, host, port)
+
     async def _cashout_loop(self) -> None:
         assert self.cashout is not None and self.cashout_sink is not None
         while True:
@@ -229,6 +255,9 @@ class RouterService:
                 log.exception("cash-out failed")
 
     async def stop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

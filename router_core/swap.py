@@ -213,6 +213,8 @@ class SwapService:
         self._books_busy: set[UUID] = set()
         #: how long a peer that joins past its disconnect threshold may take to pay
         self._grace_s = payment_grace_ms / 1000
+        #: cheques received, by outcome ("accepted" or the refusal reason; read by /metrics)
+        self.cheque_outcomes: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -529,11 +531,14 @@ class SwapService:
             ps.verifying = True
             self._books_busy.add(book_key)
             try:
-                return await self._cheque(session, ps, peer, claim, book_key)
+                answer = await self._cheque(session, ps, peer, claim, book_key)
+                self.cheque_outcomes["accepted"] += 1
+                return answer
             finally:
                 ps.verifying = False
                 self._books_busy.discard(book_key)
         except ChequeInvalid as exc:
+            self.cheque_outcomes[exc.reason] += 1
             self._rejected(ps, peer, claim, exc)
             raise MetaError(m.CHEQUE_REJECTED, exc.detail, {"reason": exc.reason}) from exc
 

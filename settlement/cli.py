@@ -23,6 +23,7 @@ from web3 import Web3
 
 from domain.economics import Payout
 from domain.events import Event
+from infra.metrics import SettleRun
 from settlement.job import (
     EXIT_CHAIN,
     EXIT_OK,
@@ -37,7 +38,7 @@ from settlement.job import (
     SettlementJob,
     SourceUnavailable,
 )
-from settlement.journal import Journal
+from settlement.journal import OPEN_STATES, Journal
 from settlement.submitter import (
     FeePolicy,
     SubmitError,
@@ -256,6 +257,13 @@ def load_key(path: str | Path) -> LocalAccount:
 )
 @click.option("--priority-fee-wei", type=click.IntRange(min=0), default=10**8, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; sign nothing.")
+@click.option(
+    "--metrics-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the run's Prometheus metrics (epochs due and settled, transactions pending, gas "
+    "spent) to this file for node_exporter's textfile collector.",
+)
 def settle(
     realm: str | None,
     epoch: int | None,
@@ -277,6 +285,7 @@ def settle(
     max_fee_wei: int,
     priority_fee_wei: int,
     dry_run: bool,
+    metrics_file: Path | None,
 ) -> None:
     if all_due == (epoch is not None):
         raise click.UsageError("give either --epoch (with --realm) or --all-due")
@@ -329,6 +338,7 @@ def settle(
                 (bootstrap, Path(spool_dir).expanduser()),
                 realm,
                 epoch,
+                metrics_file,
             )
     except JobError as err:
         click.echo(f"error: {err}", err=True)
@@ -357,9 +367,11 @@ def _run(
     emitter_args: tuple[str, Path],
     realm: str | None,
     epoch: int | None,
+    metrics_file: Path | None = None,
 ) -> int:
     # checks that need no lock and sign nothing come first
     SettlementJob(w3, source, _NoRecorder(), config, sender=account.address).preflight()
+    run = SettleRun(epochs_due=1 if epoch is not None else len(source.due_epochs(realm)))
     try:
         recorder, emitter = ledger_recorder(bytes(account.key), *emitter_args)
     except Exception as err:  # noqa: BLE001 - no recorder, no settlement
@@ -372,11 +384,16 @@ def _run(
                 results = [job.settle(realm, epoch)]
             else:
                 results = job.settle_all_due(realm)
+            run.epochs_settled = len(results)
+            run.gas_spent = submitter.gas_used_total
+            run.tx_pending = sum(1 for tx in submitter.journal.all() if tx.state in OPEN_STATES)
     finally:
         try:
             emitter.close()
         except Exception as err:  # noqa: BLE001
             log.warning("emitter close: %s", err)
+        if metrics_file is not None:
+            run.write(metrics_file)
     for result in results:
         # one plain line per epoch, never wrapped: schedulers parse it
         click.echo(

@@ -208,6 +208,8 @@ class Submitter:
         self.config = config
         self.observer = observer
         self._lock_file: IO[str] | None = None
+        #: gas of the transactions this submitter saw confirmed (`settle --metrics-file`)
+        self.gas_used_total = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -272,6 +274,7 @@ class Submitter:
             if resolved.kind == "confirmed":
                 row = resolved.row
                 assert row is not None
+                self.gas_used_total += resolved.gas_used or 0
                 return Outcome(
                     request.work_key,
                     "confirmed",

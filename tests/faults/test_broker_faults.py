@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -114,6 +115,50 @@ def test_dropped_stalled_and_paused_broker_lose_nothing_and_double_nothing(
     assert table(
         service, f"SELECT sum(messages)::BIGINT FROM usage_blocks WHERE source = '{source}'"
     ) == [(sent,)]
+    assert table(service, "SELECT count(*) FROM seq_gaps") == [(0,)]
+    service.close()
+
+
+def test_the_projector_outlasts_a_broker_that_cannot_answer(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    """A live projector whose broker stops answering (every connection dropped for longer than an
+    end-offsets request may take) keeps running, declares no gap, and projects what comes after."""
+    world = World(proxied_broker.bootstrap, tmp_path, head=1_000_000)
+    service = world.service(live=True, offsets_timeout_ms=500)
+    run_until(service, caught_up, 60)
+    done, errors = threading.Event(), []
+
+    def run() -> None:
+        try:
+            service.run(until=lambda _s: done.is_set())
+        except BaseException as exc:  # the test fails on it below
+            errors.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    try:
+        proxied_broker.proxy.set_mode("drop")
+        deadline = time.monotonic() + 60
+        while not service._offsets_unavailable:  # the service asked and the broker did not answer
+            assert runner.is_alive(), f"the projector died: {errors}"
+            assert time.monotonic() < deadline, "the service never asked for end offsets"
+            time.sleep(0.05)
+        time.sleep(1.5)  # three timeouts more without a broker
+        assert runner.is_alive() and not errors, errors
+        proxied_broker.proxy.set_mode("pass")
+        world.send_raw(world.crafted_metered(7, block=10))
+        deadline = time.monotonic() + 60
+        while (state := service.projector.sources.get(world.crafted.address)) is None:
+            assert runner.is_alive(), f"the projector died: {errors}"
+            assert time.monotonic() < deadline, "the record after the outage was not projected"
+            time.sleep(0.05)
+        assert state.last_seq == 7
+    finally:
+        done.set()
+        runner.join(timeout=60)
+    assert not errors, errors
+    assert not service._offsets_unavailable  # it said so when the broker answered again
     assert table(service, "SELECT count(*) FROM seq_gaps") == [(0,)]
     service.close()
 

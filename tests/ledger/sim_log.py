@@ -86,7 +86,12 @@ class ChaosConsumer:
     def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]
 
-    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.log.end(tp.topic, tp.partition)
+
+    def end_offsets(
+        self, tps: list[TopicPartition], timeout_ms: int | None = None
+    ) -> dict[TopicPartition, int]:
         return {tp: self.log.end(tp.topic, tp.partition) for tp in tps}
 
     def poll(self, timeout_ms: int = 0, max_records: int = 0) -> dict[TopicPartition, list[Any]]:

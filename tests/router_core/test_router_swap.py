@@ -99,11 +99,30 @@ def test_peer_pays_several_cumulative_cheques_automatically(paying: Harness) -> 
             return [e for e in harness.sink.of_type(ChequeReceived) if e.peer == key.address]
 
         for sent in (15, 35):  # past the payment threshold twice: at least two cheques
+            before = len(cheques())
             await publish_n(payer, sent - len(got))
+            # charges may reach the account a moment after the delivery: wait for the cheque
             await until(
-                lambda n=sent: len(got) == n and swap.debt(REALM, key.address) < 10 * PRICE,
-                "every message delivered and the debt paid down below the payment threshold",
+                lambda n=sent, b=before: (
+                    len(got) == n
+                    and len(cheques()) > b
+                    and swap.debt(REALM, key.address) < 10 * PRICE
+                ),
+                "every message delivered, a cheque received and the debt paid down below the"
+                " payment threshold",
             )
+        book_key = payer.journal.key(
+            harness.chain_id, harness.offer(key).chequebook, harness.router_key.address
+        )
+
+        def settled() -> bool:  # no cheque between the payer's journal and the router any more
+            issued, _ = payer.journal.issued(book_key)
+            events = cheques()
+            return bool(events) and issued == events[-1].cumulative == swap.last_cumulative(
+                REALM, key.address
+            )
+
+        await until(settled, "the last cheque the payer issued credited and recorded")
         received = cheques()
         assert len(received) >= 2
         cumulatives = [e.cumulative for e in received]
@@ -114,11 +133,7 @@ def test_peer_pays_several_cumulative_cheques_automatically(paying: Harness) -> 
         assert router.swap.debt(REALM, key.address) == 35 * PRICE - cumulatives[-1]
         assert router.swap.debt(REALM, key.address) < 10 * PRICE
         assert payer.close_reason is None
-        journal_cumulative, _ = payer.journal.issued(
-            payer.journal.key(
-                harness.chain_id, harness.offer(key).chequebook, harness.router_key.address
-            )
-        )
+        journal_cumulative, _ = payer.journal.issued(book_key)
         assert journal_cumulative == cumulatives[-1]
         await router.stop()
 

@@ -24,6 +24,7 @@ from _submitter_chain import SETTLE_CHAIN_ID
 from _submitter_settle import balances, budget, deploy, fund_realm, job_key
 from click.testing import CliRunner, Result
 from eth_typing import ChecksumAddress
+from prometheus_client.parser import text_string_to_metric_families
 from web3 import Web3
 
 from domain.economics import payout_digest
@@ -42,6 +43,7 @@ from ledger.simulate import new_signer
 from settlement import cli
 from settlement.contracts import Stack
 from settlement.job import EXIT_NOT_DUE
+from settlement.journal import Journal, TxState
 
 pytestmark = pytest.mark.integration
 _realm_numbers = itertools.count()
@@ -134,14 +136,33 @@ def test_settle_pays_what_the_projector_computed(
     fund_realm(w3, fresh_stack, sources.realm, total)
     args, _ = chain_args(mining_anvil, fresh_stack, w3, tmp_path, ledger_broker.bootstrap)
 
+    metrics_file = tmp_path / "settle.prom"
     result = run_settle(  # the endpoint comes from DB.query
-        *args, "--ledger-source", sources.ledger.address, "--db", str(live["db_path"]), "--all-due"
-    )
+        *args,
+        "--ledger-source", sources.ledger.address,
+        "--db", str(live["db_path"]),
+        "--all-due",
+        "--metrics-file", str(metrics_file),
+    )  # fmt: skip
 
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"settled realm={sources.realm} epoch=0 root=0x")
     assert balances(fresh_stack, list(amounts)) == amounts
     assert budget(fresh_stack, sources.realm) == (total, total, total)
+    # the run's metrics for node_exporter's textfile collector: gas as the receipts say
+    confirmed = [
+        tx for tx in Journal(tmp_path / "journal.sqlite").all() if tx.state == TxState.CONFIRMED
+    ]
+    gas = sum(int(w3.eth.get_transaction_receipt(tx.tx_hash)["gasUsed"]) for tx in confirmed)
+    metrics = {
+        s.name: s.value
+        for f in text_string_to_metric_families(metrics_file.read_text())
+        for s in f.samples
+    }
+    assert confirmed and metrics["meshledger_settle_gas_spent"] == gas
+    assert metrics["meshledger_settle_epochs_due"] >= 1
+    assert metrics["meshledger_settle_epochs_settled"] == 1
+    assert metrics["meshledger_settle_tx_pending"] == 0
 
 
 def test_payouts_that_do_not_hash_to_the_logged_digest_are_not_paid(

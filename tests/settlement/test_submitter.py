@@ -89,7 +89,10 @@ def test_nonces_are_tracked_locally_across_sends(
         for payee in payees:
             sub.submit(transfer(payee, 7), lambda p=payee: balance_reached(w3, p, 7))  # type: ignore[misc]
     rows = Journal(tmp_path / "j.sqlite").all()
-    assert [r.nonce for r in rows] == [0, 1, 2]
+    # one confirmed transaction per nonce, in order; a loaded machine may add a superseded
+    # replacement of a transaction that looked stuck, never a second confirmed one
+    assert [r.nonce for r in rows if r.state is TxState.CONFIRMED] == [0, 1, 2]
+    assert all(r.state in (TxState.CONFIRMED, TxState.SUPERSEDED) for r in rows), rows
     assert all(w3.eth.get_balance(p) == 7 for p in payees)  # type: ignore[arg-type]
 
 
@@ -321,10 +324,14 @@ def test_other_work_left_unsent_is_cancelled_before_new_work(
         outcome = sub.submit(transfer(payee, 6), lambda: balance_reached(w3, payee, 6))
     assert outcome.status == "confirmed"
     rows = Journal(tmp_path / "j.sqlite").all()
-    assert [(r.kind, r.nonce, r.state) for r in rows] == [
+    final = [(r.kind, r.nonce, r.state) for r in rows if r.nonce == 0 or r.kind == "work"]
+    assert final == [
         ("work", 0, TxState.SUPERSEDED),  # its nonce was filled by the cancellation
         ("cancel", 0, TxState.CONFIRMED),
         ("work", 1, TxState.CONFIRMED),
     ]
+    # a loaded machine may stall the receipt long enough to try cancelling nonce 1 once the
+    # work was seen done: that cancellation can only lose to the work
+    assert all(r.state is TxState.SUPERSEDED for r in rows if r.nonce == 1 and r.kind == "cancel")
     assert w3.eth.get_balance(abandoned) == 0  # type: ignore[arg-type]
     assert w3.eth.get_balance(payee) == 6  # type: ignore[arg-type]
