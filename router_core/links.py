@@ -729,6 +729,7 @@ class Federation:
             "link_errors": {a: link.last_error for a, link in self.links.items()},
             "cheques_paid": sum(len(link.payments) for link in self.links.values()),
             "reachable": sorted(self.topology.reachable()),
+            "edges": self.topology.edges(),
             "forwarded": self.forwarded,
             "received_forwarded": self.received_forwarded,
             "duplicates": self.seen.duplicates,

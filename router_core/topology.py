@@ -209,6 +209,10 @@ class Topology:
         self._hops[procedure] = hop
         return hop
 
+    def edges(self) -> int:
+        """Links announced by both of their routers, as this router knows them."""
+        return sum(len(self._adjacent(r)) for r in self.states) // 2
+
     def reachable(self) -> set[str]:
         return set(self._bfs(self.me)) - {self.me}
 

@@ -123,17 +123,18 @@ peers = [{peers}]
                 stop_process(me.proc)
 
     async def converged(self, timeout_s: float = 30.0) -> list[Client]:
-        """A client on each router; returns them once every router reaches every other one."""
+        """A client on each router; returns them once every router knows every link (all
+        compute the same broadcast trees from then on)."""
         clients = [await anonymous(r.url) for r in self.routers]
 
         async def reach_all() -> bool:
             for client in clients:
                 status = await client.call("mesh.link.status")
-                if len(status["reachable"]) != self.size - 1:
+                if status["edges"] != len(self.edges):
                     return False
             return True
 
-        await until_async(reach_all, "every router reaches every other", timeout_s)
+        await until_async(reach_all, "every router knows every link", timeout_s)
         return clients
 
 

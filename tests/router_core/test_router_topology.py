@@ -96,6 +96,7 @@ def test_a_link_counts_only_when_both_sides_announce_it() -> None:
     view.update(one_sided)
     assert view.fanout("r00", "t.x") == ()
     assert view.reachable() == set()
+    assert view.edges() == 0
 
 
 def test_an_older_state_is_ignored_and_a_restart_wins() -> None:
