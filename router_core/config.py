@@ -141,6 +141,14 @@ class RouterConfig:
     #: the router's watermark (ChainHead of block - 1, per realm) at least every N blocks, so an
     #: idle router never holds its realms' epochs open; 0 turns it off
     watermark_every_blocks: int = 10
+    #: the router operator's fee on market calls it clears under agreed quotes (bps of the price)
+    market_fee_bps: int = 0
+    #: verify every N-th call of a deterministic market service by redundant calls (0: never)
+    market_verify_every_calls: int = 10
+    #: wrong answers after which an operator is convicted (no longer offered)
+    market_conviction_mismatches: int = 3
+    #: where verifier modules live, named `<keccak256 hex>.wasm` ("" : none)
+    market_verifiers_dir: str = ""
     #: host:port of /metrics and /health (infra/metrics.py); "" serves none
     metrics_listen: str = ""
     swap: SwapConfig = field(default_factory=SwapConfig)

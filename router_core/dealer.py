@@ -48,6 +48,17 @@ MetaProcedure = Callable[
 ]
 
 
+class MarketHooks(Protocol):
+    """The marketplace's view of calls (`router_core.market.MarketService`): who may register
+    under a service's operator prefix, and each call's outcome (assessment, pricing)."""
+
+    def may_register(self, session: Session, uri: str) -> str | None: ...
+
+    def call_started(self, pending: PendingCall, payload: list[Any]) -> None: ...
+
+    def call_ended(self, pending: PendingCall, outcome: str) -> None: ...
+
+
 class Registration:
     __slots__ = ("id", "uri", "callee")
 
@@ -58,7 +69,9 @@ class Registration:
 
 
 class PendingCall:
-    __slots__ = ("invocation", "caller", "request", "callee", "uri", "timer")
+    __slots__ = (
+        "invocation", "caller", "request", "callee", "uri", "timer", "started", "market", "result",
+    )  # fmt: skip
 
     def __init__(
         self, invocation: int, caller: Session, request: int, callee: Session, uri: str
@@ -69,6 +82,12 @@ class PendingCall:
         self.callee = callee
         self.uri = uri
         self.timer: asyncio.TimerHandle | None = None
+        #: loop time of the INVOCATION, and what the marketplace keeps of the call (None: not a
+        #: market call); set by the market hook only
+        self.started = 0.0
+        self.market: Any = None
+        #: a market call's result payload (args, kwargs), kept for its verification
+        self.result: list[Any] = []
 
 
 class Dealer:
@@ -94,9 +113,12 @@ class Dealer:
         self.links: RemoteCalls | None = None
         #: called when a procedure is registered or unregistered (router links)
         self.on_interest: Callable[[], None] | None = None
+        #: the marketplace's hooks (None: no marketplace on this router)
+        self.market: MarketHooks | None = None
 
-    def procedures(self) -> list[str]:
-        return list(self._procs)
+    def procedures(self) -> Any:
+        """The URIs registered now (a live view)."""
+        return self._procs.keys()
 
     # -- registrations ----------------------------------------------------------------------------
 
@@ -112,6 +134,10 @@ class Dealer:
             return
         if uri in self._procs:
             session.error(m.REGISTER, request, m.PROCEDURE_ALREADY_EXISTS, f"{uri} is registered")
+            return
+        refusal = self.market.may_register(session, uri) if self.market is not None else None
+        if refusal is not None:
+            session.error(m.REGISTER, request, m.NOT_AUTHORIZED, refusal)
             return
         if len(session.registrations) >= self._max_registrations:
             session.error(
@@ -187,6 +213,8 @@ class Dealer:
         timeout_s = timeout / 1000 if type(timeout) is int and timeout > 0 else self._timeout_s
         if timeout_s > 0:
             pending.timer = self._loop.call_later(timeout_s, self._timed_out, invocation)
+        if self.market is not None:
+            self.market.call_started(pending, msg[4:])
         callee.send_frame(frame)
         self._routed("invocation", caller, callee, uri, len(frame))
 
@@ -233,12 +261,14 @@ class Dealer:
         caller.send_frame(frame)
         return frame
 
-    def _finish(self, pending: PendingCall) -> None:
+    def _finish(self, pending: PendingCall, outcome: str) -> None:
         del self._pending[pending.invocation]
         del self._by_caller[(pending.caller.id, pending.request)]
         pending.caller.pending_calls -= 1
         if pending.timer is not None:
             pending.timer.cancel()
+        if pending.market is not None and self.market is not None:
+            self.market.call_ended(pending, outcome)
 
     def yield_(self, callee: Session, msg: list[Any]) -> None:
         pending = self._pending.get(msg[1])
@@ -246,7 +276,9 @@ class Dealer:
             return  # late (timed out, canceled, caller gone): ignored, as the spec allows
         progress = msg[2].get("progress") is True
         if not progress:
-            self._finish(pending)
+            if pending.market is not None:
+                pending.result = msg[3:]
+            self._finish(pending, "result")
         caller = pending.caller
         frame = self.reply(
             caller,
@@ -262,7 +294,7 @@ class Dealer:
         pending = self._pending.get(msg[2])
         if pending is None or pending.callee is not callee:
             return
-        self._finish(pending)
+        self._finish(pending, "error")
         caller = pending.caller
         frame = self.reply(
             caller, [m.ERROR, m.CALL, pending.request, {}, *msg[4:]], pending.request
@@ -274,7 +306,9 @@ class Dealer:
         invocation = msg[1] if msg[0] == m.YIELD else msg[2]
         pending = self._pending.get(invocation)
         if pending is not None and pending.callee is callee:
-            self._fail(pending, m.CANCELED, f"callee suspended: {reason}", interrupt=False)
+            self._fail(
+                pending, m.CANCELED, f"callee suspended: {reason}", interrupt=False, outcome="error"
+            )
 
     def cancel(self, caller: Session, msg: list[Any]) -> None:
         pending = self._by_caller.get((caller.id, msg[1]))
@@ -282,16 +316,23 @@ class Dealer:
             if self.links is not None:
                 self.links.cancel(caller, msg[1])
             return
-        self._fail(pending, m.CANCELED, "canceled by the caller")
+        self._fail(pending, m.CANCELED, "canceled by the caller", outcome="canceled")
 
     def _timed_out(self, invocation: int) -> None:
         pending = self._pending.get(invocation)
         if pending is not None:
             pending.timer = None
-            self._fail(pending, m.TIMEOUT, "call timed out")
+            self._fail(pending, m.TIMEOUT, "call timed out", outcome="timeout")
 
-    def _fail(self, pending: PendingCall, uri: str, message: str, interrupt: bool = True) -> None:
-        self._finish(pending)
+    def _fail(
+        self,
+        pending: PendingCall,
+        uri: str,
+        message: str,
+        interrupt: bool = True,
+        outcome: str = "error",
+    ) -> None:
+        self._finish(pending, outcome)
         pending.caller.send([m.ERROR, m.CALL, pending.request, {}, uri, [message]])
         callee = pending.callee
         if interrupt and callee.state is State.ESTABLISHED and _can_cancel(callee):
@@ -306,9 +347,9 @@ class Dealer:
             return
         for pending in list(self._pending.values()):
             if pending.callee is session:
-                self._fail(pending, m.CANCELED, "callee left", interrupt=False)
+                self._fail(pending, m.CANCELED, "callee left", interrupt=False, outcome="error")
             elif pending.caller is session:
-                self._finish(pending)
+                self._finish(pending, "canceled")
                 if pending.callee.state is State.ESTABLISHED and _can_cancel(pending.callee):
                     pending.callee.send(
                         [

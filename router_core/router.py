@@ -26,6 +26,7 @@ from router_core.links import (
     LinkPeer,
     link_proof,
 )
+from router_core.market import MarketService
 from router_core.metering import MeteringObserver, UsageSink
 from router_core.realm import Realm, RoutingObserver
 from router_core.reservation import BandwidthGate
@@ -107,8 +108,10 @@ class Router:
         link_limits: LinkLimits | None = None,
         link_swap: SwapOffer | None = None,
         link_journal: ChequeJournal | None = None,
+        market: MarketService | None = None,
     ) -> None:
         self.address = address
+        self.market = market
         #: peer routers per realm (router-to-router links); `link_key` is this router's operator
         #: key, which logs in to them and proves this router to routers dialing it
         self.peers = {realm: list(found) for realm, found in (peers or {}).items() if found}
@@ -212,6 +215,8 @@ class Router:
             if self.swap is not None:
                 realm.dealer.meta[CHEQUE_PROCEDURE] = self.swap.cheque
                 realm.dealer.meta[BALANCE_PROCEDURE] = self.swap.balance
+            if self.market is not None:
+                self.market.attach(realm)
             self.realms[name] = realm
             self.clock.on_block(realm.on_block)
             if name in self.peers:

@@ -27,6 +27,8 @@ from router_core.client import ChequeJournal, SwapOffer
 from router_core.config import RouterConfig
 from router_core.handoff import LedgerHandoff
 from router_core.ledger_follower import LedgerFollower
+from router_core.market import MarketBook, MarketService
+from router_core.market_verify import Verification
 from router_core.meter_child import ChildDrain, ChildSpec
 from router_core.metering import NullSink, UsageSink
 from router_core.prices import PriceBook
@@ -118,6 +120,7 @@ class RouterService:
             ],
             ledger_realms,
         )
+        market_book = MarketBook()
         if cfg.broker and cfg.ledger_sources:
             ledger = LedgerStakes(settings.stake_per_mpb)
             self.follower = LedgerFollower(
@@ -127,6 +130,7 @@ class RouterService:
                 clock if isinstance(clock, HeadEventClock) else None,
                 realms=ledger_realms,
                 prices=prices,
+                market=market_book,
             )
             self.follower.start()
             stakes = CombinedStakes(static, ledger)
@@ -208,6 +212,26 @@ class RouterService:
             link_limits=cfg.links,
             link_swap=self._link_offer(),
             link_journal=ChequeJournal(data / "link-cheques.json"),
+            market=MarketService(
+                market_book,
+                signer.address,
+                sink,
+                clock,
+                chain_id=cfg.chain_id,
+                swap=swap,
+                fee_bps=cfg.market_fee_bps,
+                verification=Verification(
+                    signer.address,
+                    sink,
+                    clock,
+                    every_calls=cfg.market_verify_every_calls,
+                    conviction_mismatches=cfg.market_conviction_mismatches,
+                    call_timeout_ms=cfg.call_timeout_ms,
+                    verifiers_dir=(
+                        Path(cfg.market_verifiers_dir) if cfg.market_verifiers_dir else None
+                    ),
+                ),
+            ),
         )
         if self.handoff is not None:
             self.handoff.on_full = self.router.pause_reading
@@ -264,6 +288,9 @@ class RouterService:
                 await task
         if self.router is not None:
             await self.router.stop()
+            market = self.router.market
+            if market is not None and market.verification is not None:
+                market.verification.close()
         if isinstance(self.clock, Web3HeadPoller):
             await self.clock.stop()
         if self.follower is not None:

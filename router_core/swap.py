@@ -142,6 +142,10 @@ class PeerSwap:
         "disconnecting",
         "sessions",
         "verifying",
+        "pending_calls_charged",
+        "pending_charge",
+        "pending_calls_credited",
+        "pending_credit",
     )
 
     def __init__(self, account: PeerAccount, agreed: AgreedTerms, realm: str) -> None:
@@ -158,19 +162,36 @@ class PeerSwap:
         self.sessions: set[Session] = set()
         #: a cheque of this peer is being read from the chain (one at a time per peer)
         self.verifying = False
+        #: market calls under agreed quotes, not yet recorded: charged to this peer as a client,
+        #: credited to it as an operator
+        self.pending_calls_charged = 0
+        self.pending_charge = 0
+        self.pending_calls_credited = 0
+        self.pending_credit = 0
 
     @property
     def debt(self) -> int:
-        return int(self.account.debt) + self.pending_amount
+        return (
+            int(self.account.debt) + self.pending_amount + self.pending_charge - self.pending_credit
+        )
 
     def fold_pending(self) -> bool:
-        """Record pending charges on the aggregate; True if there were any."""
-        if not self.pending_messages:
-            return False
-        self.account.charge(self.pending_messages, self.pending_amount)
-        self.pending_messages = 0
-        self.pending_amount = 0
-        return True
+        """Record pending charges and credits on the aggregate; True if there were any."""
+        folded = False
+        if self.pending_messages:
+            self.account.charge(self.pending_messages, self.pending_amount)
+            self.pending_messages = 0
+            self.pending_amount = 0
+            folded = True
+        if self.pending_calls_charged:
+            self.account.charge_call(self.pending_calls_charged, self.pending_charge)
+            self.pending_calls_charged = self.pending_charge = 0
+            folded = True
+        if self.pending_calls_credited:
+            self.account.credit_call(self.pending_calls_credited, self.pending_credit)
+            self.pending_calls_credited = self.pending_credit = 0
+            folded = True
+        return folded
 
 
 class SwapService:
@@ -465,6 +486,25 @@ class SwapService:
             self._payment_due(ps, sender, debt)
         if debt > ps.disconnect_threshold and not ps.disconnecting:
             self._disconnect(ps, debt)
+
+    def settle_call(self, client: Session, operator: Session, price: int, fee: int) -> bool:
+        """A market call answered under an agreed quote: the client owes `price`, the operator
+        is credited `price - fee` (the router keeps `fee`). Both must run SWAP with this router
+        in the realm; False (nothing charged) otherwise. Recorded with the next flush, as the
+        per-message charges are."""
+        payer, payee = client.swap, operator.swap
+        if payer is None or payee is None or not 0 <= fee <= price:
+            return False
+        payer.pending_calls_charged += 1
+        payer.pending_charge += price
+        payee.pending_calls_credited += 1
+        payee.pending_credit += price - fee
+        debt = payer.debt
+        if debt >= payer.payment_threshold and not payer.due_notified:
+            self._payment_due(payer, client, debt)
+        if debt > payer.disconnect_threshold and not payer.disconnecting:
+            self._disconnect(payer, debt)
+        return True
 
     def _payment_due(self, ps: PeerSwap, session: Session, debt: int) -> None:
         ps.due_notified = True

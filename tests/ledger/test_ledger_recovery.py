@@ -21,15 +21,28 @@ from ledger.query import QueryClient
 from ledger.service import replay
 from ledger.simulate import emitter
 
+#: blocks are i // 40: 300k messages end at block 7,500, below the head of 10,000
+STREAM_MAX_MESSAGES = 300_000
+
 
 def _long_stream(
-    world: World, tmp_path: Path, records: int = 8000, per_record: int = 5, pause_every: int = 0
+    world: World,
+    tmp_path: Path,
+    records: int = 8000,
+    per_record: int = 5,
+    pause_every: int = 0,
+    until: threading.Event | None = None,
 ) -> int:
     """A router's metered stream; with `pause_every`, flushed and paused every so many messages
-    so that it keeps arriving while a projector runs."""
+    so that it keeps arriving while a projector runs; with `until`, it goes on past `records`
+    until that is set (however slowly the machine runs what waits for it)."""
     em = emitter(world.router, world.bootstrap, tmp_path / "spool", batch_max_events=per_record)
     rng = random.Random(3)
-    for i in range(records * per_record):
+    i = 0
+    # with `until`: at most STREAM_MAX_MESSAGES, whose blocks stay under the world's head
+    while i < records * per_record or (
+        until is not None and not until.is_set() and i < STREAM_MAX_MESSAGES
+    ):
         em.meter(
             "r1",
             world.user,
@@ -42,9 +55,10 @@ def _long_stream(
         if pause_every and i % pause_every == pause_every - 1:
             em.flush()
             time.sleep(0.03)
+        i += 1
     em.flush()
     em.close()
-    return records * per_record
+    return i
 
 
 def _consumed(url: str) -> int:
@@ -57,8 +71,11 @@ def test_sigkilled_projector_restarts_to_the_tables_of_a_clean_replay(
 ) -> None:
     world = World(fresh_broker.bootstrap, tmp_path, head=10_000)
     sent: list[int] = []
+    kills_done = threading.Event()
     stream = threading.Thread(
-        target=lambda: sent.append(_long_stream(world, tmp_path, 8000, 5, pause_every=200))
+        target=lambda: sent.append(
+            _long_stream(world, tmp_path, 2000, 5, pause_every=200, until=kills_done)
+        )
     )
     stream.start()  # records keep arriving while the projector is killed again and again
     db = tmp_path / "killed.duckdb"
@@ -99,6 +116,8 @@ def test_sigkilled_projector_restarts_to_the_tables_of_a_clean_replay(
             proc.kill()
             proc.wait()
         assert proc.returncode == -signal.SIGKILL
+        if run == 2:
+            kills_done.set()  # the last run sees the stream end
     stream.join()
     assert mid_stream >= 2, "the kills came after the stream ended"
     assert progress == sorted(progress) and len(set(progress)) == 5  # each run moved on
