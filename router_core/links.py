@@ -605,7 +605,8 @@ class Federation:
         """A CALL with no local callee: forward it towards a router registering it. False when
         no router of the realm has it (the dealer answers no_such_procedure)."""
         request, options, uri = msg[1], msg[2], msg[3]
-        trail = _trail(options) if caller.authrole == ROUTER_ROLE else []
+        from_router = getattr(caller, "authrole", "") == ROUTER_ROLE  # stand-ins have no role
+        trail = _trail(options) if from_router else []
         if trail is None:
             caller.violation("a forwarded CALL needs forward_for")
             return True
@@ -636,7 +637,7 @@ class Federation:
             *(options.get("forward_for") or []),
             {"authid": self.topology.me, "authrole": ROUTER_ROLE},
         ]
-        if caller.authrole != ROUTER_ROLE:
+        if not from_router:
             forwarded["forward_for"] = forwarded["forward_for"][-1:]
         link_request = next(link.ids)
         out = [m.CALL, link_request, forwarded, uri, *msg[4:]]
@@ -677,7 +678,7 @@ class Federation:
         caller = pending.caller
         if caller.state is State.ESTABLISHED:
             frame = self.realm.dealer.reply(caller, answer, pending.request)
-            if caller.authrole != ROUTER_ROLE:  # delivered to a client here: its own kind
+            if getattr(caller, "authrole", "") != ROUTER_ROLE:  # a client here: its own kind
                 kind = "result" if msg[0] == m.RESULT else "error"
                 self._metered(kind, link.peer.address, caller.authid, pending.uri, len(frame))
             else:
