@@ -36,12 +36,20 @@ def test_link_in_earns_nothing_and_link_out_earns_once(broker: Broker, tmp_path:
             caught_up(s) and all(s.projector.sources.get(k.address) for k in (sender, receiver))
         ),
     )
+    # the session's broker holds other tests' records too: only these two routers' rows
+    ours = f"('{sender.address}', '{receiver.address}')"
     credit = dict(
         table(
             service,
-            "SELECT account, sum(messages) FROM usage_records WHERE payee_class = 'router' GROUP BY account",
+            "SELECT account, sum(messages) FROM usage_records "
+            f"WHERE payee_class = 'router' AND account IN {ours} GROUP BY account",
         )
     )
     assert credit == {sender.address: 7, receiver.address: 8}
-    blocks = dict(table(service, "SELECT source, sum(messages) FROM usage_blocks GROUP BY source"))
+    blocks = dict(
+        table(
+            service,
+            f"SELECT source, sum(messages) FROM usage_blocks WHERE source IN {ours} GROUP BY source",
+        )
+    )
     assert blocks == {sender.address: 7, receiver.address: 12}  # metered: every message of both
