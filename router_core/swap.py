@@ -40,6 +40,8 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.utils import Environment
 
 from domain.events import ChequeReceived, ChequeRejected, HandshakeCompleted, PeerDisconnected
 from domain.swap import (
@@ -56,6 +58,7 @@ from domain.swap import (
     chequebook_id,
     negotiate,
 )
+from infra import sqlite_guard
 from router_core import messages as m
 from router_core.auth import AuthFailed
 from router_core.cashout import CashoutQueueFull
@@ -107,10 +110,25 @@ class StaticTerms:
         return self._terms.get(realm)
 
 
+SWAP_STORE = sqlite_guard.GuardedStore(
+    "SWAP account store",
+    ("stored_events",),
+    "Move the file aside and restore it from a backup. A new, empty store forgets each peer's "
+    "unpaid debt and each chequebook's last accepted cumulative; the event log's ChequeReceived "
+    "events (in the ledger's swap_events table) show the cheques accepted before.",
+)
+
+
 class SwapAccounts(Application):
-    """The router's own store of peer accounts (eventsourcing, SQLite by default)."""
+    """The router's own store of peer accounts (eventsourcing; SQLite guarded by
+    `infra.sqlite_guard`: a recorded event is in the main file, a damaged file is refused)."""
 
     name = "SwapAccounts"
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
+        if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
+            return sqlite_guard.GuardedSQLiteFactory(env, SWAP_STORE)
+        return super().construct_factory(env)
 
 
 def open_accounts(db_path: Path | None) -> SwapAccounts:
