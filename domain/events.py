@@ -505,7 +505,9 @@ CHAIN_WIDE_EVENTS: tuple[type[Event], ...] = (
 
 # -- metering and SWAP (routers) ----------------------------------------------------------------
 
-METER_KINDS = ("event", "invocation", "result", "error")
+#: link_out / link_in: a message a router sent to / received from a peer router over a
+#: router-to-router link (router_core.links); only link_out earns routing credit
+METER_KINDS = ("event", "invocation", "result", "error", "link_out", "link_in")
 
 
 @register

@@ -95,6 +95,9 @@ from ledger.verify import (
 log = logging.getLogger(__name__)
 
 INVOCATION = METER_KINDS.index("invocation")
+#: a message received over a router link: the sending router earns for it (link_out), the
+#: receiving one does not, so a forwarded message earns once per link it crosses
+LINK_IN = METER_KINDS.index("link_in")
 
 
 class Projector:
@@ -311,10 +314,21 @@ class Projector:
         )
         credit: dict[tuple[int, str, str], list[int]] = {}
         epochs, per_epoch, _ = _groups(epoch_of_block)
-        routed = np.add.reduceat(counts[per_epoch.order], per_epoch.starts).tolist()
-        routed_bytes = np.add.reduceat(bytes_per_block[per_epoch.order], per_epoch.starts).tolist()
+        earning, earning_bytes = counts, bytes_per_block
+        received = m.kind_idx == LINK_IN
+        if received.any():
+            earning = counts - np.add.reduceat(
+                received[per_block.order].astype(np.int64), per_block.starts
+            )
+            unearned = np.where(received, sizes, 0)
+            earning_bytes = bytes_per_block - np.add.reduceat(
+                unearned[per_block.order], per_block.starts
+            )
+        routed = np.add.reduceat(earning[per_epoch.order], per_epoch.starts).tolist()
+        routed_bytes = np.add.reduceat(earning_bytes[per_epoch.order], per_epoch.starts).tolist()
         for epoch, n, size in zip(epochs.tolist(), routed, routed_bytes, strict=True):
-            credit[(epoch, "router", record.source)] = [n, size]
+            if n:
+                credit[(epoch, "router", record.source)] = [n, size]
         # service operators by invocations they received; APIs (vendors) by invocations of their URIs
         invoked = np.flatnonzero(m.kind_idx == INVOCATION)
         if len(invoked):

@@ -23,6 +23,14 @@ _ids = itertools.count(1)
 log = logging.getLogger("router_core.dealer")
 
 
+class RemoteCalls(Protocol):
+    """Calls routed to peer routers (`router_core.links.Federation`)."""
+
+    def call(self, caller: Session, msg: list[Any], timeout_s: float) -> bool: ...
+
+    def cancel(self, caller: Session, request: int) -> bool: ...
+
+
 class MetaError(Exception):
     """Raised by a meta procedure: becomes an ERROR with `uri` to the caller."""
 
@@ -101,6 +109,10 @@ class Dealer:
         self._pending: dict[int, PendingCall] = {}
         self._by_caller: dict[tuple[int, int], PendingCall] = {}
         self.meta: dict[str, MetaProcedure] = {}
+        #: calls with no local callee go to peer routers (router_core.links), if any
+        self.links: RemoteCalls | None = None
+        #: called when a procedure is registered or unregistered (router links)
+        self.on_interest: Callable[[], None] | None = None
         #: the marketplace's hooks (None: no marketplace on this router)
         self.market: MarketHooks | None = None
 
@@ -140,6 +152,8 @@ class Dealer:
         self._regs[reg.id] = reg
         session.registrations.add(reg.id)
         session.send([m.REGISTERED, request, reg.id])
+        if self.on_interest is not None:
+            self.on_interest()
 
     def unregister(self, session: Session, msg: list[Any]) -> None:
         request, reg_id = msg[1], msg[2]
@@ -154,6 +168,8 @@ class Dealer:
         del self._regs[reg.id]
         del self._procs[reg.uri]
         reg.callee.registrations.discard(reg.id)
+        if self.on_interest is not None:
+            self.on_interest()
 
     # -- calls ------------------------------------------------------------------------------------
 
@@ -166,7 +182,7 @@ class Dealer:
                 self._call_meta(caller, request, meta, msg)
             elif not m.valid_uri(uri):
                 caller.error(m.CALL, request, m.INVALID_URI, f"invalid procedure URI {uri!r}")
-            else:
+            elif self.links is None or not self.links.call(caller, msg, self._timeout_s):
                 caller.error(m.CALL, request, m.NO_SUCH_PROCEDURE, f"no callee registered {uri}")
             return
         key = (caller.id, request)
@@ -216,7 +232,7 @@ class Dealer:
             task = self._loop.create_task(_awaited(result))
             task.add_done_callback(lambda t: self._meta_done(caller, request, t))
             return
-        self._reply(caller, [m.RESULT, request, {}, [result]], request)
+        self.reply(caller, [m.RESULT, request, {}, [result]], request)
 
     def _meta_done(self, caller: Session, request: int, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -230,10 +246,10 @@ class Dealer:
             log.error("meta procedure failed", exc_info=exc)
             caller.send([m.ERROR, m.CALL, request, {}, m.CANCELED, ["router error"]])
         else:
-            self._reply(caller, [m.RESULT, request, {}, [task.result()]], request)
+            self.reply(caller, [m.RESULT, request, {}, [task.result()]], request)
 
     @staticmethod
-    def _reply(caller: Session, msg: list[Any], request: int) -> bytes:
+    def reply(caller: Session, msg: list[Any], request: int) -> bytes:
         """Encode a RESULT/ERROR for the caller; one its serializer cannot carry becomes an
         ERROR saying so. Returns the frame sent."""
         try:
@@ -264,7 +280,7 @@ class Dealer:
                 pending.result = msg[3:]
             self._finish(pending, "result")
         caller = pending.caller
-        frame = self._reply(
+        frame = self.reply(
             caller,
             [m.RESULT, pending.request, {"progress": True} if progress else {}, *msg[3:]],
             pending.request,
@@ -280,7 +296,7 @@ class Dealer:
             return
         self._finish(pending, "error")
         caller = pending.caller
-        frame = self._reply(
+        frame = self.reply(
             caller, [m.ERROR, m.CALL, pending.request, {}, *msg[4:]], pending.request
         )
         self._routed("error", callee, caller, pending.uri, len(frame))
@@ -297,6 +313,8 @@ class Dealer:
     def cancel(self, caller: Session, msg: list[Any]) -> None:
         pending = self._by_caller.get((caller.id, msg[1]))
         if pending is None:
+            if self.links is not None:
+                self.links.cancel(caller, msg[1])
             return
         self._fail(pending, m.CANCELED, "canceled by the caller", outcome="canceled")
 

@@ -23,6 +23,7 @@ from infra.metrics import (
 from router_core.cashout import CashoutPolicy, CashoutQueue, CashoutSink, open_chequebook_sink
 from router_core.chain_clock import ChainClock, HeadEventClock, ManualClock, Web3HeadPoller
 from router_core.chequebooks import ChequebookReader, NoChain, Web3Chequebooks
+from router_core.client import ChequeJournal, SwapOffer
 from router_core.config import RouterConfig
 from router_core.handoff import LedgerHandoff
 from router_core.ledger_follower import LedgerFollower
@@ -206,6 +207,11 @@ class RouterService:
             limits,
             chain_id=cfg.chain_id,
             watermark_every_blocks=cfg.watermark_every_blocks,
+            peers={r.name: r.link_peers() for r in cfg.realms},
+            link_key=key,
+            link_limits=cfg.links,
+            link_swap=self._link_offer(),
+            link_journal=ChequeJournal(data / "link-cheques.json"),
             market=MarketService(
                 market_book,
                 signer.address,
@@ -237,6 +243,18 @@ class RouterService:
         if cfg.metrics_listen:
             self.metrics = self.serve_metrics(*parse_listen(cfg.metrics_listen))
         return self.router
+
+    def _link_offer(self) -> SwapOffer | None:
+        cfg = self.config
+        if not cfg.link_swap.chequebook:
+            return None
+        return SwapOffer(
+            chequebook=cfg.link_swap.chequebook,
+            chain_id=cfg.chain_id,
+            token=cfg.swap.token,
+            payment_threshold=cfg.link_swap.payment_threshold,
+            price_per_message=cfg.link_swap.max_price_per_message,
+        )
 
     def serve_metrics(self, host: str = "127.0.0.1", port: int = 0) -> MetricsServer:
         """/metrics (read at scrape time, nothing on the loop) and /health: the broker and the
