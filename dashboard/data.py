@@ -340,6 +340,27 @@ def chain_view(reader: Reader) -> dict[str, Any]:
     }
 
 
+def market_view(reader: Reader) -> dict[str, Any]:
+    """The marketplace: each operator's reputation per service (from the calls routers
+    assessed), with its mismatches and convictions."""
+    return {
+        "reputation": [
+            {
+                **{
+                    k: r[k]
+                    for k in (
+                        "realm", "operator", "service_id", "calls", "results", "errors",
+                        "timeouts", "success_bps", "p50_ms", "p95_ms", "mismatches",
+                        "convictions",
+                    )
+                },
+                "charged": amount(r["charged"]),
+            }
+            for r in reader.query("reputation")
+        ],
+    }  # fmt: skip
+
+
 class _ReadOnce:
     """One overview's reads: a table several views need is read once."""
 
@@ -370,4 +391,5 @@ def overview(source: Reader, explorer: str = "") -> dict[str, Any]:
         **epochs_view(reader, explorer),
         "swap": swap_view(reader),
         "chain": chain_view(reader),
+        "market": market_view(reader),
     }

@@ -505,7 +505,9 @@ CHAIN_WIDE_EVENTS: tuple[type[Event], ...] = (
 
 # -- metering and SWAP (routers) ----------------------------------------------------------------
 
-METER_KINDS = ("event", "invocation", "result", "error")
+#: link_out / link_in: a message a router sent to / received from a peer router over a
+#: router-to-router link (router_core.links); only link_out earns routing credit
+METER_KINDS = ("event", "invocation", "result", "error", "link_out", "link_in")
 
 
 @register
@@ -640,6 +642,191 @@ class SettlementConfirmed(Event):
     block_hash: str
 
 
+# -- service marketplace (issue 13) --------------------------------------------------------------
+#
+# ServiceRegistry's events (indexer): services are chain-wide (realm ""), offers and rewards
+# belong to their realm. Routers add what they decide about market calls: assessed outcomes and
+# agreed prices.
+
+
+def _check_verification(deterministic: object, min_requests: int) -> None:
+    """A service's verification fields (`_check_types` checks ints and strings only)."""
+    if type(deterministic) is not bool:
+        raise ValueError(f"deterministic must be a bool, got {deterministic!r}")
+    if min_requests < 0:
+        raise ValueError(f"min_requests must be >= 0, got {min_requests}")
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ServiceRegistered(ChainLogEvent):
+    """A service (an API: procedures under the URI prefix `api`) registered by `publisher`;
+    `service_id` is keccak256 of `api`. A deterministic service's results are compared over
+    `min_requests` redundant calls by the verifier `verifier_hash` (zero hash: exact equality)."""
+
+    TYPE: ClassVar[str] = "ServiceRegistered"
+    service_id: str
+    publisher: str
+    api: str
+    spec_hash: str
+    deterministic: bool
+    verifier_hash: str
+    min_requests: int
+
+    def __post_init__(self) -> None:
+        _check_verification(self.deterministic, self.min_requests)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ServiceUpdated(ChainLogEvent):
+    """The publisher changed a service's specification or verification."""
+
+    TYPE: ClassVar[str] = "ServiceUpdated"
+    service_id: str
+    spec_hash: str
+    deterministic: bool
+    verifier_hash: str
+    min_requests: int
+
+    def __post_init__(self) -> None:
+        _check_verification(self.deterministic, self.min_requests)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class OfferSet(ChainLogEvent):
+    """`server` offers `service_id` in the realm at `price_per_call` (replacing an older price)."""
+
+    TYPE: ClassVar[str] = "OfferSet"
+    server: str
+    service_id: str
+    price_per_call: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class OfferWithdrawn(ChainLogEvent):
+    TYPE: ClassVar[str] = "OfferWithdrawn"
+    server: str
+    service_id: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RewardSet(ChainLogEvent):
+    """`server` rewards `service_id` in the realm: it wants to see it used."""
+
+    TYPE: ClassVar[str] = "RewardSet"
+    server: str
+    service_id: str
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RewardWithdrawn(ChainLogEvent):
+    TYPE: ClassVar[str] = "RewardWithdrawn"
+    server: str
+    service_id: str
+
+
+#: ServiceRegistry's events as the indexer emits them
+MARKET_CHAIN_EVENTS: tuple[type[Event], ...] = (
+    ServiceRegistered,
+    ServiceUpdated,
+    OfferSet,
+    OfferWithdrawn,
+    RewardSet,
+    RewardWithdrawn,
+)
+INDEXER_EVENTS += MARKET_CHAIN_EVENTS
+CHAIN_WIDE_EVENTS += (ServiceRegistered, ServiceUpdated)
+
+
+#: what a router saw of a market call: a result, an error (the callee's, or the callee left or
+#: was suspended), or no answer within the call's timeout
+CALL_OUTCOMES = ("result", "error", "timeout")
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class CallAssessed(Event):
+    """A market call routed by `router` from `client` to `operator` (a call under a registered
+    service's API prefix), judged objectively: its outcome and latency (INVOCATION to answer),
+    and what the client was charged for it (`charged`, base units; 0 when no price applied)
+    under the agreed quote `quote` ("" for none)."""
+
+    TYPE: ClassVar[str] = "CallAssessed"
+    router: str
+    client: str
+    operator: str
+    service_id: str
+    outcome: str
+    latency_ms: int
+    charged: int
+    quote: str
+    block: int
+
+    def __post_init__(self) -> None:
+        if self.outcome not in CALL_OUTCOMES:
+            raise ValueError(f"outcome must be one of {CALL_OUTCOMES}, got {self.outcome!r}")
+        if self.latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class PriceAgreed(Event):
+    """`client` and `operator` agreed `price_per_call` for the service in the realm until
+    `expiry_block` (EIP-712 `domain.market.Quote`, id = its digest, signed by both); `router`
+    verified and recorded it and charges the client's calls to the operator at that price."""
+
+    TYPE: ClassVar[str] = "PriceAgreed"
+    router: str
+    client: str
+    operator: str
+    service_id: str
+    price_per_call: int
+    expiry_block: int
+    chain_id: int
+    quote_id: str
+    client_signature: str
+    operator_signature: str
+    block: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ResultMismatch(Event):
+    """A redundant call of a deterministic service: `operator`'s answer to the request
+    `request_digest` (keccak256 of the procedure and its arguments) was judged wrong by the
+    service's verifier (`verifier`: "exact", or the module's hash) among the answers of
+    `compared` (comma-separated addresses)."""
+
+    TYPE: ClassVar[str] = "ResultMismatch"
+    router: str
+    service_id: str
+    request_digest: str
+    operator: str
+    compared: str
+    verifier: str
+    block: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class OperatorConvicted(Event):
+    """`operator` answered the service wrongly `mismatches` times (the router's threshold): the
+    router no longer offers it; the realm's keeper may slash its stake on chain."""
+
+    TYPE: ClassVar[str] = "OperatorConvicted"
+    router: str
+    operator: str
+    service_id: str
+    mismatches: int
+    block: int
+
+
 # -- decoding -------------------------------------------------------------------------------------
 
 #: token amounts exceed 64 bits, so they travel as decimal strings (as JSON-RPC quantities do)
@@ -659,6 +846,8 @@ AMOUNT_FIELDS = frozenset(
         "paid",
         "due",
         "round_id",
+        "price_per_call",
+        "charged",
     }
 )
 #: like AMOUNT_FIELDS, but may be negative (a Chainlink answer is an int256)

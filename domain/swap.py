@@ -385,6 +385,19 @@ class PeerAccount(Aggregate):
         self.messages += messages
         self.debt += amount
 
+    @event("CallCharged")
+    def charge_call(self, calls: int, amount: int) -> None:
+        """Market calls under agreed quotes, charged to this peer (the client)."""
+        assert calls > 0 and amount >= 0
+        self.debt += amount
+
+    @event("CallCredited")
+    def credit_call(self, calls: int, amount: int) -> None:
+        """Market calls this peer (the operator) answered, credited at the agreed price less the
+        router's fee; a credit beyond the peer's debt is the router's debt to it (debt < 0)."""
+        assert calls > 0 and amount >= 0
+        self.debt -= amount
+
     @event("ChequeAccepted")
     def accept_cheque(self, cumulative: int, amount: int, signature: str) -> None:
         assert cumulative > self.last_cumulative, "cumulative cheque amounts only grow"

@@ -35,6 +35,7 @@ settlement = "0x..."
 token = "0x..."
 chequebook_factory = "0x..."         # its chequebooks are followed from their creation on
 chequebooks = ["0x..."]              # chequebooks deployed without the factory
+service_registry = "0x..."           # the marketplace's ServiceRegistry (optional)
 
 [[feeds]]
 address = "0x..."
@@ -123,6 +124,11 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> IndexerConfig:
         chequebook_factory=(
             _address(raw["chequebook_factory"], "contracts.chequebook_factory")
             if "chequebook_factory" in raw
+            else ""
+        ),
+        service_registry=(
+            _address(raw["service_registry"], "contracts.service_registry")
+            if "service_registry" in raw
             else ""
         ),
     )

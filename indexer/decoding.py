@@ -29,9 +29,15 @@ from domain.events import (
     Event,
     KeeperChanged,
     LogUnmapped,
+    OfferSet,
+    OfferWithdrawn,
     RealmCreated,
     RealmParams,
     RealmParamsChanged,
+    RewardSet,
+    RewardWithdrawn,
+    ServiceRegistered,
+    ServiceUpdated,
     SettlementClaimed,
     SettlementFunded,
     SettlementPosted,
@@ -429,6 +435,48 @@ TOKEN_BUILDERS: dict[str, Builder] = {
 }
 
 
+def _registry_entry(
+    kind: type[OfferSet] | type[OfferWithdrawn] | type[RewardSet] | type[RewardWithdrawn],
+) -> Builder:
+    """An offer or reward log of ServiceRegistry: (realm, server, service id) in its topics."""
+
+    def build(a: dict[str, Any], m: LogMeta, n: RealmNames) -> Event:
+        extra = {"price_per_call": a["pricePerCall"]} if kind is OfferSet else {}
+        return kind(
+            realm=_realm(a, n), server=a["server"], service_id=a["serviceId"], **extra, **_ids(m)
+        )
+
+    return build
+
+
+REGISTRY_BUILDERS: dict[str, Builder] = {
+    "ServiceRegistered": lambda a, m, n: ServiceRegistered(
+        realm="",
+        service_id=a["serviceId"],
+        publisher=a["publisher"],
+        api=a["apiPrefix"],
+        spec_hash=a["specHash"],
+        deterministic=a["deterministic"],
+        verifier_hash=a["verifierHash"],
+        min_requests=a["minRequests"],
+        **_ids(m),
+    ),
+    "ServiceUpdated": lambda a, m, n: ServiceUpdated(
+        realm="",
+        service_id=a["serviceId"],
+        spec_hash=a["specHash"],
+        deterministic=a["deterministic"],
+        verifier_hash=a["verifierHash"],
+        min_requests=a["minRequests"],
+        **_ids(m),
+    ),
+    "OfferSet": _registry_entry(OfferSet),
+    "OfferWithdrawn": _registry_entry(OfferWithdrawn),
+    "RewardSet": _registry_entry(RewardSet),
+    "RewardWithdrawn": _registry_entry(RewardWithdrawn),
+}
+
+
 @dataclass(frozen=True)
 class Contracts:
     """The watched contracts of one chain (checksummed addresses). Chequebooks are either
@@ -440,6 +488,8 @@ class Contracts:
     token: str
     chequebooks: tuple[str, ...] = ()
     chequebook_factory: str = ""
+    #: the marketplace's ServiceRegistry ("" when not watched)
+    service_registry: str = ""
 
     def mesh(self) -> tuple[str, ...]:
         """Configured contracts whose token transfers are indexed (to or from them)."""
@@ -448,7 +498,8 @@ class Contracts:
     def watched(self) -> tuple[str, ...]:
         """Configured contracts whose own logs are indexed."""
         factory = (self.chequebook_factory,) if self.chequebook_factory else ()
-        return (*self.mesh(), *factory)
+        registry = (self.service_registry,) if self.service_registry else ()
+        return (*self.mesh(), *factory, *registry)
 
     def addresses(self) -> tuple[str, ...]:
         return (*self.watched(), self.token)
@@ -519,6 +570,8 @@ class LogDecoder:
         }
         if contracts.chequebook_factory:
             self._by_address[contracts.chequebook_factory.lower()] = _table("ChequebookFactory")
+        if contracts.service_registry:
+            self._by_address[contracts.service_registry.lower()] = _table("ServiceRegistry")
         self._mesh = {c.lower() for c in contracts.mesh()}
         self._ignored = {
             topic0
@@ -592,6 +645,7 @@ BUILDERS: dict[str, Mapping[str, Builder]] = {
     "ChequebookFactory": FACTORY_BUILDERS,
     "EpochSettlement": SETTLEMENT_BUILDERS,
     "WMPToken": TOKEN_BUILDERS,
+    "ServiceRegistry": REGISTRY_BUILDERS,
 }
 
 

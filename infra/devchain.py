@@ -39,6 +39,8 @@ GAS = {
     "createChequebook": 2_500_000,
     "deposit": 120_000,
     "fund": 150_000,
+    "registerService": 300_000,
+    "setOffer": 150_000,
 }
 #: fee cap per gas of an actor's transaction (anvil's base fee starts at 1 gwei and falls)
 MAX_FEE_WEI = 20 * 10**9

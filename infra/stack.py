@@ -36,6 +36,8 @@ ANVIL_STATE_INTERVAL_S = 10
 ROUTER_KEYS_SET_BY_UP = ("key_file", "data_dir", "broker", "chain_id", "chain_rpc_url")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 CONTRACT_NAMES = ("token", "staking", "settlement", "chequebook", "chequebook_factory")
+#: contracts the stack deploys beyond CONTRACT_NAMES (a configured [contracts] may name them)
+OPTIONAL_CONTRACTS = ("service_registry",)
 #: ETH (wei) `up` gives each of its transaction-sending keys on the dev chain (cash-out keys)
 DEV_GAS_WEI = 100 * 10**18
 
@@ -169,8 +171,13 @@ def parse_stack_config(data: dict[str, Any]) -> StackConfig:
             "projector, routers"
         )
     if contracts is not None:
-        if not isinstance(contracts, dict) or sorted(contracts) != sorted(CONTRACT_NAMES):
-            raise StackConfigError(f"[contracts] needs exactly {list(CONTRACT_NAMES)} (addresses)")
+        if not isinstance(contracts, dict) or not (
+            set(CONTRACT_NAMES) <= set(contracts) <= {*CONTRACT_NAMES, *OPTIONAL_CONTRACTS}
+        ):
+            raise StackConfigError(
+                f"[contracts] needs exactly {list(CONTRACT_NAMES)} (addresses), and may name "
+                f"{list(OPTIONAL_CONTRACTS)}"
+            )
         from web3 import Web3
 
         for key, value in contracts.items():
@@ -355,6 +362,7 @@ def ensure_contracts(
         saved = json.loads(layout.contracts_file.read_text())
         if int(saved["chain_id"]) == chain_id:
             addresses = {k: str(saved[k]) for k in CONTRACT_NAMES}
+            addresses.update({k: str(saved[k]) for k in OPTIONAL_CONTRACTS if k in saved})
             if all(_has_code(w3, a) for a in addresses.values()):
                 console.print(f"contracts resumed from {layout.contracts_file}")
                 return Deployment(addresses, int(saved.get("start_block", 0)))
@@ -372,6 +380,10 @@ def ensure_contracts(
         "chequebook": stack.chequebook.address,
         "chequebook_factory": stack.chequebook_factory.address,
     }
+    from market.registry import deploy_registry
+
+    registry = deploy_registry(w3, stack.staking.address, sender=stack.deployer)
+    addresses["service_registry"] = registry.address
     saved = {"chain_id": chain_id, "deployer": stack.deployer, "start_block": start_block}
     layout.contracts_file.write_text(json.dumps({**saved, **addresses}, indent=2))
     console.print(f"contracts deployed: {addresses}")
@@ -498,6 +510,7 @@ def indexer_settings(
             "token": c["token"],
             "chequebook_factory": c["chequebook_factory"],
             "chequebooks": [c["chequebook"]],
+            **({"service_registry": c["service_registry"]} if "service_registry" in c else {}),
         },
     }
 

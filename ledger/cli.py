@@ -226,6 +226,9 @@ QUERY_NAMES = [
     "sources",
     "reorgs",
     "prices",
+    "reputation",
+    "offers",
+    "reciprocity",
 ]
 
 
@@ -273,7 +276,10 @@ def query(
     shards: tuple[str, ...],
 ) -> None:
     """Query the ledger: realms | bandwidth | usage | epochs | payouts | dead | sources |
-    reorgs (closed epochs that counted a log a reorg retracted) | prices.
+    reorgs (closed epochs that counted a log a reorg retracted) | prices | reputation (market
+    operators per service: calls, errors, timeouts, decayed success ratio, p50/p95 latency) |
+    offers (the marketplace's standing offers) | reciprocity (pairs of servers: calls each
+    answered of the services the other rewards).
 
     The table fits the terminal: the query's key columns first, others while they fit (--wide
     shows all); amounts in WMP. --json (one object a line) and --csv keep exact base units.

@@ -80,6 +80,8 @@ class DemoPlan:
     cashout_max_age_s: float = 6.0
     #: a durable broker (Tansu over SeaweedFS) unless False
     durable: bool = True
+    #: the marketplace scene after the traffic (market/demo_scene.py; needs its realm and actors)
+    market_scene: bool = False
 
 
 def _params(epoch_blocks: int, **kw: int) -> RealmParams:
@@ -126,6 +128,7 @@ DEMO_PLAN = DemoPlan(
     ),
     rounds=100,
     stake_change=("bob", 200, 50),
+    market_scene=True,
 )
 
 
@@ -150,6 +153,10 @@ class DemoResult:
     seconds: float = 0.0
     #: why the run stopped before its audit ("" when it did not)
     error: str = ""
+    #: the marketplace scene, from the ledger: market calls assessed, quotes agreed, convictions
+    market_calls: int = 0
+    quotes_agreed: int = 0
+    convictions: int = 0
 
     @property
     def ok(self) -> bool:
@@ -170,6 +177,9 @@ class DemoResult:
             "ledger_payout_total": format_amount(self.ledger_payout_total),
             "onchain_paid_total": format_amount(self.onchain_paid_total),
             "cheques_cashed": self.cheques_cashed,
+            "market_calls": self.market_calls,
+            "quotes_agreed": self.quotes_agreed,
+            "convictions": self.convictions,
             "audit": "match" if self.audit is not None and self.audit.matches else "mismatch",
             **({"error": self.error} if self.error else {}),
         }
@@ -201,6 +211,9 @@ def stack_config(plan: DemoPlan, keepers: dict[str, str], ports: dict[str, int])
                 "name": name,
                 "listen": f"127.0.0.1:{ports[name]}",
                 "watermark_every_blocks": plan.watermark_every_blocks,
+                # the marketplace scene: every call of a deterministic service verified
+                "market_verify_every_calls": 1,
+                "market_conviction_mismatches": 2,
                 "swap": {
                     "payment_threshold": plan.payment_threshold,
                     "disconnect_threshold": plan.disconnect_threshold,
@@ -446,6 +459,44 @@ class RealDemo:
         self.traffic_clients = traffic.clients
         return traffic
 
+    def market(self) -> None:
+        """The marketplace scene (market/demo_scene.py), after the traffic: its sessions'
+        deliveries count in the tally and their cheques in the cheque checks."""
+        from market import demo_scene
+
+        with self.console.status("marketplace: a service on chain, its offers indexed…"):
+            demo_scene.register_on_chain(self)
+
+        async def body() -> tuple[Any, list[Any]]:
+            scene, clients = await demo_scene.run_scene(self, demo_scene.swap_offer_of(self))
+            await demo_scene.leave(clients)
+            return scene, clients
+
+        with self.console.status("marketplace: discovery, negotiation, verified calls…"):
+            scene, clients = asyncio.run(body())
+        tally = self.result.tally
+        for client in clients:
+            for name in ("events", "invocations", "results", "published", "calls", "failed"):
+                setattr(tally, name, getattr(tally, name) + getattr(client.tally, name))
+        self.traffic_clients = [*self.traffic_clients, *clients]
+        c = self.console
+        first, second = scene.first, scene.second
+        c.print(
+            f"discovery: {demo_scene.CLIENT} found {first.operator[:10]}… (the cheapest, "
+            f"{format_amount(first.price_per_call)} per call); agreed "
+            f"{format_amount(scene.first_quote.price_per_call)} in {scene.first_quote.rounds} "
+            f"rounds (quote {scene.first_quote.quote_id[:10]}…)"
+        )
+        c.print(
+            f"verification: every call also asked of the other operators; "
+            f"{first.operator[:10]}… answered wrongly and was convicted"
+        )
+        c.print(
+            f"discovery again: {second.operator[:10]}…; agreed "
+            f"{format_amount(scene.second_quote.price_per_call)} per call in "
+            f"{scene.second_quote.rounds} rounds; {scene.invocations} invocations in the scene"
+        )
+
     # -- the ledger, the chain --------------------------------------------------------------
     def wait(
         self, what: str, check: Callable[[], bool], timeout_s: float = STAGE_TIMEOUT_S
@@ -591,6 +642,9 @@ class RealDemo:
             paid = chain_view.paid_out(book, router)
             logged = cashed.get((book.lower(), router.lower()), 0)
             result.cheques.append((client, router, book, accepted, paid, logged))
+        result.market_calls = len(live.get("table/call_assessments")["rows"])
+        result.quotes_agreed = len(live.get("table/quotes")["rows"])
+        result.convictions = len(live.get("table/convictions")["rows"])
         metered = result.metered_events
         result.checks = {
             "metered = routed": ""
@@ -778,6 +832,9 @@ def run_demo_plan(
         demo.stack.supervisor.print_status()
         console.rule("[bold]traffic: stock autobahn clients, SWAP cheques")
         demo.traffic(drills or [])
+        if plan.market_scene:
+            console.rule("[bold]the marketplace: discovery, a negotiated price, a conviction")
+            demo.market()
         t = demo.result.tally
         console.print(
             f"clients: {t.published:,} publications, {t.calls:,} calls; delivered to them: "

@@ -49,6 +49,7 @@ from domain.events import (
     METER_KINDS,
     PARAM_FIELDS,
     ApiEnabled,
+    CallAssessed,
     ChainHead,
     ChequeIssued,
     ChequeReceived,
@@ -58,12 +59,15 @@ from domain.events import (
     HandshakeCompleted,
     KeeperChanged,
     LogRetracted,
+    OperatorConvicted,
     PayoutsComputed,
     PeerDisconnected,
+    PriceAgreed,
     PriceObserved,
     RealmCreated,
     RealmParams,
     RealmParamsChanged,
+    ResultMismatch,
     SettlementConfirmed,
     SettlementSubmitted,
     StakeChanged,
@@ -71,6 +75,7 @@ from domain.events import (
     event_to_dict,
     log_identity,
 )
+from domain.market import MARKET_TABLES, Quote, QuoteRefused, check_signatures, market_row
 from domain.stakes import provision_key
 from ledger import store
 from ledger.verify import (
@@ -90,6 +95,9 @@ from ledger.verify import (
 log = logging.getLogger(__name__)
 
 INVOCATION = METER_KINDS.index("invocation")
+#: a message received over a router link: the sending router earns for it (link_out), the
+#: receiving one does not, so a forwarded message earns once per link it crosses
+LINK_IN = METER_KINDS.index("link_in")
 
 
 class Projector:
@@ -219,6 +227,8 @@ class Projector:
                 )
             if isinstance(event, PayoutsComputed):
                 self._check_payouts(event)
+            if isinstance(event, PriceAgreed):
+                _check_quote(event)
             if isinstance(event, LogRetracted) and self._find_log(event) is None:
                 raise _Refused(
                     "unknown_log",
@@ -304,10 +314,21 @@ class Projector:
         )
         credit: dict[tuple[int, str, str], list[int]] = {}
         epochs, per_epoch, _ = _groups(epoch_of_block)
-        routed = np.add.reduceat(counts[per_epoch.order], per_epoch.starts).tolist()
-        routed_bytes = np.add.reduceat(bytes_per_block[per_epoch.order], per_epoch.starts).tolist()
+        earning, earning_bytes = counts, bytes_per_block
+        received = m.kind_idx == LINK_IN
+        if received.any():
+            earning = counts - np.add.reduceat(
+                received[per_block.order].astype(np.int64), per_block.starts
+            )
+            unearned = np.where(received, sizes, 0)
+            earning_bytes = bytes_per_block - np.add.reduceat(
+                unearned[per_block.order], per_block.starts
+            )
+        routed = np.add.reduceat(earning[per_epoch.order], per_epoch.starts).tolist()
+        routed_bytes = np.add.reduceat(earning_bytes[per_epoch.order], per_epoch.starts).tolist()
         for epoch, n, size in zip(epochs.tolist(), routed, routed_bytes, strict=True):
-            credit[(epoch, "router", record.source)] = [n, size]
+            if n:
+                credit[(epoch, "router", record.source)] = [n, size]
         # service operators by invocations they received; APIs (vendors) by invocations of their URIs
         invoked = np.flatnonzero(m.kind_idx == INVOCATION)
         if len(invoked):
@@ -427,6 +448,34 @@ class Projector:
     def _chain_fact(self, record: Record, seq: int, e: Event) -> None:
         """Chequebook, token and settlement logs: kept in chain_logs (see _apply), nothing else."""
 
+    def _market(self, record: Record, seq: int, e: Event) -> None:
+        """ServiceRegistry changes: one row each in services, offers or rewards."""
+        table, row = market_row(e, record.source, seq)
+        self._batch.rows[table].append(row)
+
+    def _call_assessed(self, record: Record, seq: int, e: CallAssessed) -> None:
+        self._batch.rows["call_assessments"].append(
+            (e.realm, e.router, e.client, e.operator, e.service_id, e.outcome, e.latency_ms,
+             e.charged, e.quote, e.block, record.source, seq)
+        )  # fmt: skip
+
+    def _price_agreed(self, record: Record, seq: int, e: PriceAgreed) -> None:
+        self._batch.rows["quotes"].append(
+            (e.realm, e.router, e.client, e.operator, e.service_id, e.price_per_call,
+             e.expiry_block, e.quote_id, e.block, record.source, seq)
+        )  # fmt: skip
+
+    def _result_mismatch(self, record: Record, seq: int, e: ResultMismatch) -> None:
+        self._batch.rows["mismatches"].append(
+            (e.realm, e.router, e.service_id, e.request_digest, e.operator, e.compared,
+             e.verifier, e.block, record.source, seq)
+        )  # fmt: skip
+
+    def _operator_convicted(self, record: Record, seq: int, e: OperatorConvicted) -> None:
+        self._batch.rows["convictions"].append(
+            (e.realm, e.router, e.operator, e.service_id, e.mismatches, e.block, record.source, seq)
+        )
+
     def _keeper_changed(self, record: Record, seq: int, e: KeeperChanged) -> None:
         book = self._realm(e.realm)
         book.keeper = e.keeper
@@ -460,6 +509,9 @@ class Projector:
         event, source, source_seq = found
         batch = self._batch
         batch.retracted_logs.append((e.chain_id, e.block_hash, e.log_index, seq))
+        market_table = MARKET_TABLES.get(type(event))
+        if market_table is not None:  # a registry change: its row goes, the views follow
+            batch.undone_rows.append((market_table, {"source": source, "seq": source_seq}))
         book = self.realms.get(event.realm)
         if book is None:
             return  # a chain-wide fact: marked retracted, nothing derived from it
@@ -734,6 +786,18 @@ def payouts_event(
     )
 
 
+def _check_quote(e: PriceAgreed) -> None:
+    """A recorded quote must carry both parties' signatures over exactly its terms."""
+    quote = Quote(e.chain_id, e.service_id, e.realm, e.client, e.operator, e.price_per_call,
+                  e.expiry_block)  # fmt: skip
+    try:
+        check_signatures(quote, e.client_signature, e.operator_signature)
+    except QuoteRefused as exc:
+        raise _Refused("bad_quote", f"quote {e.quote_id}: {exc.detail}") from exc
+    if quote.quote_id != e.quote_id:
+        raise _Refused("bad_quote", f"quote id {e.quote_id} is not its digest {quote.quote_id}")
+
+
 class _Refused(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -764,6 +828,11 @@ _HANDLERS: dict[type[Event], Callable[[Projector, Record, int, Any], None]] = {
         for t in CHAIN_WIDE_EVENTS
         if t not in (ChainHead, LogRetracted, PriceObserved)
     },
+    **{t: Projector._market for t in MARKET_TABLES},
+    CallAssessed: Projector._call_assessed,
+    PriceAgreed: Projector._price_agreed,
+    ResultMismatch: Projector._result_mismatch,
+    OperatorConvicted: Projector._operator_convicted,
 }
 
 __all__ = ["Projector", "Trust", "Verdict", "Outcome"]

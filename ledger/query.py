@@ -65,6 +65,22 @@ QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
         " ORDER BY realm, epoch, block, log_index",
         ("realm",),
     ),
+    # the marketplace: operators' reputation per service (from assessed calls), offers now
+    "reputation": (
+        "SELECT * FROM reputation WHERE realm = coalesce($realm, realm)"
+        " ORDER BY realm, service_id, success_bps DESC, operator",
+        ("realm",),
+    ),
+    "reciprocity": (
+        "SELECT * FROM reciprocity WHERE realm = coalesce($realm, realm)"
+        " ORDER BY realm, server_a, server_b",
+        ("realm",),
+    ),
+    "offers": (
+        "SELECT * FROM market_offers WHERE realm = coalesce($realm, realm)"
+        " ORDER BY realm, api, price_per_call, server",
+        ("realm",),
+    ),
     "prices": (
         "SELECT * FROM prices WHERE feed = coalesce($feed, feed) ORDER BY feed, block, seq",
         ("feed",),

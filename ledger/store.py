@@ -60,6 +60,23 @@ CREATE TABLE IF NOT EXISTS shard_realms (realm VARCHAR PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS shard_partitions (part INTEGER PRIMARY KEY, partitions INTEGER);
 CREATE TABLE IF NOT EXISTS reorg_flags (realm VARCHAR, epoch BIGINT, chain_id BIGINT, block_hash VARCHAR,
     log_index BIGINT, retracted VARCHAR, block BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS services (realm VARCHAR, service_id VARCHAR, api VARCHAR, publisher VARCHAR, spec_hash VARCHAR,
+    deterministic BOOLEAN, verifier_hash VARCHAR, min_requests INTEGER, change VARCHAR, block BIGINT,
+    log_index BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS offers (realm VARCHAR, server VARCHAR, service_id VARCHAR, price_per_call HUGEINT,
+    active BOOLEAN, block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS call_assessments (realm VARCHAR, router VARCHAR, client VARCHAR, operator VARCHAR,
+    service_id VARCHAR, outcome VARCHAR, latency_ms BIGINT, charged HUGEINT, quote VARCHAR, block BIGINT,
+    source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS quotes (realm VARCHAR, router VARCHAR, client VARCHAR, operator VARCHAR,
+    service_id VARCHAR, price_per_call HUGEINT, expiry_block BIGINT, quote_id VARCHAR, block BIGINT,
+    source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS mismatches (realm VARCHAR, router VARCHAR, service_id VARCHAR, request_digest VARCHAR,
+    operator VARCHAR, compared VARCHAR, verifier VARCHAR, block BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS convictions (realm VARCHAR, router VARCHAR, operator VARCHAR, service_id VARCHAR,
+    mismatches BIGINT, block BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS rewards (realm VARCHAR, server VARCHAR, service_id VARCHAR, active BOOLEAN,
+    block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
 """
 
 #: Bandwidth per realm and block. The stake series come from `domain.stakes` (stake_points: the
@@ -99,6 +116,85 @@ SELECT b.realm, b.block,
     coalesce(u.used_bytes, 0)::BIGINT AS used_bytes
 FROM blocks b LEFT JOIN per_block p USING (realm, block) LEFT JOIN used u USING (realm, block)
 ORDER BY b.realm, b.block;
+-- the marketplace now: services, offers and rewards as their latest change says (the tables keep
+-- every change, so a retracted log is undone by deleting its row)
+CREATE OR REPLACE VIEW market_services AS
+SELECT r.service_id, r.api, r.publisher, l.spec_hash, l.deterministic, l.verifier_hash, l.min_requests,
+    r.block AS registered_block
+FROM services r JOIN (
+    SELECT * FROM services QUALIFY row_number() OVER (PARTITION BY service_id ORDER BY block DESC, log_index DESC) = 1
+) l USING (service_id)
+WHERE r.change = 'registered';
+
+CREATE OR REPLACE VIEW market_offers AS
+SELECT o.realm, s.api, o.service_id, o.server, o.price_per_call, o.block
+FROM (
+    SELECT * FROM offers QUALIFY row_number() OVER (PARTITION BY realm, server, service_id ORDER BY block DESC, log_index DESC) = 1
+) o JOIN market_services s USING (service_id)
+WHERE o.active;
+
+-- reputation per operator and service in a realm, from the calls routers assessed: a success
+-- ratio whose weights halve every 100 blocks behind the realm's newest assessment (integers, so a
+-- replay gives the same numbers), and p50/p95 latency over every assessed call
+CREATE OR REPLACE VIEW reputation AS
+WITH heads AS (SELECT realm, max(block) AS head FROM call_assessments GROUP BY realm),
+weighted AS (
+    SELECT a.*, (1::HUGEINT << (62 - least(62, (h.head - a.block) // 100))::INTEGER) AS w
+    FROM call_assessments a JOIN heads h USING (realm)
+), assessed AS (
+    SELECT realm, operator, service_id, count(*) AS calls,
+        count(*) FILTER (WHERE outcome = 'result') AS results,
+        count(*) FILTER (WHERE outcome = 'error') AS errors,
+        count(*) FILTER (WHERE outcome = 'timeout') AS timeouts,
+        (coalesce(sum(w) FILTER (WHERE outcome = 'result'), 0) * 10000 // sum(w))::BIGINT AS success_bps,
+        quantile_disc(latency_ms, 0.5) AS p50_ms, quantile_disc(latency_ms, 0.95) AS p95_ms,
+        sum(charged) AS charged, max(block) AS last_block
+    FROM weighted GROUP BY realm, operator, service_id
+), judged AS (
+    SELECT realm, operator, service_id, count(*) AS mismatches, 0 AS convictions FROM mismatches GROUP BY ALL
+    UNION ALL
+    SELECT realm, operator, service_id, 0, count(*) FROM convictions GROUP BY ALL
+), verdicts AS (
+    SELECT realm, operator, service_id, sum(mismatches)::BIGINT AS mismatches,
+        sum(convictions)::BIGINT AS convictions
+    FROM judged GROUP BY ALL
+)
+-- a conviction cuts the success ratio to zero
+SELECT a.realm, a.operator, a.service_id, a.calls, a.results, a.errors, a.timeouts,
+    CASE WHEN coalesce(v.convictions, 0) > 0 THEN 0 ELSE a.success_bps END AS success_bps,
+    a.p50_ms, a.p95_ms, a.charged, coalesce(v.mismatches, 0) AS mismatches,
+    coalesce(v.convictions, 0) AS convictions, a.last_block
+FROM assessed a LEFT JOIN verdicts v USING (realm, operator, service_id);
+
+CREATE OR REPLACE VIEW market_rewards AS
+SELECT w.realm, s.api, w.service_id, w.server, w.block
+FROM (
+    SELECT * FROM rewards QUALIFY row_number() OVER (PARTITION BY realm, server, service_id ORDER BY block DESC, log_index DESC) = 1
+) w JOIN market_services s USING (service_id)
+WHERE w.active;
+
+-- reciprocity per pair of servers in a realm ("if you run my service I will run yours"): the calls
+-- each answered (results, as routers assessed them) of the services the other rewards now
+CREATE OR REPLACE VIEW reciprocity AS
+WITH served AS (
+    SELECT realm, operator, service_id, count(*) AS results FROM call_assessments
+    WHERE outcome = 'result' GROUP BY ALL
+), for_rewarder AS (
+    SELECT w.realm, w.server AS rewarder, s.operator AS server, sum(s.results)::BIGINT AS results
+    FROM market_rewards w JOIN served s
+      ON s.realm = w.realm AND s.service_id = w.service_id AND lower(s.operator) <> lower(w.server)
+    GROUP BY ALL
+), pairs AS (
+    SELECT realm, rewarder AS a, server AS b FROM for_rewarder
+    UNION SELECT realm, server, rewarder FROM for_rewarder
+)
+SELECT p.realm, p.a AS server_a, p.b AS server_b,
+    coalesce(x.results, 0) AS b_served_for_a, coalesce(y.results, 0) AS a_served_for_b,
+    coalesce(x.results, 0) > 0 AND coalesce(y.results, 0) > 0 AS reciprocal
+FROM pairs p
+LEFT JOIN for_rewarder x ON x.realm = p.realm AND x.rewarder = p.a AND x.server = p.b
+LEFT JOIN for_rewarder y ON y.realm = p.realm AND y.rewarder = p.b AND y.server = p.a
+WHERE lower(p.a) < lower(p.b);
 """
 
 #: tables an audit compares (everything but bookkeeping of this one consumer's offsets)
@@ -122,6 +218,13 @@ AUDITED_TABLES = (
     "chain_logs",
     "prices",
     "reorg_flags",
+    "services",
+    "offers",
+    "rewards",
+    "call_assessments",
+    "quotes",
+    "mismatches",
+    "convictions",
 )
 
 #: columns added since a table was first created (a file of an older version gains them)

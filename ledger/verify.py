@@ -9,6 +9,7 @@ from enum import Enum
 from domain.envelope import ZERO_HASH, Record, RecordError, decode
 from domain.events import (
     INDEXER_EVENTS,
+    CallAssessed,
     ChainHead,
     ChequeIssued,
     ChequeReceived,
@@ -16,8 +17,11 @@ from domain.events import (
     EpochClosed,
     Event,
     HandshakeCompleted,
+    OperatorConvicted,
     PayoutsComputed,
     PeerDisconnected,
+    PriceAgreed,
+    ResultMismatch,
     SettlementConfirmed,
     SettlementSubmitted,
 )
@@ -77,6 +81,10 @@ ALLOWED: dict[str, tuple[type[Event], ...]] = {
         ChequeReceived,
         ChequeRejected,
         PeerDisconnected,
+        CallAssessed,
+        PriceAgreed,
+        ResultMismatch,
+        OperatorConvicted,
     ),
 }
 

@@ -42,6 +42,8 @@ class Broker:
         self._prefix_lengths: tuple[int, ...] = ()
         self._by_id: dict[int, Subscription] = {}
         self._publication_ids = itertools.count(1)
+        #: called when a topic gains its first or loses its last subscriber (router links)
+        self.on_interest: Callable[[], None] | None = None
 
     def subscribe(self, session: Session, msg: list[Any]) -> None:
         request, options, topic = msg[1], msg[2], msg[3]
@@ -69,6 +71,8 @@ class Broker:
             self._by_id[sub.id] = sub
             if match == "prefix":
                 self._index_prefixes()
+            if self.on_interest is not None:
+                self.on_interest()
         sub.subscribers[session.id] = session
         session.subscriptions.add(sub.id)
         session.send([m.SUBSCRIBED, request, sub.id])
@@ -91,6 +95,14 @@ class Broker:
             table.pop(sub.topic, None)
             if sub.match == "prefix":
                 self._index_prefixes()
+            if self.on_interest is not None:
+                self.on_interest()
+
+    def exact_topics(self) -> list[str]:
+        return list(self._exact)
+
+    def prefix_topics(self) -> list[str]:
+        return list(self._prefix)
 
     def _index_prefixes(self) -> None:
         self._prefix_lengths = tuple(sorted({len(p) for p in self._prefix}))

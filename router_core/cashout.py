@@ -28,6 +28,7 @@ from eth_keys.exceptions import BadSignature
 
 from domain.cheque import Cheque
 from domain.swap import ChequeClaim
+from infra import sqlite_guard
 
 if TYPE_CHECKING:
     from router_core.config import RouterConfig
@@ -37,6 +38,16 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_SIGNER = ""  # a signature nothing can be recovered from (the chain refuses it too)
 SCHEMA_VERSION = 2
+#: how long opening waits for another connection's lock
+OPEN_TIMEOUT_S = 30.0
+CASHOUT_STORE = sqlite_guard.GuardedStore(
+    "cash-out queue",
+    ("cheques",),
+    "Move the file aside and restore it from a backup, or start an empty queue and queue again "
+    "the latest cheque of each chequebook and signer from the event log's ChequeReceived events "
+    "(cumulative amount and signature of each cheque the router accepted; the chequebook pays "
+    "only what a cheque adds over paidOut, so queueing one again cannot pay twice).",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,23 +152,19 @@ class CashoutQueue:
         self, path: Path, policy: CashoutPolicy, clock: Callable[[], float] = time.time
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite_guard.connect(
+            path, CASHOUT_STORE, timeout_s=OPEN_TIMEOUT_S, check_same_thread=False
+        )
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
         self._migrate()
+        sqlite_guard.seal(self._db, CASHOUT_STORE)
         self.policy = policy
         self._clock = clock
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, sqlite_guard.transaction(self._db) as db:
+            yield db
 
     def _migrate(self) -> None:
         """Version 1 keyed cheques by (chain, chequebook, beneficiary): re-key them by signer."""

@@ -81,3 +81,24 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@click.command(name="federation")
+@click.option("--json", "as_json", is_flag=True, help="last line: one JSON object")
+@click.option("--messages", default=10_000, show_default=True, help="events per pub/sub run")
+@click.option("--calls", default=3_000, show_default=True, help="calls per RPC run")
+@click.option("--rounds", default=3, show_default=True, help="measurements per scenario")
+def bench_federation(as_json: bool, messages: int, calls: int, rounds: int) -> None:
+    """Pub/sub events/s and RPC calls/s from a client on router A to a subscriber / callee on
+    router B over a router link, against the same on one router, in one run (alternating,
+    `--rounds` times, medians). Routers are `meshledger router run` processes (metering and
+    SWAP off on both sides), clients autobahn processes; target: linked ≥ 0.5× single."""
+    from router_core.bench_federation import run_federation_bench
+
+    with click.progressbar(length=1, label="linked and single routers") as bar:
+        result = run_federation_bench(messages, calls, rounds)
+        bar.update(1)
+    if not as_json:
+        for key, value in result.items():
+            click.echo(f"{key:28} {value}")
+    click.echo(json.dumps(result))

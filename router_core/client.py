@@ -146,37 +146,53 @@ class MeshSession(ApplicationSession):
     async def _payment_due(self, **kwargs: Any) -> None:
         await self.pay(int(kwargs["debt"]), int(kwargs["last_cumulative"]))
 
-    def sign_cheque(self, cumulative: int) -> dict[str, Any]:
-        terms = self.swap_terms
-        cheque = Cheque(
-            int(terms["chain_id"]), str(terms["chequebook"]), str(terms["beneficiary"]), cumulative
-        )
-        return {
-            "chain_id": cheque.chain_id,
-            "chequebook": cheque.chequebook,
-            "beneficiary": cheque.beneficiary,
-            "cumulative": cumulative,
-            "signature": "0x" + cheque.sign(self._key).hex(),
-        }
-
     async def pay(self, debt: int, router_last_cumulative: int) -> dict[str, Any] | None:
         """Send a cheque bringing the balance to zero (or resend one issued but not received)."""
         async with self._pay_lock:
-            terms = self.swap_terms
-            key = ChequeJournal.key(
-                int(terms["chain_id"]), str(terms["chequebook"]), str(terms["beneficiary"])
+            claim = next_cheque(
+                self.journal, self.swap_terms, self._key, debt, router_last_cumulative
             )
-            issued, signature = self.journal.issued(key)
-            if issued > router_last_cumulative:
-                claim = self.sign_cheque(issued)  # deterministic: the same cheque as journaled
-            else:
-                if debt <= 0:
-                    return None
-                claim = self.sign_cheque(router_last_cumulative + debt)
-                self.journal.record(key, claim["cumulative"], claim["signature"])
+            if claim is None:
+                return None
             result: dict[str, Any] = await self.call(CHEQUE_PROCEDURE, **claim)
             self.payments.append(result)
             return result
+
+
+def sign_cheque(terms: dict[str, Any], key: bytes, cumulative: int) -> dict[str, Any]:
+    """The arguments of `mesh.swap.cheque` for a cumulative cheque on the agreed chequebook."""
+    cheque = Cheque(
+        int(terms["chain_id"]), str(terms["chequebook"]), str(terms["beneficiary"]), cumulative
+    )
+    return {
+        "chain_id": cheque.chain_id,
+        "chequebook": cheque.chequebook,
+        "beneficiary": cheque.beneficiary,
+        "cumulative": cumulative,
+        "signature": "0x" + cheque.sign(key).hex(),
+    }
+
+
+def next_cheque(
+    journal: ChequeJournal,
+    terms: dict[str, Any],
+    key: bytes,
+    debt: int,
+    router_last_cumulative: int,
+) -> dict[str, Any] | None:
+    """The cheque to send for `debt` (journaled before it is returned), the one issued but not
+    yet received by the router (resent, the same), or None when nothing is owed."""
+    entry = ChequeJournal.key(
+        int(terms["chain_id"]), str(terms["chequebook"]), str(terms["beneficiary"])
+    )
+    issued, _ = journal.issued(entry)
+    if issued > router_last_cumulative:
+        return sign_cheque(terms, key, issued)  # deterministic: the same cheque as journaled
+    if debt <= 0:
+        return None
+    claim = sign_cheque(terms, key, router_last_cumulative + debt)
+    journal.record(entry, claim["cumulative"], claim["signature"])
+    return claim
 
 
 def _serializer(name: str) -> Any:

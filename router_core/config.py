@@ -28,6 +28,15 @@ never from the configuration itself. Example: see README / `router_core.cli`.
     keeper = "0x…"                     # static (offline dev): the log's values win, and a
     price_per_message = 1_000_000_000_000  # router whose values disagree refuses to start
     reservations = { "0xabc…" = 100 }  # static stakes (dev); messages per block
+    # router-to-router links: dial each peer (it must list this router too), forward across
+    peers = [{ url = "ws://127.0.0.1:8081/ws", address = "0x…" }]
+
+    [links]                            # optional: limits of router-to-router links
+    backoff_max_s = 5.0
+
+    [link_swap]                        # paying peer routers (their [swap] terms apply)
+    chequebook = "0x…"                 # this operator's Chequebook, issued by the router key
+    payment_threshold = 10_000_000_000_000_000
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.events import DEFAULT_PRICE_PER_MESSAGE
+from router_core.links import LinkLimits, LinkPeer
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,23 @@ class RealmConfig:
     enforce_bandwidth: bool = False
     burst_messages: int = 0
     reservations: dict[str, int] = field(default_factory=dict)
+    #: peer routers of this realm: [{url = "ws://host:port/ws", address = "0x…"}]
+    peers: list[dict[str, str]] = field(default_factory=list)
+
+    def link_peers(self) -> list[LinkPeer]:
+        found = []
+        for i, peer in enumerate(self.peers):
+            if not isinstance(peer, dict) or set(peer) != {"url", "address"}:
+                raise ValueError(
+                    f"realm {self.name!r} peers #{i + 1}: needs exactly `url` and `address`"
+                )
+            url, address = peer["url"], peer["address"]
+            if not str(url).startswith(("ws://", "wss://")):
+                raise ValueError(f"realm {self.name!r} peer {url!r}: not a ws:// URL")
+            if not (isinstance(address, str) and address.startswith("0x") and len(address) == 42):
+                raise ValueError(f"realm {self.name!r} peer {url}: address must be 0x + 40 hex")
+            found.append(LinkPeer(str(url), address))
+        return found
 
 
 @dataclass(frozen=True)
@@ -84,6 +111,18 @@ class CashoutConfig:
 
 
 @dataclass(frozen=True)
+class LinkSwapConfig:
+    """This operator's side of SWAP with peer routers (it pays them as a client pays a router)."""
+
+    #: the operator's Chequebook (issuer: the router key); "" = offer no SWAP on links
+    chequebook: str = ""
+    #: the debt at which a peer may ask for a cheque (at least the peer's minimum)
+    payment_threshold: int = 100 * DEFAULT_PRICE_PER_MESSAGE * 1000
+    #: the highest price per message this operator accepts from a peer router
+    max_price_per_message: int = 10 * DEFAULT_PRICE_PER_MESSAGE
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     realms: list[RealmConfig]
     listen: str = "127.0.0.1:8080"
@@ -102,10 +141,20 @@ class RouterConfig:
     #: the router's watermark (ChainHead of block - 1, per realm) at least every N blocks, so an
     #: idle router never holds its realms' epochs open; 0 turns it off
     watermark_every_blocks: int = 10
+    #: the router operator's fee on market calls it clears under agreed quotes (bps of the price)
+    market_fee_bps: int = 0
+    #: verify every N-th call of a deterministic market service by redundant calls (0: never)
+    market_verify_every_calls: int = 10
+    #: wrong answers after which an operator is convicted (no longer offered)
+    market_conviction_mismatches: int = 3
+    #: where verifier modules live, named `<keccak256 hex>.wasm` ("" : none)
+    market_verifiers_dir: str = ""
     #: host:port of /metrics and /health (infra/metrics.py); "" serves none
     metrics_listen: str = ""
     swap: SwapConfig = field(default_factory=SwapConfig)
     cashout: CashoutConfig = field(default_factory=CashoutConfig)
+    links: LinkLimits = field(default_factory=LinkLimits)
+    link_swap: LinkSwapConfig = field(default_factory=LinkSwapConfig)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -138,8 +187,17 @@ def parse_config(data: dict[str, Any]) -> RouterConfig:
         raise ValueError("the configuration defines no [[realms]]")
     swap = SwapConfig(**_pick(SwapConfig, data.pop("swap", {}), "[swap]"))
     cashout = CashoutConfig(**_pick(CashoutConfig, data.pop("cashout", {}), "[cashout]"))
+    links = LinkLimits(**_pick(LinkLimits, data.pop("links", {}), "[links]"))
+    link_swap = LinkSwapConfig(**_pick(LinkSwapConfig, data.pop("link_swap", {}), "[link_swap]"))
+    for realm in realms:
+        realm.link_peers()  # refuse a malformed peer before anything starts
     return RouterConfig(
-        realms=realms, swap=swap, cashout=cashout, **_pick(RouterConfig, data, "top level")
+        realms=realms,
+        swap=swap,
+        cashout=cashout,
+        links=links,
+        link_swap=link_swap,
+        **_pick(RouterConfig, data, "top level"),
     )
 
 

@@ -12,7 +12,7 @@ import inspect
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from router_core import messages as m
 from router_core.broker import Routed
@@ -21,6 +21,14 @@ from router_core.session import Session, State
 
 _ids = itertools.count(1)
 log = logging.getLogger("router_core.dealer")
+
+
+class RemoteCalls(Protocol):
+    """Calls routed to peer routers (`router_core.links.Federation`)."""
+
+    def call(self, caller: Session, msg: list[Any], timeout_s: float) -> bool: ...
+
+    def cancel(self, caller: Session, request: int) -> bool: ...
 
 
 class MetaError(Exception):
@@ -40,6 +48,17 @@ MetaProcedure = Callable[
 ]
 
 
+class MarketHooks(Protocol):
+    """The marketplace's view of calls (`router_core.market.MarketService`): who may register
+    under a service's operator prefix, and each call's outcome (assessment, pricing)."""
+
+    def may_register(self, session: Session, uri: str) -> str | None: ...
+
+    def call_started(self, pending: PendingCall, payload: list[Any]) -> None: ...
+
+    def call_ended(self, pending: PendingCall, outcome: str) -> None: ...
+
+
 class Registration:
     __slots__ = ("id", "uri", "callee")
 
@@ -50,7 +69,9 @@ class Registration:
 
 
 class PendingCall:
-    __slots__ = ("invocation", "caller", "request", "callee", "uri", "timer")
+    __slots__ = (
+        "invocation", "caller", "request", "callee", "uri", "timer", "started", "market", "result",
+    )  # fmt: skip
 
     def __init__(
         self, invocation: int, caller: Session, request: int, callee: Session, uri: str
@@ -61,6 +82,12 @@ class PendingCall:
         self.callee = callee
         self.uri = uri
         self.timer: asyncio.TimerHandle | None = None
+        #: loop time of the INVOCATION, and what the marketplace keeps of the call (None: not a
+        #: market call); set by the market hook only
+        self.started = 0.0
+        self.market: Any = None
+        #: a market call's result payload (args, kwargs), kept for its verification
+        self.result: list[Any] = []
 
 
 class Dealer:
@@ -82,6 +109,16 @@ class Dealer:
         self._pending: dict[int, PendingCall] = {}
         self._by_caller: dict[tuple[int, int], PendingCall] = {}
         self.meta: dict[str, MetaProcedure] = {}
+        #: calls with no local callee go to peer routers (router_core.links), if any
+        self.links: RemoteCalls | None = None
+        #: called when a procedure is registered or unregistered (router links)
+        self.on_interest: Callable[[], None] | None = None
+        #: the marketplace's hooks (None: no marketplace on this router)
+        self.market: MarketHooks | None = None
+
+    def procedures(self) -> Any:
+        """The URIs registered now (a live view)."""
+        return self._procs.keys()
 
     # -- registrations ----------------------------------------------------------------------------
 
@@ -98,6 +135,10 @@ class Dealer:
         if uri in self._procs:
             session.error(m.REGISTER, request, m.PROCEDURE_ALREADY_EXISTS, f"{uri} is registered")
             return
+        refusal = self.market.may_register(session, uri) if self.market is not None else None
+        if refusal is not None:
+            session.error(m.REGISTER, request, m.NOT_AUTHORIZED, refusal)
+            return
         if len(session.registrations) >= self._max_registrations:
             session.error(
                 m.REGISTER,
@@ -111,6 +152,8 @@ class Dealer:
         self._regs[reg.id] = reg
         session.registrations.add(reg.id)
         session.send([m.REGISTERED, request, reg.id])
+        if self.on_interest is not None:
+            self.on_interest()
 
     def unregister(self, session: Session, msg: list[Any]) -> None:
         request, reg_id = msg[1], msg[2]
@@ -125,6 +168,8 @@ class Dealer:
         del self._regs[reg.id]
         del self._procs[reg.uri]
         reg.callee.registrations.discard(reg.id)
+        if self.on_interest is not None:
+            self.on_interest()
 
     # -- calls ------------------------------------------------------------------------------------
 
@@ -137,7 +182,7 @@ class Dealer:
                 self._call_meta(caller, request, meta, msg)
             elif not m.valid_uri(uri):
                 caller.error(m.CALL, request, m.INVALID_URI, f"invalid procedure URI {uri!r}")
-            else:
+            elif self.links is None or not self.links.call(caller, msg, self._timeout_s):
                 caller.error(m.CALL, request, m.NO_SUCH_PROCEDURE, f"no callee registered {uri}")
             return
         key = (caller.id, request)
@@ -168,6 +213,8 @@ class Dealer:
         timeout_s = timeout / 1000 if type(timeout) is int and timeout > 0 else self._timeout_s
         if timeout_s > 0:
             pending.timer = self._loop.call_later(timeout_s, self._timed_out, invocation)
+        if self.market is not None:
+            self.market.call_started(pending, msg[4:])
         callee.send_frame(frame)
         self._routed("invocation", caller, callee, uri, len(frame))
 
@@ -185,7 +232,7 @@ class Dealer:
             task = self._loop.create_task(_awaited(result))
             task.add_done_callback(lambda t: self._meta_done(caller, request, t))
             return
-        self._reply(caller, [m.RESULT, request, {}, [result]], request)
+        self.reply(caller, [m.RESULT, request, {}, [result]], request)
 
     def _meta_done(self, caller: Session, request: int, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -199,10 +246,10 @@ class Dealer:
             log.error("meta procedure failed", exc_info=exc)
             caller.send([m.ERROR, m.CALL, request, {}, m.CANCELED, ["router error"]])
         else:
-            self._reply(caller, [m.RESULT, request, {}, [task.result()]], request)
+            self.reply(caller, [m.RESULT, request, {}, [task.result()]], request)
 
     @staticmethod
-    def _reply(caller: Session, msg: list[Any], request: int) -> bytes:
+    def reply(caller: Session, msg: list[Any], request: int) -> bytes:
         """Encode a RESULT/ERROR for the caller; one its serializer cannot carry becomes an
         ERROR saying so. Returns the frame sent."""
         try:
@@ -214,12 +261,14 @@ class Dealer:
         caller.send_frame(frame)
         return frame
 
-    def _finish(self, pending: PendingCall) -> None:
+    def _finish(self, pending: PendingCall, outcome: str) -> None:
         del self._pending[pending.invocation]
         del self._by_caller[(pending.caller.id, pending.request)]
         pending.caller.pending_calls -= 1
         if pending.timer is not None:
             pending.timer.cancel()
+        if pending.market is not None and self.market is not None:
+            self.market.call_ended(pending, outcome)
 
     def yield_(self, callee: Session, msg: list[Any]) -> None:
         pending = self._pending.get(msg[1])
@@ -227,9 +276,11 @@ class Dealer:
             return  # late (timed out, canceled, caller gone): ignored, as the spec allows
         progress = msg[2].get("progress") is True
         if not progress:
-            self._finish(pending)
+            if pending.market is not None:
+                pending.result = msg[3:]
+            self._finish(pending, "result")
         caller = pending.caller
-        frame = self._reply(
+        frame = self.reply(
             caller,
             [m.RESULT, pending.request, {"progress": True} if progress else {}, *msg[3:]],
             pending.request,
@@ -243,9 +294,9 @@ class Dealer:
         pending = self._pending.get(msg[2])
         if pending is None or pending.callee is not callee:
             return
-        self._finish(pending)
+        self._finish(pending, "error")
         caller = pending.caller
-        frame = self._reply(
+        frame = self.reply(
             caller, [m.ERROR, m.CALL, pending.request, {}, *msg[4:]], pending.request
         )
         self._routed("error", callee, caller, pending.uri, len(frame))
@@ -255,22 +306,33 @@ class Dealer:
         invocation = msg[1] if msg[0] == m.YIELD else msg[2]
         pending = self._pending.get(invocation)
         if pending is not None and pending.callee is callee:
-            self._fail(pending, m.CANCELED, f"callee suspended: {reason}", interrupt=False)
+            self._fail(
+                pending, m.CANCELED, f"callee suspended: {reason}", interrupt=False, outcome="error"
+            )
 
     def cancel(self, caller: Session, msg: list[Any]) -> None:
         pending = self._by_caller.get((caller.id, msg[1]))
         if pending is None:
+            if self.links is not None:
+                self.links.cancel(caller, msg[1])
             return
-        self._fail(pending, m.CANCELED, "canceled by the caller")
+        self._fail(pending, m.CANCELED, "canceled by the caller", outcome="canceled")
 
     def _timed_out(self, invocation: int) -> None:
         pending = self._pending.get(invocation)
         if pending is not None:
             pending.timer = None
-            self._fail(pending, m.TIMEOUT, "call timed out")
+            self._fail(pending, m.TIMEOUT, "call timed out", outcome="timeout")
 
-    def _fail(self, pending: PendingCall, uri: str, message: str, interrupt: bool = True) -> None:
-        self._finish(pending)
+    def _fail(
+        self,
+        pending: PendingCall,
+        uri: str,
+        message: str,
+        interrupt: bool = True,
+        outcome: str = "error",
+    ) -> None:
+        self._finish(pending, outcome)
         pending.caller.send([m.ERROR, m.CALL, pending.request, {}, uri, [message]])
         callee = pending.callee
         if interrupt and callee.state is State.ESTABLISHED and _can_cancel(callee):
@@ -285,9 +347,9 @@ class Dealer:
             return
         for pending in list(self._pending.values()):
             if pending.callee is session:
-                self._fail(pending, m.CANCELED, "callee left", interrupt=False)
+                self._fail(pending, m.CANCELED, "callee left", interrupt=False, outcome="error")
             elif pending.caller is session:
-                self._finish(pending)
+                self._finish(pending, "canceled")
                 if pending.callee.state is State.ESTABLISHED and _can_cancel(pending.callee):
                     pending.callee.send(
                         [

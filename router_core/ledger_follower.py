@@ -1,6 +1,7 @@
 """Follows `mesh.ledger` for what the router needs from the chain side: StakeChanged events
 (reservations), ChainHead events (the block clock), realms, their parameters and keepers
-(`router_core.realm_settings`) and Chainlink prices (`router_core.prices`). Only verified records
+(`router_core.realm_settings`), Chainlink prices (`router_core.prices`) and the marketplace's
+services and offers (`router_core.market`). Only verified records
 of configured indexer sources are trusted. Runs in a thread (kafka-python is blocking);
 `caught_up` is set once it has read the log as far as it reached when the follower started."""
 
@@ -13,6 +14,7 @@ from domain.envelope import RecordError, decode
 from domain.events import ChainHead, PriceObserved, StakeChanged
 from domain.topics import LEDGER_TOPIC
 from router_core.chain_clock import HeadEventClock
+from router_core.market import MarketBook
 from router_core.prices import PriceBook
 from router_core.realm_settings import LedgerRealms
 from router_core.stakes import LedgerStakes
@@ -30,6 +32,7 @@ class LedgerFollower:
         poll_ms: int = 500,
         realms: LedgerRealms | None = None,
         prices: PriceBook | None = None,
+        market: MarketBook | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.trusted = {s.lower() for s in trusted_sources}
@@ -38,6 +41,7 @@ class LedgerFollower:
         self.poll_ms = poll_ms
         self.realms = realms
         self.prices = prices
+        self.market = market
         self.caught_up = threading.Event()
         self.applied = 0
         self.rejected = 0
@@ -56,7 +60,12 @@ class LedgerFollower:
             log.warning("ignoring a mesh.ledger record: %s", exc)
             return
         for seq, event in record.iter_events():
-            if self.realms is not None and self.realms.apply(record.source, seq, event):
+            if (
+                self.realms is not None
+                and self.realms.apply(record.source, seq, event)
+                or self.market is not None
+                and self.market.apply(event)
+            ):
                 self.applied += 1
             elif isinstance(event, PriceObserved):
                 if self.prices is not None:

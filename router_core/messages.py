@@ -54,6 +54,8 @@ NO_RESERVATION = "mesh.error.no_reservation"
 BANDWIDTH_EXCEEDED = "mesh.error.bandwidth_exceeded"
 SWAP_HANDSHAKE_REFUSED = "mesh.error.swap_handshake_refused"
 CHEQUE_REJECTED = "mesh.error.cheque_rejected"
+#: the auth role of a peer router's link session (router_core.links)
+ROUTER_ROLE = "router"
 SLOW_CONSUMER = "mesh.error.slow_consumer"
 
 # loose URI rule of the WAMP spec: dot-separated non-empty components without whitespace or '#'

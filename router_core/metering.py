@@ -15,6 +15,7 @@ from typing import Protocol
 
 from domain.events import Event
 from router_core.chain_clock import ChainClock
+from router_core.messages import ROUTER_ROLE
 from router_core.session import Session
 
 
@@ -45,6 +46,9 @@ class MeteringObserver:
     def routed(
         self, realm: str, kind: str, sender: Session, receiver: Session, uri: str, nbytes: int
     ) -> None:
+        # getattr: the router's own stand-in callers (market verification) carry no role
+        if getattr(receiver, "authrole", "") == ROUTER_ROLE:
+            kind = "link_out"  # an answer sent back over a link to the router that asked
         self._meter(realm, sender.authid, receiver.authid, kind, uri, nbytes, self._clock.block)
 
 

@@ -10,13 +10,16 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from router_core import messages as m
 from router_core.broker import Broker
 from router_core.dealer import Dealer
 from router_core.reservation import ADMIT, HOLD
 from router_core.session import Session, State
+
+if TYPE_CHECKING:
+    from router_core.links import Federation
 
 log = logging.getLogger("router_core.realm")
 
@@ -67,6 +70,8 @@ class Realm:
         self.name = name
         self.sessions: dict[int, Session] = {}
         self._throttled: set[Session] = set()
+        #: router-to-router links of this realm (router_core.links.Federation), if any
+        self.links: Federation | None = None
         self.set_observers(observers)
         self.broker = Broker(self.routed, limits.max_subscriptions_per_session)
         self.dealer = Dealer(
@@ -129,6 +134,8 @@ class Realm:
         session.held.clear()
         self.broker.session_left(session)
         self.dealer.session_left(session)
+        if self.links is not None:
+            self.links.session_left(session)
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -138,6 +145,9 @@ class Realm:
             raise m.ProtocolViolation(f"message {code} not allowed in an established session")
         if session.suspended and code in _ROUTING and not self._may_while_suspended(code, msg):
             self._refuse_suspended(session, code, msg)
+            return
+        if session.authrole == m.ROUTER_ROLE and self.links is not None:
+            self.links.from_peer(session, code, msg, nbytes)
             return
         if (code == m.PUBLISH or code == m.CALL) and session.gate is not None:
             verdict = session.gate.admit()
@@ -167,7 +177,11 @@ class Realm:
             session.suspended = ""
 
     def _publish(self, session: Session, msg: list[Any]) -> None:
-        self.broker.publish(session, msg)
+        links = self.links
+        if links is None:
+            self.broker.publish(session, msg)
+        else:
+            links.publish(session, msg)
 
     def _call(self, session: Session, msg: list[Any]) -> None:
         self.dealer.call(session, msg, 0)

@@ -17,6 +17,16 @@ from domain.events import ChainHead
 from router_core import messages as m
 from router_core.auth import ANONYMOUS, ETH_EIP191, AuthFailed, Challenge, EthEip191Auth
 from router_core.chain_clock import ChainClock
+from router_core.client import ChequeJournal, SwapOffer
+from router_core.links import (
+    ROUTER_ROLE,
+    Federation,
+    LinkLimits,
+    LinkMeter,
+    LinkPeer,
+    link_proof,
+)
+from router_core.market import MarketService
 from router_core.metering import MeteringObserver, UsageSink
 from router_core.realm import Realm, RoutingObserver
 from router_core.reservation import BandwidthGate
@@ -93,8 +103,25 @@ class Router:
         limits: Limits | None = None,
         chain_id: int = 0,
         watermark_every_blocks: int = 0,
+        peers: dict[str, list[LinkPeer]] | None = None,
+        link_key: bytes | None = None,
+        link_limits: LinkLimits | None = None,
+        link_swap: SwapOffer | None = None,
+        link_journal: ChequeJournal | None = None,
+        market: MarketService | None = None,
     ) -> None:
         self.address = address
+        self.market = market
+        #: peer routers per realm (router-to-router links); `link_key` is this router's operator
+        #: key, which logs in to them and proves this router to routers dialing it
+        self.peers = {realm: list(found) for realm, found in (peers or {}).items() if found}
+        if self.peers and link_key is None:
+            raise ValueError("router links need the router's key (link_key)")
+        self._link_key = link_key or b""
+        self.link_limits = link_limits or LinkLimits()
+        self._link_swap = link_swap
+        self._link_journal = link_journal
+        self.federations: dict[str, Federation] = {}
         self.chain_id = chain_id
         #: emit ChainHead(block - 1) for each realm at least this often (0: never)
         self.watermark_every_blocks = watermark_every_blocks
@@ -135,7 +162,11 @@ class Router:
         ended is served nothing more and closed; a changed stake changes its budget."""
         for realm in self.realms.values():
             for session in list(realm.sessions.values()):
-                if session.authmethod != ETH_EIP191 or session.state is not State.ESTABLISHED:
+                if (
+                    session.authmethod != ETH_EIP191
+                    or session.state is not State.ESTABLISHED
+                    or session.authrole == ROUTER_ROLE
+                ):
                     continue
                 mpb = self.stakes.reserved_mpb(realm.name, session.authid, block)
                 if mpb <= 0:
@@ -155,6 +186,17 @@ class Router:
         for name in self.realms:
             self.sink.emit(ChainHead(realm=name, chain_id=self.chain_id, block=block - 1))
 
+    def _link_meter(self, realm: str) -> LinkMeter | None:
+        sink, clock = self.sink, self.clock
+        if sink is None:
+            return None
+        meter = sink.meter
+
+        def metered(kind: str, from_peer: str, to_peer: str, uri: str, nbytes: int) -> None:
+            meter(realm, from_peer, to_peer, kind, uri, nbytes, clock.block)
+
+        return metered
+
     def observers(self) -> list[RoutingObserver]:
         found: list[RoutingObserver] = []
         if self.sink is not None:
@@ -173,8 +215,21 @@ class Router:
             if self.swap is not None:
                 realm.dealer.meta[CHEQUE_PROCEDURE] = self.swap.cheque
                 realm.dealer.meta[BALANCE_PROCEDURE] = self.swap.balance
+            if self.market is not None:
+                self.market.attach(realm)
             self.realms[name] = realm
             self.clock.on_block(realm.on_block)
+            if name in self.peers:
+                self.federations[name] = Federation(
+                    realm,
+                    self.address,
+                    self._link_key,
+                    self.peers[name],
+                    self.link_limits,
+                    self._link_meter(name),
+                    self._link_swap,
+                    self._link_journal,
+                )
         self.clock.on_block(self._on_block)
         if self.swap is not None:
             self.swap.start()
@@ -184,11 +239,15 @@ class Router:
         self._server = await loop.create_server(factory, host, port)
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("router %s listening on ws://%s:%d", self.address, host, self.port)
+        for federation in self.federations.values():
+            federation.start()
         return self.port
 
     async def stop(self) -> None:
         for task in list(self._joining):
             task.cancel()
+        for federation in self.federations.values():
+            await federation.stop()
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions.values()):
@@ -261,6 +320,10 @@ class Router:
             realm = session.challenge["realm"]
             challenge: Challenge = session.challenge["challenge"]
             address = self._eth.verify(session.hello_details, challenge, signature)
+            link = (session.hello_details.get("authextra") or {}).get("link")
+            if link is not None:
+                self._link_welcome(session, realm, address, link)
+                return
             if not self.stakes.has_reservation(realm, address, self.clock.block):
                 raise AuthFailed(
                     m.NO_RESERVATION,
@@ -279,12 +342,37 @@ class Router:
             log.info("session %s refused: %s %s", session.id, exc.uri, exc.message)
             session.abort(exc.uri, exc.message)
 
-    async def _swap_welcome(self, session: Session, realm: str, address: str) -> None:
+    def _link_welcome(self, session: Session, realm: str, address: str, link: Any) -> None:
+        """A peer router logs in: role `router` if this realm lists it as a peer; the answer
+        signs its nonce, so the dialer knows it reached the operator it meant."""
+        federation = self.federations.get(realm)
+        if federation is None or not federation.accepts(address):
+            raise AuthFailed(
+                m.NOT_AUTHORIZED, f"{address} is not a peer router of realm {realm!r} here"
+            )
+        nonce = link.get("nonce") if isinstance(link, dict) else None
+        if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
+            raise AuthFailed(m.AUTHENTICATION_FAILED, "a link login needs authextra.link.nonce")
+        proof = {"signature": link_proof(self._link_key, realm, address, nonce)}
+        if self.swap is None:
+            self._welcome(session, realm, address, ROUTER_ROLE, ETH_EIP191, proof)
+            return
+        # operators settle with each other as clients do with a router: the same handshake
+        task = asyncio.get_running_loop().create_task(
+            self._swap_welcome(session, realm, address, proof)
+        )
+        self._joining.add(task)
+        task.add_done_callback(self._joining.discard)
+
+    async def _swap_welcome(
+        self, session: Session, realm: str, address: str, link: dict[str, Any] | None = None
+    ) -> None:
         assert self.swap is not None
         try:
             await self.swap.prepare(realm, address, session.hello_details)
             if session.state is State.CHALLENGED:  # it may have gone meanwhile
-                self._welcome(session, realm, address, "user", ETH_EIP191)
+                role = "user" if link is None else ROUTER_ROLE
+                self._welcome(session, realm, address, role, ETH_EIP191, link)
         except AuthFailed as exc:
             log.info("session %s refused: %s %s", session.id, exc.uri, exc.message)
             session.abort(exc.uri, exc.message)
@@ -293,7 +381,13 @@ class Router:
             session.abort(m.CLOSE_SYSTEM_SHUTDOWN, "the router could not load its SWAP state")
 
     def _welcome(
-        self, session: Session, realm_name: str, authid: str, authrole: str, authmethod: str
+        self,
+        session: Session,
+        realm_name: str,
+        authid: str,
+        authrole: str,
+        authmethod: str,
+        link: dict[str, Any] | None = None,
     ) -> None:
         realm = self.realms[realm_name]
         options = self.options[realm_name]
@@ -303,9 +397,11 @@ class Router:
         session.authrole = authrole
         session.authmethod = authmethod
         authextra: dict[str, Any] = {"router": self.address}
+        if link is not None:
+            authextra["link"] = link
         if authmethod == ETH_EIP191 and self.swap is not None:
             authextra["swap"] = self.swap.join(session, realm_name, session.hello_details)
-        if options.enforce_bandwidth and authmethod == ETH_EIP191:
+        if options.enforce_bandwidth and authmethod == ETH_EIP191 and link is None:
             mpb = self.stakes.reserved_mpb(realm_name, authid, self.clock.block)
             session.gate = BandwidthGate(mpb, options.burst_messages, self.clock)
         realm.join(session)

@@ -23,9 +23,12 @@ from infra.metrics import (
 from router_core.cashout import CashoutPolicy, CashoutQueue, CashoutSink, open_chequebook_sink
 from router_core.chain_clock import ChainClock, HeadEventClock, ManualClock, Web3HeadPoller
 from router_core.chequebooks import ChequebookReader, NoChain, Web3Chequebooks
+from router_core.client import ChequeJournal, SwapOffer
 from router_core.config import RouterConfig
 from router_core.handoff import LedgerHandoff
 from router_core.ledger_follower import LedgerFollower
+from router_core.market import MarketBook, MarketService
+from router_core.market_verify import Verification
 from router_core.meter_child import ChildDrain, ChildSpec
 from router_core.metering import NullSink, UsageSink
 from router_core.prices import PriceBook
@@ -117,6 +120,7 @@ class RouterService:
             ],
             ledger_realms,
         )
+        market_book = MarketBook()
         if cfg.broker and cfg.ledger_sources:
             ledger = LedgerStakes(settings.stake_per_mpb)
             self.follower = LedgerFollower(
@@ -126,6 +130,7 @@ class RouterService:
                 clock if isinstance(clock, HeadEventClock) else None,
                 realms=ledger_realms,
                 prices=prices,
+                market=market_book,
             )
             self.follower.start()
             stakes = CombinedStakes(static, ledger)
@@ -202,6 +207,31 @@ class RouterService:
             limits,
             chain_id=cfg.chain_id,
             watermark_every_blocks=cfg.watermark_every_blocks,
+            peers={r.name: r.link_peers() for r in cfg.realms},
+            link_key=key,
+            link_limits=cfg.links,
+            link_swap=self._link_offer(),
+            link_journal=ChequeJournal(data / "link-cheques.json"),
+            market=MarketService(
+                market_book,
+                signer.address,
+                sink,
+                clock,
+                chain_id=cfg.chain_id,
+                swap=swap,
+                fee_bps=cfg.market_fee_bps,
+                verification=Verification(
+                    signer.address,
+                    sink,
+                    clock,
+                    every_calls=cfg.market_verify_every_calls,
+                    conviction_mismatches=cfg.market_conviction_mismatches,
+                    call_timeout_ms=cfg.call_timeout_ms,
+                    verifiers_dir=(
+                        Path(cfg.market_verifiers_dir) if cfg.market_verifiers_dir else None
+                    ),
+                ),
+            ),
         )
         if self.handoff is not None:
             self.handoff.on_full = self.router.pause_reading
@@ -213,6 +243,18 @@ class RouterService:
         if cfg.metrics_listen:
             self.metrics = self.serve_metrics(*parse_listen(cfg.metrics_listen))
         return self.router
+
+    def _link_offer(self) -> SwapOffer | None:
+        cfg = self.config
+        if not cfg.link_swap.chequebook:
+            return None
+        return SwapOffer(
+            chequebook=cfg.link_swap.chequebook,
+            chain_id=cfg.chain_id,
+            token=cfg.swap.token,
+            payment_threshold=cfg.link_swap.payment_threshold,
+            price_per_message=cfg.link_swap.max_price_per_message,
+        )
 
     def serve_metrics(self, host: str = "127.0.0.1", port: int = 0) -> MetricsServer:
         """/metrics (read at scrape time, nothing on the loop) and /health: the broker and the
@@ -246,6 +288,9 @@ class RouterService:
                 await task
         if self.router is not None:
             await self.router.stop()
+            market = self.router.market
+            if market is not None and market.verification is not None:
+                market.verification.close()
         if isinstance(self.clock, Web3HeadPoller):
             await self.clock.stop()
         if self.follower is not None:

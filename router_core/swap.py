@@ -40,6 +40,8 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.utils import Environment
 
 from domain.events import ChequeReceived, ChequeRejected, HandshakeCompleted, PeerDisconnected
 from domain.swap import (
@@ -56,6 +58,7 @@ from domain.swap import (
     chequebook_id,
     negotiate,
 )
+from infra import sqlite_guard
 from router_core import messages as m
 from router_core.auth import AuthFailed
 from router_core.cashout import CashoutQueueFull
@@ -107,10 +110,25 @@ class StaticTerms:
         return self._terms.get(realm)
 
 
+SWAP_STORE = sqlite_guard.GuardedStore(
+    "SWAP account store",
+    ("stored_events",),
+    "Move the file aside and restore it from a backup. A new, empty store forgets each peer's "
+    "unpaid debt and each chequebook's last accepted cumulative; the event log's ChequeReceived "
+    "events (in the ledger's swap_events table) show the cheques accepted before.",
+)
+
+
 class SwapAccounts(Application):
-    """The router's own store of peer accounts (eventsourcing, SQLite by default)."""
+    """The router's own store of peer accounts (eventsourcing; SQLite guarded by
+    `infra.sqlite_guard`: a recorded event is in the main file, a damaged file is refused)."""
 
     name = "SwapAccounts"
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
+        if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
+            return sqlite_guard.GuardedSQLiteFactory(env, SWAP_STORE)
+        return super().construct_factory(env)
 
 
 def open_accounts(db_path: Path | None) -> SwapAccounts:
@@ -142,6 +160,10 @@ class PeerSwap:
         "disconnecting",
         "sessions",
         "verifying",
+        "pending_calls_charged",
+        "pending_charge",
+        "pending_calls_credited",
+        "pending_credit",
     )
 
     def __init__(self, account: PeerAccount, agreed: AgreedTerms, realm: str) -> None:
@@ -158,19 +180,36 @@ class PeerSwap:
         self.sessions: set[Session] = set()
         #: a cheque of this peer is being read from the chain (one at a time per peer)
         self.verifying = False
+        #: market calls under agreed quotes, not yet recorded: charged to this peer as a client,
+        #: credited to it as an operator
+        self.pending_calls_charged = 0
+        self.pending_charge = 0
+        self.pending_calls_credited = 0
+        self.pending_credit = 0
 
     @property
     def debt(self) -> int:
-        return int(self.account.debt) + self.pending_amount
+        return (
+            int(self.account.debt) + self.pending_amount + self.pending_charge - self.pending_credit
+        )
 
     def fold_pending(self) -> bool:
-        """Record pending charges on the aggregate; True if there were any."""
-        if not self.pending_messages:
-            return False
-        self.account.charge(self.pending_messages, self.pending_amount)
-        self.pending_messages = 0
-        self.pending_amount = 0
-        return True
+        """Record pending charges and credits on the aggregate; True if there were any."""
+        folded = False
+        if self.pending_messages:
+            self.account.charge(self.pending_messages, self.pending_amount)
+            self.pending_messages = 0
+            self.pending_amount = 0
+            folded = True
+        if self.pending_calls_charged:
+            self.account.charge_call(self.pending_calls_charged, self.pending_charge)
+            self.pending_calls_charged = self.pending_charge = 0
+            folded = True
+        if self.pending_calls_credited:
+            self.account.credit_call(self.pending_calls_credited, self.pending_credit)
+            self.pending_calls_credited = self.pending_credit = 0
+            folded = True
+        return folded
 
 
 class SwapService:
@@ -465,6 +504,25 @@ class SwapService:
             self._payment_due(ps, sender, debt)
         if debt > ps.disconnect_threshold and not ps.disconnecting:
             self._disconnect(ps, debt)
+
+    def settle_call(self, client: Session, operator: Session, price: int, fee: int) -> bool:
+        """A market call answered under an agreed quote: the client owes `price`, the operator
+        is credited `price - fee` (the router keeps `fee`). Both must run SWAP with this router
+        in the realm; False (nothing charged) otherwise. Recorded with the next flush, as the
+        per-message charges are."""
+        payer, payee = client.swap, operator.swap
+        if payer is None or payee is None or not 0 <= fee <= price:
+            return False
+        payer.pending_calls_charged += 1
+        payer.pending_charge += price
+        payee.pending_calls_credited += 1
+        payee.pending_credit += price - fee
+        debt = payer.debt
+        if debt >= payer.payment_threshold and not payer.due_notified:
+            self._payment_due(payer, client, debt)
+        if debt > payer.disconnect_threshold and not payer.disconnecting:
+            self._disconnect(payer, debt)
+        return True
 
     def _payment_due(self, ps: PeerSwap, session: Session, debt: int) -> None:
         ps.due_notified = True

@@ -18,6 +18,7 @@ import click
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from web3 import Web3
 
@@ -352,6 +353,45 @@ def settle(
     sys.exit(code)
 
 
+class _StepBar:
+    """A progress bar of the epochs and their steps (post, fund, push batches…) on stderr, so
+    the one line per epoch on stdout stays parseable; nothing when stderr is no terminal."""
+
+    def __init__(self, epochs: int) -> None:
+        console = Console(stderr=True)
+        self.shown = console.is_terminal
+        self.progress = Progress(
+            TextColumn("settling"),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = self.progress.add_task("", total=max(epochs, 1))
+        self.epochs: set[tuple[str, int]] = set()
+
+    def __enter__(self) -> _StepBar:
+        if self.shown:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown:
+            self.progress.stop()
+
+    def step(self, realm: str, epoch: int, name: str, index: int, steps: int) -> None:
+        if not self.shown:
+            return
+        self.epochs.add((realm, epoch))
+        done = len(self.epochs) - 1 + index / steps  # epochs done, and this one's share
+        self.progress.update(
+            self.task,
+            completed=done,
+            description=f"{realm} epoch {epoch}: {name} ({index + 1}/{steps})",
+        )
+
+
 class _NoRecorder:
     def record(self, event: Event) -> None:
         raise JobError("a dry run records nothing")
@@ -377,8 +417,12 @@ def _run(
     except Exception as err:  # noqa: BLE001 - no recorder, no settlement
         raise JobError(f"cannot open the ledger emitter: {err}") from err
     try:
-        with Submitter(w3, account, Journal(journal_path), submit_config) as submitter:
+        with (
+            Submitter(w3, account, Journal(journal_path), submit_config) as submitter,
+            _StepBar(run.epochs_due) as bar,
+        ):
             job = SettlementJob(w3, source, recorder, config, submitter)
+            job.on_step = bar.step
             if epoch is not None:
                 assert realm is not None
                 results = [job.settle(realm, epoch)]

@@ -235,6 +235,8 @@ class SettlementJob:
             abi=load_artifact("EpochSettlement")["abi"],
         )
         self._token: Contract | None = None
+        #: told before each step of each epoch: (realm, epoch, step name, step index, steps)
+        self.on_step: Callable[[str, int, str, int, int], None] | None = None
 
     @property
     def journal(self) -> Journal | None:
@@ -520,8 +522,10 @@ class SettlementJob:
         previous = self.submitter.observer
         self.submitter.observer = _chain(previous, on_stage)
         try:
-            for step in steps:
+            for i, step in enumerate(steps):
                 log.info("%s %s epoch %d: %s", step.name, realm, epoch, step.request.work_key)
+                if self.on_step is not None:
+                    self.on_step(realm, epoch, step.name, i, len(steps))
                 outcomes.append(self.submitter.submit(step.request, step.is_done))
         except WouldRevert as err:
             raise JobError(f"{err} (nothing was signed for this step)") from err

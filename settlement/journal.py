@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+
+from infra import sqlite_guard
 
 
 class TxState(StrEnum):
@@ -82,49 +83,40 @@ class JournaledTx:
 #: how long opening a journal another job is opening at the same moment may take
 OPEN_TIMEOUT_S = 30.0
 
+JOURNAL_STORE = sqlite_guard.GuardedStore(
+    "settlement journal",
+    ("txs", "records"),
+    "Move the file aside and restore it from a backup. A new, empty journal forgets the "
+    "transactions signed but not yet confirmed and what earlier runs recorded.",
+)
+
 
 class Journal:
-    """The transaction journal in one SQLite file (WAL, synchronous=FULL: a write survives a crash)."""
+    """The transaction journal in one SQLite file, guarded (`infra.sqlite_guard`): a write is in
+    the main file when it returns, and a damaged file is refused at open."""
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         """Open (or create) the journal; `read_only` opens an existing one for reading only (an
-        auditor reading what a job decided: sqlite3.OperationalError when there is none)."""
+        auditor reading what a job decided: sqlite3.OperationalError when there is none). A
+        damaged file is refused (`infra.sqlite_guard.StoreDamaged`)."""
         self.path = Path(path)
         self.read_only = read_only
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite_guard.connect(
+            self.path, JOURNAL_STORE, timeout_s=OPEN_TIMEOUT_S, read_only=read_only
+        )
         if read_only:
-            uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            self._db = sqlite3.connect(uri, uri=True, timeout=OPEN_TIMEOUT_S, isolation_level=None)
             self._db.execute("SELECT count(*) FROM records").fetchone()
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=OPEN_TIMEOUT_S, isolation_level=None)
-        deadline = time.monotonic() + OPEN_TIMEOUT_S
-        while True:
-            # switching to WAL while another connection sets the file up returns SQLITE_BUSY
-            # without waiting on the busy handler: two jobs starting together must both open
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
-                self._db.executescript(_SCHEMA)
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    self._db.close()
-                    raise
-                time.sleep(0.02)
+        self._db.executescript(_SCHEMA)
+        sqlite_guard.seal(self._db, JOURNAL_STORE)
 
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite_guard.transaction(self._db)
 
     # -- writes ---------------------------------------------------------------------------------
 

@@ -197,6 +197,16 @@ function renderChain(chain) {
     chain.dead, (r) => r.reason);
 }
 
+function renderMarket(market) {
+  fill(document.getElementById("reputation-table"), [
+    ["realm", "realm"], ["service", "service_id", "addr"], ["operator", "operator", "addr"], ["calls", "calls", "num"],
+    ["results", "results", "num"], ["errors", "errors", "num"], ["timeouts", "timeouts", "num"],
+    ["success %", (r) => (r.success_bps / 100).toFixed(2), "success"], ["p50 ms", "p50_ms", "num"],
+    ["p95 ms", "p95_ms", "num"], ["charged", "charged", "amount"], ["mismatches", "mismatches", "num"],
+    ["convictions", "convictions", "num"],
+  ], market.reputation, (r) => r.realm + "/" + r.service_id + "/" + r.operator);
+}
+
 async function refresh() {
   const status = document.getElementById("status");
   try {
@@ -207,6 +217,7 @@ async function refresh() {
     renderEpochs(data);
     renderSwap(data.swap);
     renderChain(data.chain);
+    renderMarket(data.market);
     window.meshRefreshes += 1;
     status.dataset.state = "ok";
     status.textContent = "updated " + new Date().toLocaleTimeString() + " · every " + REFRESH_MS / 1000 + " s";

@@ -23,6 +23,7 @@ from cdp import Browser, chromium_binary  # noqa: E402
 from scenario import SETTLE_TX, Scenario, start  # noqa: E402
 
 from dashboard.data import CELL_PLACES  # noqa: E402
+from domain.events import CallAssessed  # noqa: E402
 from infra.broker import Broker  # noqa: E402
 from infra.procs import free_port  # noqa: E402
 from ledger.render import format_amount  # noqa: E402
@@ -161,6 +162,44 @@ def test_dashboard_page_shows_the_projection_and_refreshes_live(
         "block 79 in the bandwidth chart",
     )
     shot(browser, tmp_path, "dashboard-epochs.png", "#epochs")
+
+    # the marketplace: calls the router assessed become reputation rows on the page
+    assert (
+        browser.evaluate("document.querySelector('#reputation-table td.empty').textContent")
+        == "none yet"
+    )
+    service_id, operator = "0x" + "5e" * 32, scenario.services[0]
+    em = scenario.router_emitters["alpha"]
+    for outcome, latency, charged in (
+        ("result", 12, 10**15),
+        ("result", 30, 10**15),
+        ("error", 7, 0),
+    ):
+        em.emit(
+            CallAssessed(
+                realm="alpha", router=scenario.routers["alpha"].address, client=scenario.users[0],
+                operator=operator, service_id=service_id, outcome=outcome, latency_ms=latency,
+                charged=charged, quote="", block=79,
+            )
+        )  # fmt: skip
+    em.flush()
+    scenario.wait(
+        lambda: scenario.rows("SELECT count(*) FROM call_assessments") == [(3,)], "assessed"
+    )
+    ((calls, results, errors, success_bps, charged),) = scenario.rows(
+        "SELECT calls, results, errors, success_bps, charged FROM reputation"
+    )
+    assert (calls, results, errors) == (3, 2, 1)
+    browser.wait_for(
+        "!!document.querySelector('#reputation-table tr[data-row]')", "a reputation row"
+    )
+    cells = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#reputation-table tr[data-row] td')]"
+        ".map(td => [td.dataset.k, td.textContent]))"
+    )
+    assert cells["calls"] == "3" and cells["results"] == "2" and cells["errors"] == "1"
+    assert cells["success"] == f"{success_bps / 100:.2f}"
+    assert cells["charged"] == format_amount(int(charged), CELL_PLACES)
     shot(browser, tmp_path, "dashboard-page.png")  # the whole page, for a person to look at
 
 

@@ -146,7 +146,12 @@ def test_the_whole_system_with_broker_restarts_and_an_idle_router(tmp_path: Path
     (r2_last_block, r2_watermark), (r3_last_block, r3_watermark) = idle["r2"], idle["r3"]
     assert r2_last_block is not None and last_closed > r2_last_block + realm_params(10).epoch_blocks
     assert r3_last_block is None  # never metered a message
-    assert r2_watermark >= last_closed and r3_watermark >= last_closed
+    # r2 metered in the realm, so its watermark had to pass every closed epoch; r3 never did, so
+    # it holds no epoch open, but its idle watermark kept up with the chain (a watermark every
+    # few blocks: within two intervals and the grace of the last close when the stack stopped)
+    assert r2_watermark >= last_closed
+    slack = 2 * PLAN.watermark_every_blocks + PLAN.grace_blocks
+    assert last_closed - slack <= r3_watermark, (r3_watermark, last_closed)
 
 
 def _key_address(path: Path) -> str:

@@ -132,24 +132,12 @@ def _read_back(target: str, path: Path) -> dict[str, str]:
     return dict(rows)
 
 
-SQLITE_WAL_FINDING = pytest.mark.xfail(
-    reason="SQLite's WAL recovery stops at a frame that fails its checksum and silently drops "
-    "every later committed transaction (found by this suite in the settlement journal, the "
-    "cash-out queue and the SWAP account store; their owners decide the fix, e.g. a checkpoint "
-    "per commit plus a count of committed rows kept apart)",
-    strict=False,
-)
-
-
 def _cases() -> list[object]:
     cases: list[object] = []
     for seed in SEEDS:
         fault = FAULTS[seed % len(FAULTS)]
         for target in TARGETS:
-            marks = [SQLITE_WAL_FINDING] if fault == "bitflip" and target != "duckdb" else []
-            cases.append(
-                pytest.param(target, seed, fault, marks=marks, id=f"{target}-{fault}-{seed}")
-            )
+            cases.append(pytest.param(target, seed, fault, id=f"{target}-{fault}-{seed}"))
     return cases
 
 

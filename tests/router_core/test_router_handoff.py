@@ -56,7 +56,9 @@ def test_stalled_emitter_pauses_reading_and_the_loop_keeps_serving(harness: Harn
         loop = asyncio.get_running_loop()
         started = loop.time()
         await asyncio.sleep(0.05)
-        assert loop.time() - started < 1.0
+        # a loop blocked by the stalled emitter would not come back before the release below;
+        # a loaded machine may delay a free one by a second or two
+        assert loop.time() - started < 5.0
         waiting = handoff.waiting()
         assert 50 <= waiting < 400  # bounded: reading stopped near high_water
         stalled.release.set()

@@ -110,8 +110,15 @@ def test_batches_are_bounded_and_all_pushed(
         w3, stack, realm, tmp_path / "j.sqlite", epoch=0, n_payees=7, batch_max_entries=3
     )
     assert [len(b) for b in ready.job.plan(realm, 0).tree.batches] == [3, 3, 1]
+    told: list[tuple[str, int, str, int, int]] = []
+    ready.job.on_step = lambda *step: told.append(step)  # what settle's progress bar shows
     with opened(ready.job):
         ready.job.settle(realm, 0)
+    names = [name for _, _, name, _, _ in told]
+    assert names == [s.name for s in ready.job.steps(ready.job.plan(realm, 0))]
+    assert [(r, e, i, n) for r, e, _, i, n in told] == [
+        (realm, 0, i, len(told)) for i in range(len(told))
+    ]
     assert all(
         stack.settlement.functions.isBatchPushed(realm_id(realm), 0, i).call() for i in range(3)
     )
