@@ -420,6 +420,9 @@ class LedgerService:
         record, tp = min(gaps, key=lambda g: (g[0].source, g[0].seq))
         log.warning("declaring seq gap for %s before seq %d", record.source, record.seq)
         self.projector.declare_gap(record, self.owns(tp))
+        # decide the record in the gap's own commit: a snapshot between the two would show a gap
+        # whose record its offsets do not hold, which no replay to those offsets declares
+        self._wake(record.source)
         self._stalled_since = None
         return True
 
@@ -519,10 +522,12 @@ def replay(
     on_progress: Callable[[Progress], None] | None = None,
     ahead: dict[tuple[str, int], set[int]] | None = None,
     partitions: frozenset[int] | None = None,
+    consumer: Any = None,
 ) -> LedgerService:
     """Replay the topics from offset 0 into a fresh database, up to `targets` (default: the end)
     plus, beyond a target, exactly the `ahead` offsets (what a live projector had applied while
-    a record at its target offset waited); as the shard owning `partitions` when given."""
+    a record at its target offset waited); as the shard owning `partitions` when given.
+    `consumer`: as for LedgerService.connect (the projector simulation passes its own)."""
     if db_path.exists():
         db_path.unlink()
     service = LedgerService(
@@ -536,10 +541,15 @@ def replay(
             partitions=partitions,
         )
     )
-    service.connect()
+    service.connect(consumer)
     # Tansu reports a partition's end as its last batch's base offset + 1, so without targets the
     # replay runs until the log stops yielding records rather than trusting end offsets
     service.limits = dict(targets or {})
+    if targets is not None:
+        # a partition the live side never decided a record of has no offsets row: its target is
+        # 0, not "no limit" (which would replay records the live tables do not reflect)
+        for tp in service._buffers:
+            service.limits.setdefault((tp.topic, tp.partition), 0)
     service.limits_ahead = {tp: set(offsets) for tp, offsets in (ahead or {}).items()}
 
     def done(svc: LedgerService) -> bool:
