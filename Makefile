@@ -66,7 +66,7 @@ fault: setup
 	  $(BIN)/pytest -q --timeout=0 $(if $(SEED),--hypothesis-seed=$(SEED)) \
 	  tests/settlement/test_contract_fuzz.py
 	FAULT_SEEDS="$(SEEDS)" FAULT_DURATION_S="$(DURATION)" $(BIN)/pytest -q --timeout=0 -n 3 \
-	  tests/faults tests/ledger/test_ledger_simulation.py
+	  tests/faults tests/ledger/test_ledger_simulation.py tests/ledger/test_audit_snapshot_sim.py
 
 bench: setup
 	$(BIN)/meshledger bench ingest --json
