@@ -14,8 +14,11 @@ from infra.broker import Broker
 pytestmark = pytest.mark.integration
 
 
-def test_link_in_earns_nothing_and_link_out_earns_once(broker: Broker, tmp_path: Path) -> None:
-    world = World(broker.bootstrap, tmp_path)
+def test_link_in_earns_nothing_and_link_out_earns_once(
+    fresh_broker: Broker, tmp_path: Path
+) -> None:
+    # a broker of its own: on the session's, other tests' records held this one's projector back
+    world = World(fresh_broker.bootstrap, tmp_path)
     sender, receiver = world.router, world.crafted
     # the same 4 messages: sent over the link by one router, received by the other, which
     # delivers each to 2 local subscribers
@@ -36,7 +39,7 @@ def test_link_in_earns_nothing_and_link_out_earns_once(broker: Broker, tmp_path:
             caught_up(s) and all(s.projector.sources.get(k.address) for k in (sender, receiver))
         ),
     )
-    # the session's broker holds other tests' records too: only these two routers' rows
+    # only these two routers' rows (the world's own setup has others)
     ours = f"('{sender.address}', '{receiver.address}')"
     credit = dict(
         table(
