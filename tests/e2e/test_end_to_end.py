@@ -23,7 +23,7 @@ from ledger.demo import _params as realm_params
 
 pytestmark = pytest.mark.integration
 
-ROUNDS = 80
+ROUNDS = 150  # long enough that both durable-broker restarts (~20 s each on this machine) fall mid-traffic
 IDLE_AFTER = 12  # u3, r2's only publishing user, stops after this round: r2 goes idle
 PLAN = DemoPlan(
     routers=("r1", "r2", "r3"),
