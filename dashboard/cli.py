@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from dashboard.data import DuckReader, EndpointReader, Reader
+from ledger.cli import _db_option, _query_url
 
 
 @click.command(name="dashboard")
@@ -18,14 +19,7 @@ from dashboard.data import DuckReader, EndpointReader, Reader
     default=None,
     help="The projector's query endpoint (default: the one in DB.query, if it answers).",
 )
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("var/ledger.duckdb"),
-    show_default=True,
-    help="DuckDB file, read (read-only, per request) when no projector endpoint answers.",
-)
+@_db_option("DuckDB file, read (read-only, per request) when no projector endpoint answers.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8765, show_default=True, help="0: a free port.")
 @click.option(
@@ -40,7 +34,6 @@ def dashboard(url: str | None, db_path: Path, host: str, port: int, explorer_url
     until Ctrl-C. It reads only the projections: through the projector's query endpoint while
     it runs, else from the DuckDB file. The page polls for new data every few seconds."""
     from dashboard.server import DashboardServer
-    from ledger.cli import _query_url
     from ledger.store import connect
 
     endpoint = url or _query_url(db_path)

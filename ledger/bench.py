@@ -56,6 +56,20 @@ class Stage:
         return round(self.cpu_s / self.events * 1e6, 3)
 
 
+def _meter_all(em: Any, events: int, conn: Connection) -> tuple[float, float]:
+    """Once the parent says go: meter `events` messages (16 peers, 4,096 a block) and seal them.
+    Returns the (wall, CPU) clocks at the start, for the caller's stage figures."""
+    meter = em.meter
+    peers = [f"0x{i:040x}" for i in range(16)]
+    conn.send("ready")
+    conn.recv()
+    started, cpu = time.perf_counter(), cpu_s()
+    for i in range(events):
+        meter(REALM, peers[i & 15], peers[(i >> 4) & 15], "event", "bench.topic", 100, i >> 12)
+    em.seal_all()
+    return started, cpu
+
+
 def _emit_worker(bootstrap: str, key: bytes, events: int, spool: str, conn: Connection) -> None:
     """Meter `events` messages (the emit stage: until every one is in a sealed, signed record),
     then send them all. Reports (wall, cpu) of the emit stage, then the CPU of the sending."""
@@ -65,14 +79,7 @@ def _emit_worker(bootstrap: str, key: bytes, events: int, spool: str, conn: Conn
     em = Emitter(
         Signer(key), EmitterConfig(bootstrap=bootstrap, spool_dir=Path(spool), fsync=False)
     )
-    meter = em.meter
-    peers = [f"0x{i:040x}" for i in range(16)]
-    conn.send("ready")
-    conn.recv()
-    started, cpu = time.perf_counter(), cpu_s()
-    for i in range(events):
-        meter(REALM, peers[i & 15], peers[(i >> 4) & 15], "event", "bench.topic", 100, i >> 12)
-    em.seal_all()
+    started, cpu = _meter_all(em, events, conn)
     conn.send((time.perf_counter() - started, cpu_s() - cpu))
     em.flush(timeout_s=300)
     em.close()
@@ -167,14 +174,7 @@ def _emit_stage_worker(
 
     signer = Signer(key)
     em = Emitter(signer, EmitterConfig(bootstrap=dead_port, spool_dir=Path(spool), fsync=False))
-    meter = em.meter
-    peers = [f"0x{i:040x}" for i in range(16)]
-    conn.send("ready")
-    conn.recv()
-    started, cpu = time.perf_counter(), cpu_s()
-    for i in range(events):
-        meter(REALM, peers[i & 15], peers[(i >> 4) & 15], "event", "bench.topic", 100, i >> 12)
-    em.seal_all()
+    started, cpu = _meter_all(em, events, conn)
     conn.send((time.perf_counter() - started, cpu_s() - cpu, em.counters["sealed_records"]))
     em.close(timeout_s=0.1)
     sender = Emitter(signer, EmitterConfig(bootstrap=bootstrap, spool_dir=Path(spool), fsync=False))

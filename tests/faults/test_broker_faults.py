@@ -48,6 +48,42 @@ def _log(bootstrap: str, topic: str) -> list[bytes]:
     return values
 
 
+def _everything_once(
+    world: World, bootstrap: str, sent: int, context: str = "", no_gaps: bool = True
+) -> None:
+    """The log holds the router's seqs 1..sent, each (source, seq) always with the same bytes,
+    and a projector counts every message exactly once (and, with `no_gaps`, declares no gap)."""
+    hashes: dict[int, set[str]] = defaultdict(set)
+    counts: dict[int, int] = {}
+    for value in _log(bootstrap, USAGE_TOPIC):
+        record = decode(value)
+        if record.source == world.router.address:
+            hashes[record.seq].add(record.hash_hex)
+            counts[record.seq] = record.count
+    assert all(len(h) == 1 for h in hashes.values()), "a seq with two different records"
+    covered = sorted(s + i for s, n in counts.items() for i in range(n))
+    assert covered == list(range(1, sent + 1)), context
+
+    service = world.service()
+    run_until(
+        service,
+        lambda s: (
+            caught_up(s)
+            and s.projector.sources.get(world.router.address) is not None
+            and s.projector.sources[world.router.address].last_seq == sent
+        ),
+        60,
+    )
+    service.projector.commit()
+    source = world.router.address
+    assert table(
+        service, f"SELECT sum(messages)::BIGINT FROM usage_blocks WHERE source = '{source}'"
+    ) == [(sent,)]
+    if no_gaps:
+        assert table(service, "SELECT count(*) FROM seq_gaps") == [(0,)]
+    service.close()
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_dropped_stalled_and_paused_broker_lose_nothing_and_double_nothing(
     proxied_broker: ProxiedBroker, tmp_path: Path, seed: int
@@ -87,36 +123,8 @@ def test_dropped_stalled_and_paused_broker_lose_nothing_and_double_nothing(
     em.close()
     assert "drop" in faults or "stall" in faults or "pause" in faults or DURATION_S < 1
 
-    # the log: every seq 1..sent present, and each (source, seq) always with the same bytes
-    hashes: dict[int, set[str]] = defaultdict(set)
-    counts: dict[int, int] = {}
-    for value in _log(proxied_broker.bootstrap, USAGE_TOPIC):
-        record = decode(value)
-        if record.source == world.router.address:
-            hashes[record.seq].add(record.hash_hex)
-            counts[record.seq] = record.count
-    assert all(len(h) == 1 for h in hashes.values()), "a seq with two different records"
-    covered = sorted(s + i for s, n in counts.items() for i in range(n))
-    assert covered == list(range(1, sent + 1)), f"faults {faults}; stats {stats}"
     assert stats["broker_reachable"] is True
-
-    service = world.service()
-    run_until(
-        service,
-        lambda s: (
-            caught_up(s)
-            and s.projector.sources.get(world.router.address) is not None
-            and s.projector.sources[world.router.address].last_seq == sent
-        ),
-        60,
-    )
-    service.projector.commit()
-    source = world.router.address
-    assert table(
-        service, f"SELECT sum(messages)::BIGINT FROM usage_blocks WHERE source = '{source}'"
-    ) == [(sent,)]
-    assert table(service, "SELECT count(*) FROM seq_gaps") == [(0,)]
-    service.close()
+    _everything_once(world, proxied_broker.bootstrap, sent, f"faults {faults}; stats {stats}")
 
 
 def test_the_projector_outlasts_a_broker_that_cannot_answer(
@@ -256,31 +264,6 @@ def test_a_durable_broker_killed_and_restarted_loses_nothing_acknowledged(
         em.flush(timeout_s=120)
         em.close()
         assert acked > 0
-        hashes: dict[int, set[str]] = defaultdict(set)
-        counts: dict[int, int] = {}
-        for value in _log(node.bootstrap, USAGE_TOPIC):
-            record = decode(value)
-            if record.source == world.router.address:
-                hashes[record.seq].add(record.hash_hex)
-                counts[record.seq] = record.count
-        assert all(len(h) == 1 for h in hashes.values()), "a seq with two different records"
-        covered = sorted(s + i for s, n in counts.items() for i in range(n))
-        assert covered == list(range(1, sent + 1))
-        service = world.service()
-        run_until(
-            service,
-            lambda s: (
-                caught_up(s)
-                and s.projector.sources.get(world.router.address) is not None
-                and s.projector.sources[world.router.address].last_seq == sent
-            ),
-            60,
-        )
-        service.projector.commit()
-        source = world.router.address
-        assert table(
-            service, f"SELECT sum(messages)::BIGINT FROM usage_blocks WHERE source = '{source}'"
-        ) == [(sent,)]
-        service.close()
+        _everything_once(world, node.bootstrap, sent, no_gaps=False)
     finally:
         node.stop()
