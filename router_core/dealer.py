@@ -41,11 +41,9 @@ class MetaError(Exception):
         self.kwargs = kwargs or {}
 
 
-#: a meta procedure: (caller, args, kwargs) -> result kwargs, or an awaitable of them (one that
-#: reads the chain); it raises MetaError to refuse
-MetaProcedure = Callable[
-    [Session, list[Any], dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]
-]
+#: a meta procedure: (caller, args, kwargs) -> the result (its RESULT's one positional
+#: argument), or an awaitable of it (one that reads the chain); it raises MetaError to refuse
+MetaProcedure = Callable[[Session, list[Any], dict[str, Any]], Any]
 
 
 class MarketHooks(Protocol):

@@ -20,11 +20,15 @@ from router_core.session import Session, State
 
 if TYPE_CHECKING:
     from router_core.links import Federation
+    from router_core.meta import SessionMeta
 
 log = logging.getLogger("router_core.realm")
 
 #: messages whose content is routed to another session
 _ROUTING = frozenset((m.PUBLISH, m.CALL, m.YIELD, m.ERROR))
+#: topics only the router publishes on (meta events, SWAP payment requests): a client's
+#: publication there could forge a payment request that other clients answer with a cheque
+RESERVED_TOPICS = ("wamp.", "mesh.")
 
 
 class SessionLimits(Protocol):
@@ -72,6 +76,8 @@ class Realm:
         self._throttled: set[Session] = set()
         #: router-to-router links of this realm (router_core.links.Federation), if any
         self.links: Federation | None = None
+        #: the session meta API (router_core.meta.SessionMeta), if the router serves it
+        self.meta: SessionMeta | None = None
         self.set_observers(observers)
         self.broker = Broker(self.routed, limits.max_subscriptions_per_session)
         self.dealer = Dealer(
@@ -136,6 +142,8 @@ class Realm:
         self.dealer.session_left(session)
         if self.links is not None:
             self.links.session_left(session)
+        if self.meta is not None:
+            self.meta.left(session)
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -177,6 +185,15 @@ class Realm:
             session.suspended = ""
 
     def _publish(self, session: Session, msg: list[Any]) -> None:
+        if type(msg[3]) is str and msg[3].startswith(RESERVED_TOPICS):
+            if msg[2].get("acknowledge") is True:
+                session.error(
+                    m.PUBLISH,
+                    msg[1],
+                    m.NOT_AUTHORIZED,
+                    f"{msg[3]}: only the router publishes there",
+                )
+            return
         links = self.links
         if links is None:
             self.broker.publish(session, msg)

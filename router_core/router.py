@@ -27,6 +27,7 @@ from router_core.links import (
     link_proof,
 )
 from router_core.market import MarketService
+from router_core.meta import SessionMeta
 from router_core.metering import MeteringObserver, UsageSink
 from router_core.realm import Realm, RoutingObserver
 from router_core.reservation import BandwidthGate
@@ -44,6 +45,7 @@ ROUTER_ROLES: dict[str, Any] = {
             "publisher_exclusion": True,
             "subscriber_blackwhite_listing": True,
             "pattern_based_subscription": True,
+            "session_meta_api": True,
         }
     },
     "dealer": {
@@ -212,6 +214,7 @@ class Router:
         observers = self.observers()
         for name in self.options:
             realm = Realm(name, loop, observers, self.limits)
+            SessionMeta(realm, self.address)
             if self.swap is not None:
                 realm.dealer.meta[CHEQUE_PROCEDURE] = self.swap.cheque
                 realm.dealer.meta[BALANCE_PROCEDURE] = self.swap.balance
@@ -423,6 +426,8 @@ class Router:
                 },
             ]
         )
+        if realm.meta is not None:
+            realm.meta.joined(session)
 
     def on_closed(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
