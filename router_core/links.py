@@ -54,6 +54,9 @@ assert (LINK_OUT, LINK_IN) == ("link_out", "link_in")
 
 #: (kind, from_peer, to_peer, uri, frame bytes) of one metered message
 LinkMeter = Callable[[str, str, str, str, int], None]
+#: (sender, uri, frame bytes): one copy sent over a link on `sender`'s behalf, owed to this
+#: router by SWAP (the router's SWAP observer; None when SWAP is off)
+LinkCharge = Callable[[Session, str, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +410,7 @@ class Federation:
         meter: LinkMeter | None = None,
         swap_offer: SwapOffer | None = None,
         journal: ChequeJournal | None = None,
+        charge: LinkCharge | None = None,
     ) -> None:
         self.realm = realm
         self.me = me
@@ -426,6 +430,9 @@ class Federation:
         #: cheques it issued them (None: it offers none; a peer running SWAP refuses the link)
         self.swap_offer = swap_offer
         self.journal = journal
+        #: each copy sent over a link is owed by whoever sent it here (a client, or the peer
+        #: router that forwarded it): every hop is paid by the one before it
+        self.charge = charge
         self._incarnation = time.time_ns()
         self._version = 0
         self._pub_ids = itertools.count(1)
@@ -552,7 +559,7 @@ class Federation:
             }
             options["forward_for"] = [{"authid": self.topology.me, "authrole": ROUTER_ROLE}]
             options["_mesh_pub"] = [self._incarnation, next(self._pub_ids)]
-            self._forward(fanout, [m.PUBLISH, 0, options, topic, *msg[4:]], topic)
+            self._forward(session, fanout, [m.PUBLISH, 0, options, topic, *msg[4:]], topic)
 
     def _forwarded_publish(self, session: Session, msg: list[Any], nbytes: int) -> None:
         """Deduplicate, deliver here, forward on along the origin's tree."""
@@ -582,9 +589,9 @@ class Federation:
                 *options["forward_for"],
                 {"authid": self.topology.me, "authrole": ROUTER_ROLE},
             ]
-            self._forward(fanout, [m.PUBLISH, 0, forwarded, msg[3], *msg[4:]], msg[3])
+            self._forward(session, fanout, [m.PUBLISH, 0, forwarded, msg[3], *msg[4:]], msg[3])
 
-    def _forward(self, fanout: tuple[str, ...], msg: list[Any], uri: str) -> None:
+    def _forward(self, sender: Session, fanout: tuple[str, ...], msg: list[Any], uri: str) -> None:
         for address in fanout:
             link = self.links.get(address)
             if link is None:
@@ -594,6 +601,8 @@ class Federation:
             if nbytes:
                 self.forwarded += 1
                 self._metered(LINK_OUT, self.me, link.peer.address, uri, nbytes)
+                if self.charge is not None:
+                    self.charge(sender, uri, nbytes)
 
     def _metered(self, kind: str, from_peer: str, to_peer: str, uri: str, nbytes: int) -> None:
         if self.meter is not None:
@@ -646,6 +655,8 @@ class Federation:
             caller.error(m.CALL, request, LINK_LOST, f"link to router {hop} is down")
             return True
         self._metered(LINK_OUT, self.me, link.peer.address, uri, nbytes)
+        if self.charge is not None:
+            self.charge(caller, uri, nbytes)
         pending = RemoteCall(caller, request, link, link_request, uri)
         self._calls[(id(link), link_request)] = pending
         self._by_caller[key] = pending

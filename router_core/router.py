@@ -19,8 +19,10 @@ from router_core.auth import ANONYMOUS, ETH_EIP191, AuthFailed, Challenge, EthEi
 from router_core.chain_clock import ChainClock
 from router_core.client import ChequeJournal, SwapOffer
 from router_core.links import (
+    LINK_OUT,
     ROUTER_ROLE,
     Federation,
+    LinkCharge,
     LinkLimits,
     LinkMeter,
     LinkPeer,
@@ -199,6 +201,16 @@ class Router:
 
         return metered
 
+    def _link_charge(self, realm: str) -> LinkCharge | None:
+        swap = self.swap
+        if swap is None:
+            return None
+
+        def charge(sender: Session, uri: str, nbytes: int) -> None:
+            swap.routed(realm, LINK_OUT, sender, sender, uri, nbytes)
+
+        return charge
+
     def observers(self) -> list[RoutingObserver]:
         found: list[RoutingObserver] = []
         if self.sink is not None:
@@ -232,6 +244,7 @@ class Router:
                     self._link_meter(name),
                     self._link_swap,
                     self._link_journal,
+                    self._link_charge(name),
                 )
         self.clock.on_block(self._on_block)
         if self.swap is not None:

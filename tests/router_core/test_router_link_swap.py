@@ -50,13 +50,17 @@ confirmations = 1
     return tables
 
 
-def _linked(tmp_path: Path, anvil: Anvil, funded: list[int]) -> tuple[Mesh, Chain]:
+def _linked(
+    tmp_path: Path, anvil: Anvil, funded: list[int], edges: list[tuple[int, int]] | None = None
+) -> tuple[Mesh, Chain]:
     chain = Chain(anvil.url, anvil.chain_id)
-    net = Mesh(tmp_path, 2, [(0, 1)], realm_toml=f"price_per_message = {PRICE}")
+    edges = edges or [(0, 1)]
+    size = len(funded)
+    net = Mesh(tmp_path, size, edges, realm_toml=f"price_per_message = {PRICE}")
     net.prepare()
     books = [chain.chequebook(r.key, funded=f) for r, f in zip(net.routers, funded, strict=True)]
     cashout_keys = []
-    for i in range(2):
+    for i in range(size):
         path = tmp_path / f"cashout{i}.key"
         signer = write_new_key(path)
         chain.w3.provider.make_request("anvil_setBalance", [signer.address, hex(10**20)])
@@ -142,6 +146,50 @@ def test_an_operator_past_the_disconnect_threshold_loses_its_link(
     # B delivered for A up to the disconnect threshold (plus what was in flight), then nothing
     assert 0 < result["delivered"] <= 200 + 1 + 10
     assert result["after"] == 0
+
+
+def test_each_hop_is_paid_by_the_one_before_it(tmp_path: Path, anvil_l2: Anvil) -> None:
+    # a line A - B - C, the only subscriber on C: B delivers nothing itself, it carries A's
+    # publications on to C. C charges B for its deliveries, and B charges A for the copies it
+    # sent on, so both links carry cheques cashed on chain.
+    net, chain = _linked(tmp_path, anvil_l2, funded=[10**24] * 3, edges=[(0, 1), (1, 2)])
+    a_key, b_key, c_key = (r.key for r in net.routers)
+    abi = load_artifact("Chequebook")["abi"]
+    a_book = chain.w3.eth.contract(address=chain.chequebook(a_key), abi=abi)
+    b_book = chain.w3.eth.contract(address=chain.chequebook(b_key), abi=abi)
+    with _running(net):
+
+        async def body() -> dict[str, Any]:
+            a, b, c = await net.converged()
+            got: list[Any] = []
+            await c.subscribe(lambda *x: got.append(x), TOPIC)
+            probes = 0
+            while not got:
+                a.publish(TOPIC, "probe")
+                probes += 1
+                await asyncio.sleep(0.05)
+            for n in range(60):
+                a.publish(TOPIC, n)
+                await asyncio.sleep(0.02)
+            await until(lambda: len([g for g in got if g != ("probe",)]) == 60, "all delivered")
+            await until(
+                lambda: a_book.functions.paidOut(b_key.address).call() > 0,
+                "B cashed A's cheque for the onward copies",
+                timeout_s=60,
+            )
+            await until(
+                lambda: b_book.functions.paidOut(c_key.address).call() > 0,
+                "C cashed B's cheque for its deliveries",
+                timeout_s=60,
+            )
+            return {"probes": probes, "b": dict(await b.call("mesh.link.status"))}
+
+        result = run(body)
+    a_paid = a_book.functions.paidOut(b_key.address).call()
+    sent = (60 + result["probes"]) * PRICE  # every copy B could have sent on for A
+    assert a_paid % PRICE == 0 and 10 * PRICE <= a_paid <= sent
+    assert b_book.functions.paidOut(a_key.address).call() == 0  # nothing flowed the other way
+    assert result["b"]["received_forwarded"] >= 60 and result["b"]["forwarded"] >= 60
 
 
 class _running:
