@@ -14,6 +14,10 @@ def wal_of(target: str, path: Path) -> Path:
     return Path(f"{path}.wal") if target == "duckdb" else Path(f"{path}-wal")
 
 
+#: the log topic the DuckDB workload's offsets row names (the projector's partition 0)
+OFFSETS_TOPIC = "mesh.usage"
+
+
 def row(k: int) -> tuple[str, str]:
     """Row k's identity and content: the parent checks both after the fault."""
     return f"w{k}", f"0x{k * 7919:064x}"
@@ -89,9 +93,11 @@ def _opener(target: str, path: Path):  # type: ignore[no-untyped-def]
     con = store.connect(path)
 
     def commit(k: int) -> None:
+        # as the projector commits: the rows of a batch and the log offset after it, together
         key, tx = row(k)
         con.execute("BEGIN TRANSACTION")
         store.append_rows(con, "usage_blocks", [(key, k, tx, k, k)])
+        con.execute("INSERT OR REPLACE INTO offsets VALUES (?, 0, ?)", [OFFSETS_TOPIC, k + 1])
         con.execute("COMMIT")
 
     return commit
