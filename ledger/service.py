@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from prometheus_client import Histogram
 
 from domain.envelope import Record
@@ -59,6 +59,9 @@ class ServiceConfig:
     query_port: int | None = 0  # 0: a free port, None: no query endpoint
     topics: tuple[str, ...] = (USAGE_TOPIC, LEDGER_TOPIC)
     dead_letters: bool = True
+    #: how long one send or flush of dead letters waits for the broker before it is tried again;
+    #: the commit waits meanwhile (a rejected record's offset is committed only after its letter)
+    dead_letter_block_ms: int = 10_000
     #: the partitions this projector owns when it is one shard of several (None: all of them)
     partitions: frozenset[int] | None = None
 
@@ -92,6 +95,12 @@ class LedgerService:
         self._stop = threading.Event()
         self._requested_close: dict[str, int] = {}
         self._dead_producer: Any = None
+        #: dead letters of records decided since the last commit: [origin, value, future or
+        #: None when the send itself timed out]; at most `commit_every_records` of them
+        self._dead_unacked: list[list[Any]] = []
+        #: times a commit waited on an unanswered mesh.dead; letters the broker refused for good
+        self.dead_letter_stalls = 0
+        self.dead_letters_failed = 0
         self._consumer: Any = None
         self._buffers: dict[Any, deque[list[Any]]] = {}
         self._paused: set[Any] = set()
@@ -229,7 +238,8 @@ class LedgerService:
             self._fetch()
             changed = self._process()
             if changed:
-                self._commit()
+                if not self._commit():
+                    break  # stopping while mesh.dead did not answer: those records are re-read
                 self._staged = 0
                 if on_progress:
                     on_progress(self.progress)
@@ -237,9 +247,14 @@ class LedgerService:
             if until is not None and until(self):
                 break
 
-    def _commit(self) -> None:
+    def _commit(self) -> bool:
+        """Commit tables and offsets once the dead letters of the records decided are written;
+        False (nothing committed) when told to stop before mesh.dead answered."""
+        if not self._dead_letters_written():
+            return False
         with self.commit_seconds.time():
             self.projector.commit()
+        return True
 
     def _fetch(self) -> None:
         consumer = self._consumer
@@ -320,7 +335,8 @@ class LedgerService:
             self._staged += 1
             if self._staged >= self.config.commit_every_records:  # a bounded transaction
                 self._stage_offsets(tp, remaining, buf, decided, limit)
-                self._commit()
+                if not self._commit():
+                    return moved  # stopping: run() ends without committing
                 self._staged = 0
         # records of this pass that a wake decided meanwhile are decided offsets, not remaining
         remaining = deque(e for e in remaining if e[1] is not _DONE)
@@ -459,12 +475,6 @@ class LedgerService:
         their origin, so a re-delivery after a crash is recognisable (at-least-once)."""
         if not self.config.dead_letters:
             return
-        if self._dead_producer is None:
-            from kafka import KafkaProducer
-
-            self._dead_producer = KafkaProducer(
-                bootstrap_servers=self.config.bootstrap, acks="all", max_request_size=16 << 20
-            )
         origin = f"{msg.topic}/{msg.partition}/{msg.offset}"
         value = orjson.dumps(
             {
@@ -475,12 +485,61 @@ class LedgerService:
                 "original": base64.b64encode(msg.value or b"").decode(),
             }
         )
-        self._dead_producer.send(DEAD_TOPIC, key=origin.encode(), value=value)
+        letter = [origin, value, None]
+        self._dead_unacked.append(letter)
+        self._send_dead_letter(letter)
         log.info("rejected %s: %s (%s)", origin, reason, detail)
+
+    def _send_dead_letter(self, letter: list[Any]) -> None:
+        if self._dead_producer is None:
+            from kafka import KafkaProducer
+
+            self._dead_producer = KafkaProducer(
+                bootstrap_servers=self.config.bootstrap,
+                acks="all",
+                max_request_size=16 << 20,
+                max_block_ms=self.config.dead_letter_block_ms,
+            )
+        try:
+            letter[2] = self._dead_producer.send(
+                DEAD_TOPIC, key=letter[0].encode(), value=letter[1]
+            )
+        except KafkaTimeoutError:
+            letter[2] = None  # no metadata or a full buffer: sent again before the commit
+
+    def _dead_letters_written(self) -> bool:
+        """Wait until every dead letter since the last commit is acknowledged by the broker
+        (retried while it does not answer); False when told to stop meanwhile. A letter the
+        broker refuses for good is logged and counted: its record stays at its origin."""
+        while self._dead_unacked:
+            for letter in self._dead_unacked:
+                if letter[2] is None:
+                    self._send_dead_letter(letter)
+            with contextlib.suppress(KafkaTimeoutError):  # judged per letter below
+                self._dead_producer.flush(timeout=self.config.dead_letter_block_ms / 1000)
+            waiting = []
+            for letter in self._dead_unacked:
+                future = letter[2]
+                if future is None or not future.is_done:
+                    waiting.append(letter)
+                elif future.failed():
+                    if getattr(future.exception, "retriable", False):
+                        letter[2] = None
+                        waiting.append(letter)
+                    else:
+                        self.dead_letters_failed += 1
+                        log.error("dead letter of %s refused: %s", letter[0], future.exception)
+            self._dead_unacked = waiting
+            if waiting:
+                self.dead_letter_stalls += 1
+                log.warning("mesh.dead does not answer: commit held, %d letters", len(waiting))
+                if self._stop.is_set():
+                    return False
+        return True
 
     def flush_dead_letters(self) -> None:
         if self._dead_producer is not None:
-            self._dead_producer.flush(timeout=10)
+            self._dead_letters_written()
 
     def _close_due_epochs(self) -> None:
         if self.emitter is None:

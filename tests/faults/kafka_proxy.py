@@ -1,6 +1,6 @@
-"""A TCP proxy between Kafka clients and a real broker that can drop or stall traffic, and refuse
-produce requests larger than a stock Kafka's ``message.max.bytes`` the way such a broker does
-(MESSAGE_TOO_LARGE per partition). Test double: lives in tests/, binds 127.0.0.1 only."""
+"""A TCP proxy between Kafka clients and a real broker that can drop or stall traffic (or only the
+produce requests), and refuse produce requests larger than a stock Kafka's ``message.max.bytes``
+the way such a broker does (MESSAGE_TOO_LARGE per partition). Test double: lives in tests/, binds 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ class KafkaProxy:
         self.mode = "pass"
         self.max_message_bytes = max_message_bytes
         self.refused = 0
+        #: hold produce requests (only them: fetches and metadata pass) while true
+        self.stall_produce = False
         self._server = socket.create_server(("127.0.0.1", self.port))
         self._server.settimeout(0.2)
         self._conns: list[socket.socket] = []
@@ -120,6 +122,8 @@ class KafkaProxy:
                 if self._hold():
                     break
                 api_key, version, correlation = struct.unpack_from(">hhi", payload, 0)
+                while api_key == 0 and self.stall_produce and not self._stop.is_set():
+                    time.sleep(0.05)
                 limit = self.max_message_bytes
                 if api_key == 0 and limit is not None and size > limit:
                     self.refused += 1

@@ -171,6 +171,70 @@ def test_the_projector_outlasts_a_broker_that_cannot_answer(
     service.close()
 
 
+def test_a_rejected_records_offset_is_committed_only_after_its_dead_letter(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    """While mesh.dead does not take produce requests, the projector decides a malformed record
+    and the good one after it but commits neither offset: a crash then would re-read both and
+    write the letter again. When the broker takes produce requests again, the letter is written
+    and the offsets pass the record."""
+    world = World(proxied_broker.bootstrap, tmp_path, head=1_000_000)
+    world.send_raw(b"\x00 not a record")
+    world.send_raw(world.crafted_metered(3, block=10))
+    service = world.service(dead_letter_block_ms=300)
+    proxied_broker.proxy.stall_produce = True
+    done, errors = threading.Event(), []
+
+    def run() -> None:
+        try:
+            service.run(until=lambda _s: done.is_set())
+        except BaseException as exc:  # the test fails on it below
+            errors.append(exc)
+
+    def committed() -> list[tuple[int, int]]:
+        cur = service.con.cursor()
+        try:
+            rows = cur.execute(
+                "SELECT part, next_offset FROM offsets WHERE topic = ? ORDER BY part", [USAGE_TOPIC]
+            ).fetchall()
+        finally:
+            cur.close()
+        return [(int(p), int(o)) for p, o in rows if o]
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        # both decided in memory, and then a commit (wrong) or three waits on mesh.dead (right)
+        while not (
+            service.progress.rejected == 1
+            and service.projector.sources.get(world.crafted.address) is not None
+            and (service.dead_letter_stalls >= 3 or committed())
+        ):
+            assert runner.is_alive(), f"the projector died: {errors}"
+            assert time.monotonic() < deadline, f"not decided: {service.progress}"
+            time.sleep(0.05)
+        assert committed() == [], "an offset was committed before its record's dead letter"
+        proxied_broker.proxy.stall_produce = False
+        while not committed():
+            assert runner.is_alive(), f"the projector died: {errors}"
+            assert time.monotonic() < deadline, "the commit never happened"
+            time.sleep(0.05)
+    finally:
+        proxied_broker.proxy.stall_produce = False
+        done.set()
+        runner.join(timeout=60)
+    assert not errors, errors
+    assert [o for _, o in committed()] == [2]  # both records of the one partition they share
+    letters = [orjson.loads(v) for v in _log(proxied_broker.bootstrap, DEAD_TOPIC)]
+    assert [(item["reason"], item["origin"].split("/")[2]) for item in letters] == [
+        ("undecodable", "0")
+    ]
+    assert base64.b64decode(letters[0]["original"]) == b"\x00 not a record"
+    assert service.dead_letters_failed == 0
+    service.close()
+
+
 def test_a_record_the_broker_refuses_goes_to_mesh_dead_and_the_rest_flows(
     proxied_broker: ProxiedBroker, tmp_path: Path
 ) -> None:
