@@ -268,6 +268,16 @@ def projector_metrics(service: Any) -> Iterator[Metric]:
         "The chain head the projector knows (least among the trusted indexers; absent before).",
         head if head >= 0 else None,
     )
+    yield counter(
+        "meshledger_projector_dead_letter_stalls",
+        "Times a commit waited because mesh.dead did not acknowledge a dead letter.",
+        service.dead_letter_stalls,
+    )
+    yield counter(
+        "meshledger_projector_dead_letters_failed",
+        "Dead letters the broker refused for good (logged; the record stays at its origin).",
+        service.dead_letters_failed,
+    )
     yield from service.commit_seconds.collect()
     if service.emitter is not None:
         yield from emitter_metrics(service.emitter, "meshledger_projector_emitter")
