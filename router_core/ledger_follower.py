@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 
 from domain.envelope import RecordError, decode
-from domain.events import ChainHead, PriceObserved, StakeChanged
+from domain.events import ChainHead, Event, LogRetracted, PriceObserved, StakeChanged, log_identity
 from domain.topics import LEDGER_TOPIC
 from router_core.chain_clock import HeadEventClock
 from router_core.market import MarketBook
@@ -20,6 +21,10 @@ from router_core.realm_settings import LedgerRealms
 from router_core.stakes import LedgerStakes
 
 log = logging.getLogger("router_core.ledger_follower")
+
+#: chain logs remembered so that a retraction (LogRetracted) can undo what one did; the oldest
+#: are forgotten first (a reorg reaches back a few blocks, not through this many logs)
+MAX_RETRACTABLE_LOGS = 65_536
 
 
 class LedgerFollower:
@@ -45,6 +50,11 @@ class LedgerFollower:
         self.caught_up = threading.Event()
         self.applied = 0
         self.rejected = 0
+        #: retractions applied, and those naming a log this follower does not hold
+        self.retracted = 0
+        self.unmatched_retractions = 0
+        #: (chain id, block hash, log index) -> (source, seq, event) of the chain logs applied
+        self._logs: OrderedDict[tuple[int, str, int], tuple[str, int, Event]] = OrderedDict()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ledger-follower", daemon=True)
 
@@ -60,6 +70,14 @@ class LedgerFollower:
             log.warning("ignoring a mesh.ledger record: %s", exc)
             return
         for seq, event in record.iter_events():
+            if isinstance(event, LogRetracted):
+                self._retract(event)
+                continue
+            ident = log_identity(event)
+            if ident is not None:
+                self._logs[ident] = (record.source, seq, event)
+                if len(self._logs) > MAX_RETRACTABLE_LOGS:
+                    self._logs.popitem(last=False)
             if (
                 self.realms is not None
                 and self.realms.apply(record.source, seq, event)
@@ -77,6 +95,30 @@ class LedgerFollower:
             elif isinstance(event, ChainHead) and self.clock is not None:
                 self.clock.head_seen(event.chain_id, event.block)
                 self.applied += 1
+
+    def _retract(self, retraction: LogRetracted) -> None:
+        """Undo what a chain log orphaned by a reorg did to the router's views."""
+        found = self._logs.pop(
+            (retraction.chain_id, retraction.block_hash, retraction.log_index), None
+        )
+        if found is None:
+            self.unmatched_retractions += 1
+            log.warning(
+                "retraction of a log not held (block %d, index %d)",
+                retraction.block,
+                retraction.log_index,
+            )
+            return
+        source, seq, event = found
+        if (
+            isinstance(event, StakeChanged)
+            and self.stakes.retract(event)
+            or self.realms is not None
+            and self.realms.retract(source, seq, event)
+            or self.market is not None
+            and self.market.retract(event)
+        ):
+            self.retracted += 1
 
     def start(self) -> None:
         self._thread.start()

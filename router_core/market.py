@@ -28,6 +28,7 @@ from domain.events import (
     RewardWithdrawn,
     ServiceRegistered,
     ServiceUpdated,
+    log_identity,
 )
 from domain.market import (
     OPERATOR_MARK,
@@ -110,6 +111,23 @@ class CallStats:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+LogId = tuple[int, str, int]
+#: changes kept per service and per offer or reward, so that a retraction can fall back to the
+#: one before (a reorg reaches back a few blocks, never through this many changes)
+MAX_CHANGES_KEPT = 64
+
+
+def _entry_key(
+    event: OfferSet | OfferWithdrawn | RewardSet | RewardWithdrawn,
+) -> tuple[str, str, str, str]:
+    kind = "offer" if isinstance(event, OfferSet | OfferWithdrawn) else "reward"
+    return (kind, event.realm, event.service_id, event.server.lower())
+
+
+def _position(entry: _Entry) -> tuple[int, int]:
+    return entry.position
+
+
 @dataclass(frozen=True, slots=True)
 class _MarketCall:
     """What the marketplace keeps of a routed market call (`PendingCall.market`)."""
@@ -121,44 +139,94 @@ class _MarketCall:
 class MarketBook:
     """Services and offers from trusted indexer sources (thread-safe: fed by the follower).
     Changes apply in chain order: an offer change older than the one held is ignored (the
-    follower reads partitions in any interleaving)."""
+    follower reads partitions in any interleaving). A change whose chain log a reorg orphaned
+    is undone (`retract`): the book falls back to the change before it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._services: dict[str, Service] = {}
         self._by_api: dict[str, str] = {}
+        #: service id -> its versions as applied: (chain log identity, the service then)
+        self._versions: dict[str, list[tuple[LogId | None, Service]]] = {}
         #: ("offer" | "reward", realm, service id, server lowercase) -> its latest change
         self._entries: dict[tuple[str, str, str, str], _Entry] = {}
+        #: the same key -> its recent changes (at most `MAX_CHANGES_KEPT`), for retractions
+        self._changes: dict[tuple[str, str, str, str], list[tuple[LogId | None, _Entry]]] = {}
 
     def apply(self, event: Event) -> bool:
         """Apply one event of a trusted source; True if it was one of the market's."""
         with self._lock:
             if isinstance(event, ServiceRegistered):
-                self._services[event.service_id] = Service(
+                self._add_version(event, Service(
                     event.service_id, event.api, event.deterministic, event.verifier_hash,
                     event.min_requests,
-                )  # fmt: skip
-                self._by_api[event.api] = event.service_id
+                ))  # fmt: skip
                 return True
             if isinstance(event, ServiceUpdated):
                 old = self._services.get(event.service_id)
                 if old is not None:
-                    self._services[event.service_id] = Service(
+                    self._add_version(event, Service(
                         old.service_id, old.api, event.deterministic, event.verifier_hash,
                         event.min_requests,
-                    )  # fmt: skip
+                    ))  # fmt: skip
                 return True
             if isinstance(event, OfferSet | OfferWithdrawn | RewardSet | RewardWithdrawn):
-                kind = "offer" if isinstance(event, OfferSet | OfferWithdrawn) else "reward"
-                key = (kind, event.realm, event.service_id, event.server.lower())
-                position = (event.block, event.log_index)
+                key = _entry_key(event)
+                price = event.price_per_call if isinstance(event, OfferSet) else 0
+                active = isinstance(event, OfferSet | RewardSet)
+                entry = _Entry((event.block, event.log_index), active, event.server, price)
+                changes = self._changes.setdefault(key, [])
+                changes.append((log_identity(event), entry))
+                if len(changes) > MAX_CHANGES_KEPT:
+                    changes.remove(min(changes, key=lambda c: c[1].position))
                 held = self._entries.get(key)
-                if held is None or held.position <= position:  # chain order, however read
-                    price = event.price_per_call if isinstance(event, OfferSet) else 0
-                    active = isinstance(event, OfferSet | RewardSet)
-                    self._entries[key] = _Entry(position, active, event.server, price)
+                if held is None or held.position <= entry.position:  # chain order, however read
+                    self._entries[key] = entry
                 return True
         return False
+
+    def retract(self, event: Event) -> bool:
+        """Undo a market change whose chain log was retracted; True if one was undone."""
+        ident = log_identity(event)
+        if ident is None:
+            return False
+        with self._lock:
+            if isinstance(event, ServiceRegistered | ServiceUpdated):
+                versions = self._versions.get(event.service_id, [])
+                kept = [v for v in versions if v[0] != ident]
+                if len(kept) == len(versions):
+                    return False
+                if kept:
+                    self._versions[event.service_id] = kept
+                    self._services[event.service_id] = kept[-1][1]
+                else:
+                    gone = self._services.pop(event.service_id)
+                    del self._versions[event.service_id]
+                    if self._by_api.get(gone.api) == event.service_id:
+                        del self._by_api[gone.api]
+                return True
+            if isinstance(event, OfferSet | OfferWithdrawn | RewardSet | RewardWithdrawn):
+                key = _entry_key(event)
+                changes = self._changes.get(key, [])
+                kept_changes = [c for c in changes if c[0] != ident]
+                if len(kept_changes) == len(changes):
+                    return False
+                if kept_changes:
+                    self._changes[key] = kept_changes
+                    self._entries[key] = max((c[1] for c in kept_changes), key=_position)
+                else:
+                    del self._changes[key]
+                    del self._entries[key]
+                return True
+        return False
+
+    def _add_version(self, event: Event, service: Service) -> None:
+        versions = self._versions.setdefault(service.service_id, [])
+        versions.append((log_identity(event), service))
+        if len(versions) > MAX_CHANGES_KEPT:
+            del versions[0]
+        self._services[service.service_id] = service
+        self._by_api[service.api] = service.service_id
 
     def service(self, name: str) -> Service | None:
         """A service by its API prefix or its id."""

@@ -73,6 +73,22 @@ class LedgerRealms:
                 return False
         return False
 
+    def retract(self, source: str, seq: int, event: Event) -> bool:
+        """Undo a realm change whose chain log a reorg orphaned; True if it was one of ours."""
+        with self._lock:
+            realm = self._realms.get(getattr(event, "realm", ""))
+            if realm is None:
+                return False
+            if isinstance(event, RealmCreated):
+                del self._realms[event.realm]  # its later logs were retracted before it
+            elif isinstance(event, RealmParamsChanged):
+                realm.schedule.retract(source, seq)
+            elif isinstance(event, KeeperChanged):
+                realm.keeper = event.previous_keeper
+            else:
+                return False
+            return True
+
     def known(self, realm: str) -> bool:
         with self._lock:
             return realm in self._realms

@@ -51,14 +51,15 @@ class LedgerStakes:
         else:
             self._stake_per_mpb = stake_per_mpb
         self._realms: dict[str, RealmStakes] = {}
-        self._seen: set[tuple[str, int, int]] = set()  # (realm, block, log index): one log once
+        #: (realm, chain id, block hash, block, log index): one log applied once
+        self._seen: set[tuple[str, int, str, int, int]] = set()
         self._lock = threading.Lock()
 
     def apply(self, event: StakeChanged) -> None:
         if not is_reservation(event.role, event.target):
             return
         with self._lock:
-            log_id = (event.realm, event.block, event.log_index)
+            log_id = _log_id(event)
             if log_id in self._seen:
                 return  # the same log twice: idempotent
             self._seen.add(log_id)
@@ -67,6 +68,20 @@ class LedgerStakes:
                 event.staker.lower(), event.role, REALM_TARGET, event.block, event.log_index,
                 event.amount,
             )  # fmt: skip
+
+    def retract(self, event: StakeChanged) -> bool:
+        """Undo a change whose chain log a reorg orphaned; a replacement log (another block
+        hash) applies as new."""
+        if not is_reservation(event.role, event.target):
+            return False
+        with self._lock:
+            log_id = _log_id(event)
+            stakes = self._realms.get(event.realm)
+            if log_id not in self._seen or stakes is None:
+                return False
+            self._seen.discard(log_id)
+            key = (event.staker.lower(), event.role, REALM_TARGET)
+            return stakes.history(key).retract(event.block, event.log_index, "", 0)
 
     def reserved_mpb(self, realm: str, address: str, block: int) -> int:
         with self._lock:
@@ -78,3 +93,7 @@ class LedgerStakes:
 
     def has_reservation(self, realm: str, address: str, block: int) -> bool:
         return self.reserved_mpb(realm, address, block) > 0
+
+
+def _log_id(event: StakeChanged) -> tuple[str, int, str, int, int]:
+    return (event.realm, event.chain_id, event.block_hash, event.block, event.log_index)
