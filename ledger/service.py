@@ -62,6 +62,9 @@ class ServiceConfig:
     #: how long one send or flush of dead letters waits for the broker before it is tried again;
     #: the commit waits meanwhile (a rejected record's offset is committed only after its letter)
     dead_letter_block_ms: int = 10_000
+    #: /health reports the projector unhealthy when its consume loop made no pass for this long
+    #: (a commit held by an unanswered mesh.dead, a wedged call) or when the loop died
+    health_stall_s: float = 30.0
     #: the partitions this projector owns when it is one shard of several (None: all of them)
     partitions: frozenset[int] | None = None
 
@@ -101,6 +104,10 @@ class LedgerService:
         #: times a commit waited on an unanswered mesh.dead; letters the broker refused for good
         self.dead_letter_stalls = 0
         self.dead_letters_failed = 0
+        #: when the running consume loop began its last pass (None while it does not run), and
+        #: the exception that ended it, if one did (what /health reports)
+        self._pass_at: float | None = None
+        self._loop_error: BaseException | None = None
         self._consumer: Any = None
         self._buffers: dict[Any, deque[list[Any]]] = {}
         self._paused: set[Any] = set()
@@ -137,7 +144,7 @@ class LedgerService:
             self.config.query_port or 0,
             metrics=(
                 registry_of(lambda: projector_metrics(self)),
-                {"broker": tcp_check(self.config.bootstrap)},
+                {"broker": tcp_check(self.config.bootstrap), "loop": self.loop_check},
             ),
         )
         return int(self.query_server.server_address[1])
@@ -234,18 +241,35 @@ class LedgerService:
         """Consume until stop() or `until(self)` is true (checked after every pass)."""
         if self._consumer is None:
             self.connect()
-        while not self._stop.is_set():
-            self._fetch()
-            changed = self._process()
-            if changed:
-                if not self._commit():
-                    break  # stopping while mesh.dead did not answer: those records are re-read
-                self._staged = 0
-                if on_progress:
-                    on_progress(self.progress)
-            self._close_due_epochs()
-            if until is not None and until(self):
-                break
+        self._loop_error = None
+        try:
+            while not self._stop.is_set():
+                self._pass_at = time.monotonic()
+                self._fetch()
+                changed = self._process()
+                if changed:
+                    if not self._commit():
+                        break  # stopping while mesh.dead did not answer: those are re-read
+                    self._staged = 0
+                    if on_progress:
+                        on_progress(self.progress)
+                self._close_due_epochs()
+                if until is not None and until(self):
+                    break
+        except BaseException as exc:
+            self._loop_error = exc
+            raise
+        finally:
+            self._pass_at = None
+
+    def loop_check(self) -> str | None:
+        """The /health check of the consume loop: None while it runs (or was stopped cleanly)."""
+        if self._loop_error is not None:
+            return f"the consume loop stopped: {self._loop_error!r}"
+        at = self._pass_at
+        if at is not None and time.monotonic() - at > self.config.health_stall_s:
+            return f"the consume loop made no pass for {time.monotonic() - at:.0f} s"
+        return None
 
     def _commit(self) -> bool:
         """Commit tables and offsets once the dead letters of the records decided are written;

@@ -74,7 +74,21 @@ def test_projector_metrics_follow_the_log_and_health_follows_the_broker(
         assert {v for k, v in second.items() if k[0].endswith("lag_records")} == {0}
 
         status, body = health(url)
-        assert (status, body["checks"]) == (200, {"broker": "ok"})
+        assert (status, body["checks"]) == (200, {"broker": "ok", "loop": "ok"})
+
+        def crash(_service: Any) -> bool:
+            raise RuntimeError("a bug in a pass")
+
+        with pytest.raises(RuntimeError, match="a bug in a pass"):
+            service.run(until=crash)
+        status, body = health(url)
+        assert status == 503
+        assert body["checks"] == {
+            "broker": "ok",
+            "loop": "the consume loop stopped: RuntimeError('a bug in a pass')",
+        }
+        run_until(service, caught_up)  # running again: healthy again
+        assert health(url)[0] == 200
         assert fresh_broker.alive()
         fresh_broker.stop_tansu()
         status, body = health(url)
