@@ -827,6 +827,36 @@ class OperatorConvicted(Event):
     block: int
 
 
+# -- router endpoints (issue 12: routers found on chain) ----------------------------------------
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RouterAnnounced(ChainLogEvent):
+    """Router operator `operator` announced (or moved) its router's public WebSocket endpoint
+    `url` for the realm in RouterRegistry, holding provision stake `stake` then."""
+
+    TYPE: ClassVar[str] = "RouterAnnounced"
+    operator: str
+    url: str
+    stake: int
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RouterWithdrawn(ChainLogEvent):
+    """`operator`'s endpoint for the realm was withdrawn (by it, or pruned once its provision
+    stake was gone)."""
+
+    TYPE: ClassVar[str] = "RouterWithdrawn"
+    operator: str
+
+
+#: RouterRegistry's events as the indexer emits them
+ROUTER_REGISTRY_EVENTS: tuple[type[Event], ...] = (RouterAnnounced, RouterWithdrawn)
+INDEXER_EVENTS += ROUTER_REGISTRY_EVENTS
+
+
 # -- decoding -------------------------------------------------------------------------------------
 
 #: token amounts exceed 64 bits, so they travel as decimal strings (as JSON-RPC quantities do)
@@ -848,6 +878,7 @@ AMOUNT_FIELDS = frozenset(
         "round_id",
         "price_per_call",
         "charged",
+        "stake",
     }
 )
 #: like AMOUNT_FIELDS, but may be negative (a Chainlink answer is an int256)

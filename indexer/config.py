@@ -36,6 +36,7 @@ token = "0x..."
 chequebook_factory = "0x..."         # its chequebooks are followed from their creation on
 chequebooks = ["0x..."]              # chequebooks deployed without the factory
 service_registry = "0x..."           # the marketplace's ServiceRegistry (optional)
+router_registry = "0x..."            # RouterRegistry: routers' endpoints (optional)
 
 [[feeds]]
 address = "0x..."
@@ -129,6 +130,11 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> IndexerConfig:
         service_registry=(
             _address(raw["service_registry"], "contracts.service_registry")
             if "service_registry" in raw
+            else ""
+        ),
+        router_registry=(
+            _address(raw["router_registry"], "contracts.router_registry")
+            if "router_registry" in raw
             else ""
         ),
     )

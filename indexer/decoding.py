@@ -36,6 +36,8 @@ from domain.events import (
     RealmParamsChanged,
     RewardSet,
     RewardWithdrawn,
+    RouterAnnounced,
+    RouterWithdrawn,
     ServiceRegistered,
     ServiceUpdated,
     SettlementClaimed,
@@ -477,6 +479,16 @@ REGISTRY_BUILDERS: dict[str, Builder] = {
 }
 
 
+ROUTER_REGISTRY_BUILDERS: dict[str, Builder] = {
+    "RouterAnnounced": lambda a, m, n: RouterAnnounced(
+        realm=_realm(a, n), operator=a["operator"], url=a["url"], stake=a["stake"], **_ids(m)
+    ),
+    "RouterWithdrawn": lambda a, m, n: RouterWithdrawn(
+        realm=_realm(a, n), operator=a["operator"], **_ids(m)
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Contracts:
     """The watched contracts of one chain (checksummed addresses). Chequebooks are either
@@ -490,6 +502,8 @@ class Contracts:
     chequebook_factory: str = ""
     #: the marketplace's ServiceRegistry ("" when not watched)
     service_registry: str = ""
+    #: the RouterRegistry of router endpoints ("" when not watched)
+    router_registry: str = ""
 
     def mesh(self) -> tuple[str, ...]:
         """Configured contracts whose token transfers are indexed (to or from them)."""
@@ -498,8 +512,8 @@ class Contracts:
     def watched(self) -> tuple[str, ...]:
         """Configured contracts whose own logs are indexed."""
         factory = (self.chequebook_factory,) if self.chequebook_factory else ()
-        registry = (self.service_registry,) if self.service_registry else ()
-        return (*self.mesh(), *factory, *registry)
+        registries = tuple(r for r in (self.service_registry, self.router_registry) if r)
+        return (*self.mesh(), *factory, *registries)
 
     def addresses(self) -> tuple[str, ...]:
         return (*self.watched(), self.token)
@@ -572,6 +586,8 @@ class LogDecoder:
             self._by_address[contracts.chequebook_factory.lower()] = _table("ChequebookFactory")
         if contracts.service_registry:
             self._by_address[contracts.service_registry.lower()] = _table("ServiceRegistry")
+        if contracts.router_registry:
+            self._by_address[contracts.router_registry.lower()] = _table("RouterRegistry")
         self._mesh = {c.lower() for c in contracts.mesh()}
         self._ignored = {
             topic0
@@ -646,6 +662,7 @@ BUILDERS: dict[str, Mapping[str, Builder]] = {
     "EpochSettlement": SETTLEMENT_BUILDERS,
     "WMPToken": TOKEN_BUILDERS,
     "ServiceRegistry": REGISTRY_BUILDERS,
+    "RouterRegistry": ROUTER_REGISTRY_BUILDERS,
 }
 
 

@@ -229,6 +229,7 @@ QUERY_NAMES = [
     "reputation",
     "offers",
     "reciprocity",
+    "routers",
 ]
 
 

@@ -68,6 +68,8 @@ from domain.events import (
     RealmParams,
     RealmParamsChanged,
     ResultMismatch,
+    RouterAnnounced,
+    RouterWithdrawn,
     SettlementConfirmed,
     SettlementSubmitted,
     StakeChanged,
@@ -98,6 +100,13 @@ INVOCATION = METER_KINDS.index("invocation")
 #: a message received over a router link: the sending router earns for it (link_out), the
 #: receiving one does not, so a forwarded message earns once per link it crosses
 LINK_IN = METER_KINDS.index("link_in")
+#: the table each registry event (ServiceRegistry, RouterRegistry) adds a change row to: what a
+#: retraction of its log deletes
+REGISTRY_TABLES: dict[type[Event], str] = {
+    **MARKET_TABLES,
+    RouterAnnounced: "router_endpoints",
+    RouterWithdrawn: "router_endpoints",
+}
 
 
 class Projector:
@@ -453,6 +462,15 @@ class Projector:
         table, row = market_row(e, record.source, seq)
         self._batch.rows[table].append(row)
 
+    def _router_endpoint(
+        self, record: Record, seq: int, e: RouterAnnounced | RouterWithdrawn
+    ) -> None:
+        """RouterRegistry changes: one row each in router_endpoints (the view takes the latest)."""
+        url, stake = (e.url, e.stake) if isinstance(e, RouterAnnounced) else ("", 0)
+        self._batch.rows["router_endpoints"].append(
+            (e.realm, e.operator, url, stake, bool(url), e.block, e.log_index, record.source, seq)
+        )
+
     def _call_assessed(self, record: Record, seq: int, e: CallAssessed) -> None:
         self._batch.rows["call_assessments"].append(
             (e.realm, e.router, e.client, e.operator, e.service_id, e.outcome, e.latency_ms,
@@ -509,7 +527,7 @@ class Projector:
         event, source, source_seq = found
         batch = self._batch
         batch.retracted_logs.append((e.chain_id, e.block_hash, e.log_index, seq))
-        market_table = MARKET_TABLES.get(type(event))
+        market_table = REGISTRY_TABLES.get(type(event))
         if market_table is not None:  # a registry change: its row goes, the views follow
             batch.undone_rows.append((market_table, {"source": source, "seq": source_seq}))
         book = self.realms.get(event.realm)
@@ -829,6 +847,8 @@ _HANDLERS: dict[type[Event], Callable[[Projector, Record, int, Any], None]] = {
         if t not in (ChainHead, LogRetracted, PriceObserved)
     },
     **{t: Projector._market for t in MARKET_TABLES},
+    RouterAnnounced: Projector._router_endpoint,
+    RouterWithdrawn: Projector._router_endpoint,
     CallAssessed: Projector._call_assessed,
     PriceAgreed: Projector._price_agreed,
     ResultMismatch: Projector._result_mismatch,

@@ -76,6 +76,11 @@ QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
         " ORDER BY realm, server_a, server_b",
         ("realm",),
     ),
+    # routers announced on chain (RouterRegistry), with their endpoints
+    "routers": (
+        "SELECT * FROM realm_routers WHERE realm = coalesce($realm, realm) ORDER BY realm, operator",
+        ("realm",),
+    ),
     "offers": (
         "SELECT * FROM market_offers WHERE realm = coalesce($realm, realm)"
         " ORDER BY realm, api, price_per_call, server",

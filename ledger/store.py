@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS convictions (realm VARCHAR, router VARCHAR, operator 
     mismatches BIGINT, block BIGINT, source VARCHAR, seq BIGINT);
 CREATE TABLE IF NOT EXISTS rewards (realm VARCHAR, server VARCHAR, service_id VARCHAR, active BOOLEAN,
     block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
+CREATE TABLE IF NOT EXISTS router_endpoints (realm VARCHAR, operator VARCHAR, url VARCHAR, stake HUGEINT,
+    active BOOLEAN, block BIGINT, log_index BIGINT, source VARCHAR, seq BIGINT);
 """
 
 #: Bandwidth per realm and block. The stake series come from `domain.stakes` (stake_points: the
@@ -125,6 +127,14 @@ FROM services r JOIN (
     SELECT * FROM services QUALIFY row_number() OVER (PARTITION BY service_id ORDER BY block DESC, log_index DESC) = 1
 ) l USING (service_id)
 WHERE r.change = 'registered';
+
+-- routers announced in RouterRegistry now (its latest change per operator; a retracted log is
+-- undone by deleting its row)
+CREATE OR REPLACE VIEW realm_routers AS
+SELECT realm, operator, url, stake, block FROM (
+    SELECT * FROM router_endpoints
+    QUALIFY row_number() OVER (PARTITION BY realm, operator ORDER BY block DESC, log_index DESC) = 1
+) WHERE active;
 
 CREATE OR REPLACE VIEW market_offers AS
 SELECT o.realm, s.api, o.service_id, o.server, o.price_per_call, o.block
@@ -225,6 +235,7 @@ AUDITED_TABLES = (
     "quotes",
     "mismatches",
     "convictions",
+    "router_endpoints",
 )
 
 #: columns added since a table was first created (a file of an older version gains them)

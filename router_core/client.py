@@ -11,8 +11,10 @@ the same cheque instead of issuing a second one for the same debt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,16 @@ from autobahn.asyncio.websocket import WampWebSocketClientFactory
 from autobahn.wamp.serializer import JsonSerializer, MsgPackSerializer
 from autobahn.wamp.types import Challenge, CloseDetails, ComponentConfig, SessionDetails
 from eth_account import Account
+from eth_account.messages import encode_defunct
 
 from domain.cheque import Cheque
 from domain.swap import SWAP_VERSION
-from router_core.auth import ETH_EIP191, sign_challenge
+from router_core.auth import ETH_EIP191, login_message, sign_challenge
+from router_core.discovery import Endpoint
 from router_core.swap import CHEQUE_PROCEDURE, PAYMENT_DUE_TOPIC
+
+#: JoinRefused reason: the router at an endpoint did not prove the operator key it is known by
+WRONG_ROUTER = "mesh.error.wrong_router"
 
 
 class JoinRefused(Exception):
@@ -92,8 +99,15 @@ class MeshSession(ApplicationSession):
         journal: ChequeJournal,
         joined: asyncio.Future[MeshSession],
         auto_pay: bool = True,
+        expect_router: str = "",
     ) -> None:
         super().__init__(config)
+        #: the operator address the router must prove it is (its signature of a nonce in
+        #: WELCOME); "" to take any router at the URL
+        self.expect_router = expect_router
+        self._router_nonce = secrets.token_hex(16) if expect_router else ""
+        #: the router's operator address, as its WELCOME says
+        self.router = ""
         self._key = private_key
         self.address: str = Account.from_key(private_key).address
         self._offer = offer
@@ -108,7 +122,9 @@ class MeshSession(ApplicationSession):
         self._pay_lock = asyncio.Lock()
 
     def onConnect(self) -> None:  # noqa: N802 (autobahn API)
-        authextra = {"swap": asdict(self._offer)} if self._offer is not None else {}
+        authextra: dict[str, Any] = {"swap": asdict(self._offer)} if self._offer else {}
+        if self._router_nonce:
+            authextra["router_nonce"] = self._router_nonce
         self.join(
             self.config.realm, authmethods=[ETH_EIP191], authid=self.address, authextra=authextra
         )
@@ -120,6 +136,17 @@ class MeshSession(ApplicationSession):
 
     async def onJoin(self, details: SessionDetails) -> None:  # noqa: N802
         extra = details.authextra or {}
+        self.router = str(extra.get("router", ""))
+        if self.expect_router and not self._router_proven(extra.get("router_proof", "")):
+            if not self._joined.done():
+                self._joined.set_exception(
+                    JoinRefused(
+                        WRONG_ROUTER,
+                        f"the router at this URL did not prove it is {self.expect_router}",
+                    )
+                )
+            self.leave()
+            return
         self.swap_terms = extra.get("swap") or {}
         if self.swap_terms and self.auto_pay:
             await self.subscribe(self._payment_due, PAYMENT_DUE_TOPIC)
@@ -127,6 +154,14 @@ class MeshSession(ApplicationSession):
                 await self.pay(self.swap_terms["debt"], self.swap_terms["last_cumulative"])
         if not self._joined.done():
             self._joined.set_result(self)
+
+    def _router_proven(self, proof: Any) -> bool:
+        text = login_message(str(self.config.realm), self.address, self._router_nonce)
+        try:
+            signer = Account.recover_message(encode_defunct(text=text), signature=proof)
+        except Exception:  # noqa: BLE001 - any malformed proof is no proof
+            return False
+        return bool(signer.lower() == self.expect_router.lower())
 
     def onLeave(self, details: CloseDetails) -> None:  # noqa: N802
         self.close_reason = details.reason
@@ -213,15 +248,23 @@ async def connect(
     state_path: Path | None = None,
     auto_pay: bool = True,
     timeout_s: float = 10.0,
+    expect_router: str = "",
 ) -> MeshSession:
-    """Connect, log in and (with `swap`) complete the SWAP handshake; JoinRefused if refused."""
+    """Connect, log in and (with `swap`) complete the SWAP handshake; JoinRefused if refused
+    (also when `expect_router` is given and the router does not prove it is that operator)."""
     loop = asyncio.get_running_loop()
     joined: asyncio.Future[MeshSession] = loop.create_future()
     journal = ChequeJournal(state_path)
 
     def make_session() -> MeshSession:
         return MeshSession(
-            ComponentConfig(realm=realm), private_key, swap, journal, joined, auto_pay
+            ComponentConfig(realm=realm),
+            private_key,
+            swap,
+            journal,
+            joined,
+            auto_pay,
+            expect_router,
         )
 
     factory = WampWebSocketClientFactory(
@@ -230,3 +273,116 @@ async def connect(
     parsed = urlparse(url)
     await loop.create_connection(factory, parsed.hostname or "127.0.0.1", parsed.port or 80)
     return await asyncio.wait_for(joined, timeout_s)
+
+
+# -- a realm's routers, found on chain ----------------------------------------------------------
+
+
+class NoRouterReachable(ConnectionError):
+    """No router announced for the realm could be reached and logged into."""
+
+
+async def probe_latency(url: str, timeout_s: float) -> float | None:
+    """Seconds to open a TCP connection to the endpoint, or None when it is unreachable."""
+    parsed = urlparse(url)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 80)
+    except (OSError, TimeoutError):
+        return None
+    elapsed = loop.time() - started
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return elapsed
+
+
+async def rank_routers(
+    endpoints: list[Endpoint], timeout_s: float, prefer: str = ""
+) -> tuple[list[Endpoint], list[Endpoint]]:
+    """(reachable endpoints, lowest latency first with `prefer`'s operator ahead of all,
+    unreachable ones), probing all at once."""
+    latencies = await asyncio.gather(*(probe_latency(e.url, timeout_s) for e in endpoints))
+    reachable = sorted(
+        (lat, e.operator.lower() != prefer.lower(), i)
+        for i, (e, lat) in enumerate(zip(endpoints, latencies, strict=True))
+        if lat is not None
+    )
+    order = sorted(reachable, key=lambda r: (r[1], r[0])) if prefer else reachable
+    found = [endpoints[i] for _, _, i in order]
+    return found, [e for e, lat in zip(endpoints, latencies, strict=True) if lat is None]
+
+
+async def connect_realm(
+    realm: str,
+    chain_rpc_url: str,
+    registry: str,
+    private_key: bytes,
+    *,
+    prefer: str = "",
+    avoid: str = "",
+    probe_timeout_s: float = 2.0,
+    max_tries: int = 8,
+    **options: Any,
+) -> MeshSession:
+    """A session in `realm` on one of the routers announced for it in RouterRegistry at
+    `registry` on the chain at `chain_rpc_url`: the reachable ones are tried lowest latency
+    first (`prefer`'s operator ahead, `avoid`'s last: the one that just failed), at most
+    `max_tries` of them, each one proving its operator key. `options` go to `connect`.
+    NoRouterReachable names what failed at each."""
+    from web3 import Web3
+
+    from router_core.discovery import read_endpoints
+
+    w3 = Web3(Web3.HTTPProvider(chain_rpc_url, request_kwargs={"timeout": probe_timeout_s * 5}))
+    endpoints = await asyncio.to_thread(read_endpoints, w3, registry, realm)
+    if not endpoints:
+        raise NoRouterReachable(f"realm {realm!r} has no router announced in {registry}")
+    reachable, unreachable = await rank_routers(endpoints, probe_timeout_s, prefer)
+    reachable.sort(key=lambda e: e.operator.lower() == avoid.lower())  # stable: avoid goes last
+    failures = [f"{e.url} ({e.operator}): unreachable" for e in unreachable]
+    for endpoint in reachable[:max_tries]:
+        try:
+            return await connect(
+                endpoint.url, realm, private_key, expect_router=endpoint.operator, **options
+            )
+        except (OSError, TimeoutError, JoinRefused) as exc:
+            failures.append(f"{endpoint.url} ({endpoint.operator}): {exc}")
+    raise NoRouterReachable(
+        f"no router of realm {realm!r} took the session: " + "; ".join(failures)
+    )
+
+
+class RealmConnection:
+    """One session in a realm, on a router found on chain; when it drops, `session()` picks
+    again (the router that dropped it tried last). Each pick is one `connect_realm`."""
+
+    def __init__(
+        self, realm: str, chain_rpc_url: str, registry: str, private_key: bytes, **options: Any
+    ) -> None:
+        self.realm = realm
+        self.chain_rpc_url = chain_rpc_url
+        self.registry = registry
+        self.private_key = private_key
+        self.options = options
+        self.current: MeshSession | None = None
+        #: routers this connection used, in order (operator addresses)
+        self.history: list[str] = []
+
+    async def session(self) -> MeshSession:
+        current = self.current
+        if current is not None and not current.left.done():
+            return current
+        avoid = current.expect_router if current is not None else ""
+        self.current = await connect_realm(
+            self.realm,
+            self.chain_rpc_url,
+            self.registry,
+            self.private_key,
+            avoid=avoid,
+            **self.options,
+        )
+        self.history.append(self.current.expect_router)
+        return self.current

@@ -30,6 +30,8 @@ never from the configuration itself. Example: see README / `router_core.cli`.
     reservations = { "0xabc…" = 100 }  # static stakes (dev); messages per block
     # router-to-router links: dial each peer (it must list this router too), forward across
     peers = [{ url = "ws://127.0.0.1:8081/ws", address = "0x…" }]
+    discover = false                   # true: also link to the realm's routers on chain
+                                       # (RouterRegistry via the log: broker + ledger_sources)
 
     [links]                            # optional: limits of router-to-router links
     backoff_max_s = 5.0
@@ -67,6 +69,9 @@ class RealmConfig:
     reservations: dict[str, int] = field(default_factory=dict)
     #: peer routers of this realm: [{url = "ws://host:port/ws", address = "0x…"}]
     peers: list[dict[str, str]] = field(default_factory=list)
+    #: also link to every router announced for this realm in RouterRegistry (as the log says:
+    #: needs `broker` and `ledger_sources`, the indexer watching the registry)
+    discover: bool = False
 
     def link_peers(self) -> list[LinkPeer]:
         found = []
@@ -191,7 +196,7 @@ def parse_config(data: dict[str, Any]) -> RouterConfig:
     link_swap = LinkSwapConfig(**_pick(LinkSwapConfig, data.pop("link_swap", {}), "[link_swap]"))
     for realm in realms:
         realm.link_peers()  # refuse a malformed peer before anything starts
-    return RouterConfig(
+    config = RouterConfig(
         realms=realms,
         swap=swap,
         cashout=cashout,
@@ -199,6 +204,13 @@ def parse_config(data: dict[str, Any]) -> RouterConfig:
         link_swap=link_swap,
         **_pick(RouterConfig, data, "top level"),
     )
+    discovering = [r.name for r in realms if r.discover]
+    if discovering and not (config.broker and config.ledger_sources):
+        raise ValueError(
+            f"realm {discovering[0]!r}: `discover = true` reads the routers announced on chain "
+            "from the log: set `broker` and `ledger_sources` (the indexer's address)"
+        )
+    return config
 
 
 def load_config(path: Path) -> RouterConfig:

@@ -1,9 +1,10 @@
 """Follows `mesh.ledger` for what the router needs from the chain side: StakeChanged events
 (reservations), ChainHead events (the block clock), realms, their parameters and keepers
-(`router_core.realm_settings`), Chainlink prices (`router_core.prices`) and the marketplace's
-services and offers (`router_core.market`). Only verified records
-of configured indexer sources are trusted. Runs in a thread (kafka-python is blocking);
-`caught_up` is set once it has read the log as far as it reached when the follower started."""
+(`router_core.realm_settings`), Chainlink prices (`router_core.prices`), the marketplace's
+services and offers (`router_core.market`) and the realms' routers (`router_core.discovery`).
+Only verified records of configured indexer sources are trusted. Runs in a thread (kafka-python
+is blocking); `caught_up` is set once it has read the log as far as it reached when the follower
+started."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from domain.envelope import RecordError, decode
 from domain.events import ChainHead, Event, LogRetracted, PriceObserved, StakeChanged, log_identity
 from domain.topics import LEDGER_TOPIC
 from router_core.chain_clock import HeadEventClock
+from router_core.discovery import RealmEndpoints
 from router_core.market import MarketBook
 from router_core.prices import PriceBook
 from router_core.realm_settings import LedgerRealms
@@ -38,6 +40,7 @@ class LedgerFollower:
         realms: LedgerRealms | None = None,
         prices: PriceBook | None = None,
         market: MarketBook | None = None,
+        endpoints: RealmEndpoints | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.trusted = {s.lower() for s in trusted_sources}
@@ -47,6 +50,7 @@ class LedgerFollower:
         self.realms = realms
         self.prices = prices
         self.market = market
+        self.endpoints = endpoints
         self.caught_up = threading.Event()
         self.applied = 0
         self.rejected = 0
@@ -83,6 +87,8 @@ class LedgerFollower:
                 and self.realms.apply(record.source, seq, event)
                 or self.market is not None
                 and self.market.apply(event)
+                or self.endpoints is not None
+                and self.endpoints.apply(event)
             ):
                 self.applied += 1
             elif isinstance(event, PriceObserved):
@@ -117,6 +123,8 @@ class LedgerFollower:
             and self.realms.retract(source, seq, event)
             or self.market is not None
             and self.market.retract(event)
+            or self.endpoints is not None
+            and self.endpoints.retract(event)
         ):
             self.retracted += 1
 

@@ -190,12 +190,12 @@ class Link:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> None:
+    async def stop(self, reason: str = "router stopping") -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self.drop("router stopping")
+        self.drop(reason)
 
     async def _run(self) -> None:
         limits = self.federation.limits
@@ -439,6 +439,7 @@ class Federation:
         self._calls: dict[tuple[int, int], RemoteCall] = {}  # (id(link), link request)
         self._by_caller: dict[tuple[int, int], RemoteCall] = {}  # (caller session, request)
         self._announce_soon: asyncio.Handle | None = None
+        self._started = False
         self.forwarded = 0
         self.received_forwarded = 0
         realm.links = self
@@ -454,8 +455,38 @@ class Federation:
         return address.lower() in self.peers
 
     def start(self) -> None:
+        self._started = True
         for link in self.links.values():
             link.start()
+
+    def set_peers(self, peers: list[LinkPeer]) -> None:
+        """Change the realm's peer routers while running (routers found on chain): a new peer
+        is dialed, a peer gone is unlinked (its session here closed too: it may not forward
+        any more), a peer at a new URL is re-dialed there. This router itself is skipped."""
+        me = self.me.lower()
+        wanted = {
+            p.address.lower(): LinkPeer(p.url, to_checksum_address(p.address))
+            for p in peers
+            if p.address.lower() != me
+        }
+        for address, link in list(self.links.items()):
+            peer = wanted.get(address)
+            if peer is None or peer.url != link.peer.url:
+                del self.links[address]
+                task = asyncio.get_running_loop().create_task(
+                    link.stop("no longer a router of the realm" if peer is None else "moved")
+                )
+                task.add_done_callback(_log_failure)
+        for session in list(self.realm.sessions.values()):
+            if session.authrole == ROUTER_ROLE and session.authid.lower() not in wanted:
+                session.close_transport()
+        self.peers = wanted
+        for address, peer in wanted.items():
+            if address not in self.links:
+                link = self.links[address] = Link(self, peer)
+                if self._started:
+                    link.start()
+        self._announce()
 
     async def stop(self) -> None:
         for link in self.links.values():

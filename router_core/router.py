@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,12 +113,18 @@ class Router:
         link_swap: SwapOffer | None = None,
         link_journal: ChequeJournal | None = None,
         market: MarketService | None = None,
+        discovering: Collection[str] = (),
     ) -> None:
         self.address = address
         self.market = market
         #: peer routers per realm (router-to-router links); `link_key` is this router's operator
-        #: key, which logs in to them and proves this router to routers dialing it
-        self.peers = {realm: list(found) for realm, found in (peers or {}).items() if found}
+        #: key, which logs in to them and proves this router to routers dialing it. A realm in
+        #: `discovering` links too, to peers set while running (`Federation.set_peers`)
+        self.peers = {
+            realm: list(found)
+            for realm, found in (peers or {}).items()
+            if found or realm in discovering
+        }
         if self.peers and link_key is None:
             raise ValueError("router links need the router's key (link_key)")
         self._link_key = link_key or b""
@@ -415,6 +421,10 @@ class Router:
         authextra: dict[str, Any] = {"router": self.address}
         if link is not None:
             authextra["link"] = link
+        nonce = (session.hello_details.get("authextra") or {}).get("router_nonce")
+        if self._link_key and isinstance(nonce, str) and 16 <= len(nonce) <= 128:
+            # a client that found this router on chain checks it reached that operator
+            authextra["router_proof"] = link_proof(self._link_key, realm_name, authid, nonce)
         if authmethod == ETH_EIP191 and self.swap is not None:
             authextra["swap"] = self.swap.join(session, realm_name, session.hello_details)
         if options.enforce_bandwidth and authmethod == ETH_EIP191 and link is None:

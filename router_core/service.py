@@ -25,8 +25,10 @@ from router_core.chain_clock import ChainClock, HeadEventClock, ManualClock, Web
 from router_core.chequebooks import ChequebookReader, NoChain, Web3Chequebooks
 from router_core.client import ChequeJournal, SwapOffer
 from router_core.config import RouterConfig
+from router_core.discovery import RealmEndpoints
 from router_core.handoff import LedgerHandoff
 from router_core.ledger_follower import LedgerFollower
+from router_core.links import LinkPeer
 from router_core.market import MarketBook, MarketService
 from router_core.market_verify import Verification
 from router_core.meter_child import ChildDrain, ChildSpec
@@ -121,6 +123,14 @@ class RouterService:
             ledger_realms,
         )
         market_book = MarketBook()
+        discovering = {r.name: r.link_peers() for r in cfg.realms if r.discover}
+
+        def changed(realm: str) -> None:  # on the follower's thread
+            if realm in discovering:
+                loop.call_soon_threadsafe(self._rediscover, realm)
+
+        self.endpoints = RealmEndpoints(changed)
+        self._discovering = discovering
         if cfg.broker and cfg.ledger_sources:
             ledger = LedgerStakes(settings.stake_per_mpb)
             self.follower = LedgerFollower(
@@ -131,6 +141,7 @@ class RouterService:
                 realms=ledger_realms,
                 prices=prices,
                 market=market_book,
+                endpoints=self.endpoints,
             )
             self.follower.start()
             stakes = CombinedStakes(static, ledger)
@@ -208,6 +219,7 @@ class RouterService:
             chain_id=cfg.chain_id,
             watermark_every_blocks=cfg.watermark_every_blocks,
             peers={r.name: r.link_peers() for r in cfg.realms},
+            discovering=discovering,
             link_key=key,
             link_limits=cfg.links,
             link_swap=self._link_offer(),
@@ -238,11 +250,22 @@ class RouterService:
             self.handoff.on_space = self.router.resume_reading
         host, port = cfg.host_port
         await self.router.start(host, port)
+        for realm in discovering:
+            self._rediscover(realm)
         if self.cashout is not None and self.cashout_sink is not None:
             self._tasks.append(loop.create_task(self._cashout_loop()))
         if cfg.metrics_listen:
             self.metrics = self.serve_metrics(*parse_listen(cfg.metrics_listen))
         return self.router
+
+    def _rediscover(self, realm: str) -> None:
+        """Link to the routers the realm has on chain now (besides its configured peers)."""
+        router = self.router
+        federation = router.federations.get(realm) if router is not None else None
+        if federation is None:
+            return  # not serving yet: the start links to the list as it is then
+        found = [LinkPeer(e.url, e.operator) for e in self.endpoints.endpoints(realm)]
+        federation.set_peers([*self._discovering[realm], *found])
 
     def _link_offer(self) -> SwapOffer | None:
         cfg = self.config

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from router_harness import Chain, Harness
+
+# the discovery tests run the real indexer: its harness lives with the indexer's tests
+_INDEXER_TESTS = str(Path(__file__).resolve().parent.parent / "indexer")
+if _INDEXER_TESTS not in sys.path:
+    sys.path.append(_INDEXER_TESTS)
+
+from router_harness import Chain, Harness  # noqa: E402
 
 from infra.anvil import Anvil
 

@@ -177,11 +177,11 @@ class Client(ApplicationSession):
         self._joined.set_result(self)
 
 
-async def anonymous(url: str) -> Client:
+async def anonymous(url: str, realm: str = REALM) -> Client:
     loop = asyncio.get_running_loop()
     joined: asyncio.Future[Client] = loop.create_future()
     factory = WampWebSocketClientFactory(
-        lambda: Client(ComponentConfig(REALM), joined), url=url, serializers=[JsonSerializer()]
+        lambda: Client(ComponentConfig(realm), joined), url=url, serializers=[JsonSerializer()]
     )
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     await loop.create_connection(factory, "127.0.0.1", port)
