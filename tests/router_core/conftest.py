@@ -15,7 +15,7 @@ if _INDEXER_TESTS not in sys.path:
 
 from router_harness import Chain, Harness  # noqa: E402
 
-from infra.anvil import Anvil
+from infra.anvil import Anvil  # noqa: E402
 
 
 @pytest.fixture
