@@ -1,4 +1,5 @@
-"""CLI of the router: `meshledger router run --config FILE` and `meshledger bench router`.
+"""CLI of the router: `meshledger router run --config FILE`, `router announce / withdraw / list`
+(RouterRegistry, for operators) and `meshledger bench router`.
 
 The `meshledger` CLI attaches `router` (a click group) and `bench_router` (a click command).
 """
@@ -11,6 +12,7 @@ import json
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import click
 import uvloop
@@ -53,6 +55,107 @@ def run(config_path: Path, log_level: str) -> None:
         await service.stop()
 
     uvloop.run(serve())
+
+
+def _registry_options(fn: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--rpc", required=True, help="JSON-RPC URL of the registry's chain."),
+            click.option(
+                "--registry", required=True, help="Address of the RouterRegistry contract."
+            ),
+            click.option("--realm", required=True, help="The realm's name."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _operator_key(key_file: Path | None) -> bytes:
+    from ledger.keys import KeyError_, load_private_key
+
+    try:
+        return load_private_key(key_file, "MESH_ROUTER_KEY")
+    except KeyError_ as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _registry_call(action: Any) -> Any:
+    """Run a registry transaction or read; a revert or an unreachable chain is a clear error."""
+    from requests.exceptions import RequestException
+    from web3.exceptions import ContractCustomError, Web3Exception
+
+    from settlement.contracts import TransactionFailed, revert_reason
+
+    try:
+        return action()
+    except ContractCustomError as exc:
+        reason = revert_reason("RouterRegistry", str(exc.data) if exc.data else None)
+        raise click.ClickException(f"the registry refused: {reason or exc}") from None
+    except (RequestException, OSError) as exc:
+        raise click.ClickException(f"chain unreachable: {exc}") from None
+    except (TransactionFailed, Web3Exception, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_KEY_OPTION = click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The router operator's key (else $MESH_ROUTER_KEY_FILE or $MESH_ROUTER_KEY); it pays "
+    "the gas and must hold a provision stake in the realm.",
+)
+
+
+@router.command(name="announce")
+@_registry_options
+@click.option("--url", required=True, help="The router's public endpoint: ws://host:port/ws.")
+@_KEY_OPTION
+def announce_cmd(rpc: str, registry: str, realm: str, url: str, key_file: Path | None) -> None:
+    """Announce this operator's router for a realm in RouterRegistry (routers of the realm with
+    `discover = true` link to it, clients find it)."""
+    from web3 import Web3
+
+    from router_core.discovery import announce
+
+    key = _operator_key(key_file)
+    receipt = _registry_call(
+        lambda: announce(Web3(Web3.HTTPProvider(rpc)), registry, realm, url, key)
+    )
+    click.echo(f"announced {url} for realm {realm!r} (block {receipt['blockNumber']})")
+
+
+@router.command(name="withdraw")
+@_registry_options
+@_KEY_OPTION
+def withdraw_cmd(rpc: str, registry: str, realm: str, key_file: Path | None) -> None:
+    """Withdraw this operator's router from a realm in RouterRegistry."""
+    from web3 import Web3
+
+    from router_core.discovery import withdraw
+
+    key = _operator_key(key_file)
+    receipt = _registry_call(lambda: withdraw(Web3(Web3.HTTPProvider(rpc)), registry, realm, key))
+    click.echo(f"withdrawn from realm {realm!r} (block {receipt['blockNumber']})")
+
+
+@router.command(name="list")
+@_registry_options
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per router")
+def list_cmd(rpc: str, registry: str, realm: str, as_json: bool) -> None:
+    """The routers announced for a realm in RouterRegistry, as the chain says now."""
+    from web3 import Web3
+
+    from router_core.discovery import read_endpoints
+
+    found = _registry_call(lambda: read_endpoints(Web3(Web3.HTTPProvider(rpc)), registry, realm))
+    for endpoint in found:
+        if as_json:
+            click.echo(json.dumps({"operator": endpoint.operator, "url": endpoint.url}))
+        else:
+            click.echo(f"{endpoint.operator}  {endpoint.url}")
+    if not found and not as_json:
+        click.echo(f"no router announced for realm {realm!r}")
 
 
 @click.command(name="router")

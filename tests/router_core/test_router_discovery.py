@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -323,3 +324,47 @@ def test_a_client_given_a_realm_and_a_chain_picks_a_router_and_fails_over(
             assert "unreachable" in str(none.value), none.value
 
         asyncio.run(body())
+
+
+def test_the_operator_cli_announces_lists_and_explains_refusals(
+    fresh_anvil: Anvil, fresh_broker: Broker, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from router_core.cli import router as router_cli
+
+    w = world(fresh_anvil, fresh_broker, tmp_path, operators=1)
+    stranger = new_key()
+    fund(w.mesh, stranger, None)
+    keys = {}
+    for name, key in (("operator", w.operators[0]), ("stranger", stranger)):
+        keys[name] = tmp_path / f"{name}.key"
+        keys[name].write_text("0x" + key.private.hex())
+        keys[name].chmod(0o600)
+    where = ["--rpc", w.mesh.anvil.url, "--registry", w.registry, "--realm", REALM]
+    runner = CliRunner()
+
+    refused = runner.invoke(
+        router_cli, ["announce", *where, "--url", w.url(0), "--key-file", str(keys["stranger"])]
+    )
+    assert refused.exit_code == 1 and "the registry refused: NoProvisionStake(" in refused.output
+    done = runner.invoke(
+        router_cli, ["announce", *where, "--url", w.url(0), "--key-file", str(keys["operator"])]
+    )
+    assert done.exit_code == 0, done.output
+    listed = runner.invoke(router_cli, ["list", *where, "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [json.loads(line) for line in listed.output.splitlines()] == [
+        {"operator": w.operators[0].address, "url": w.url(0)}
+    ]
+    gone = runner.invoke(router_cli, ["withdraw", *where, "--key-file", str(keys["operator"])])
+    assert (
+        gone.exit_code == 0
+        and "no router announced" in runner.invoke(router_cli, ["list", *where]).output
+    )
+    dead = runner.invoke(
+        router_cli,
+        ["list", "--rpc", f"http://127.0.0.1:{free_port()}", "--registry", w.registry,
+         "--realm", REALM],
+    )  # fmt: skip
+    assert dead.exit_code == 1 and "chain unreachable" in dead.output, dead.output
