@@ -37,7 +37,9 @@ ROUTER_KEYS_SET_BY_UP = ("key_file", "data_dir", "broker", "chain_id", "chain_rp
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 CONTRACT_NAMES = ("token", "staking", "settlement", "chequebook", "chequebook_factory")
 #: contracts the stack deploys beyond CONTRACT_NAMES (a configured [contracts] may name them)
-OPTIONAL_CONTRACTS = ("service_registry",)
+OPTIONAL_CONTRACTS = ("service_registry", "router_registry")
+#: provision stake `up` gives a router of a discovering realm on its own dev chain (base units)
+DEV_PROVISION = 1_000 * 10**18
 #: ETH (wei) `up` gives each of its transaction-sending keys on the dev chain (cash-out keys)
 DEV_GAS_WEI = 100 * 10**18
 
@@ -150,7 +152,13 @@ def _router_entry(data: Any, index: int) -> RouterEntry:
     try:
         from router_core.config import parse_config
 
-        parse_config(router_settings(entry, Path("router.key"), Path("data"), "", 1, "", [], ""))
+        # (`up` gives every router the stack's broker and the indexer as its ledger source)
+        stand_in = ["0x" + "00" * 20]
+        parse_config(
+            router_settings(
+                entry, Path("router.key"), Path("data"), "127.0.0.1:1", 1, "", stand_in, ""
+            )
+        )
     except (ValueError, TypeError) as exc:
         raise StackConfigError(f"router {name!r}: {exc}") from exc
     return entry
@@ -365,6 +373,14 @@ def ensure_contracts(
             addresses.update({k: str(saved[k]) for k in OPTIONAL_CONTRACTS if k in saved})
             if all(_has_code(w3, a) for a in addresses.values()):
                 console.print(f"contracts resumed from {layout.contracts_file}")
+                if "router_registry" not in addresses:  # a var/ of an earlier version
+                    from router_core.discovery import deploy_router_registry
+
+                    registry = deploy_router_registry(
+                        w3, addresses["staking"], sender=w3.eth.accounts[0]
+                    )
+                    addresses["router_registry"] = str(registry.address)
+                    layout.contracts_file.write_text(json.dumps({**saved, **addresses}, indent=2))
                 return Deployment(addresses, int(saved.get("start_block", 0)))
             console.print(
                 f"[yellow]the chain lost the contracts of {layout.contracts_file}: deploying anew"
@@ -384,6 +400,10 @@ def ensure_contracts(
 
     registry = deploy_registry(w3, stack.staking.address, sender=stack.deployer)
     addresses["service_registry"] = registry.address
+    from router_core.discovery import deploy_router_registry
+
+    routers = deploy_router_registry(w3, stack.staking.address, sender=stack.deployer)
+    addresses["router_registry"] = str(routers.address)
     saved = {"chain_id": chain_id, "deployer": stack.deployer, "start_block": start_block}
     layout.contracts_file.write_text(json.dumps({**saved, **addresses}, indent=2))
     console.print(f"contracts deployed: {addresses}")
@@ -510,7 +530,7 @@ def indexer_settings(
             "token": c["token"],
             "chequebook_factory": c["chequebook_factory"],
             "chequebooks": [c["chequebook"]],
-            **({"service_registry": c["service_registry"]} if "service_registry" in c else {}),
+            **{k: c[k] for k in OPTIONAL_CONTRACTS if k in c},
         },
     }
 
@@ -760,8 +780,96 @@ def start_stack(
     start_all(ledger_services(config, layout, ports, endpoints, deployment, sources))
     if before_routers is not None:
         before_routers(stack)
+    try:
+        announce_routers(stack, console)
+    except StackConfigError:
+        raise
+    except Exception as exc:  # web3: a node error or a reverted transaction
+        raise ServiceFailed(f"announcing routers: {exc}") from exc
     start_all(router_services(config, layout, endpoints, deployment, sources))
     return stack
+
+
+def discovering_realms(config: StackConfig) -> list[tuple[RouterEntry, dict[str, Any]]]:
+    """(router entry, realm table) of every realm a router of the stack serves with
+    `discover = true`."""
+    return [
+        (entry, realm)
+        for entry in config.routers
+        for realm in entry.settings.get("realms", [])
+        if isinstance(realm, dict) and realm.get("discover") is True
+    ]
+
+
+def announce_routers(stack: RunningStack, console: Console) -> None:
+    """Announce in RouterRegistry each router of a realm it serves with `discover = true`, at
+    its `listen` address, so the realm's routers link to each other. On the stack's own dev
+    chain `up` first registers such a realm if the chain has none (the router TOML's price and
+    stake per message/block, keeper as configured or the deployer) and stakes the router's
+    provision if it holds none; on configured [contracts] that is the operators' part, and an
+    unstaked router is reported, not announced."""
+    found = discovering_realms(stack.config)
+    if not found:
+        return
+    from domain.events import ROLES, RealmParams
+    from indexer.decoding import params_tuple
+    from infra.devchain import Actor, DevChain
+    from ledger.keys import read_key_file
+    from router_core.discovery import announce, read_endpoints
+    from settlement.contracts import transact
+    from settlement.merkle import realm_id
+
+    contracts = stack.contracts
+    if "router_registry" not in contracts:
+        raise StackConfigError("`discover = true` needs [contracts] router_registry")
+    chain = DevChain(stack.endpoints.rpc_url, contracts)
+    own_chain = stack.config.contracts is None
+    registry = contracts["router_registry"]
+    zero = "0x" + "00" * 20
+    for entry, realm in found:
+        name = str(realm["name"])
+        rid = realm_id(name)
+        if chain.staking.functions.keeperOf(rid).call() == zero:
+            if not own_chain:
+                console.print(f"[yellow]realm {name!r} is not registered on chain: not announced")
+                continue
+            defaults = RealmParams()
+            params = RealmParams(
+                price_per_message=int(realm.get("price_per_message", defaults.price_per_message)),
+                stake_per_mpb=int(realm.get("stake_per_mpb", defaults.stake_per_mpb)),
+            )
+            keeper = str(realm.get("keeper") or chain.owner)
+            call = chain.staking.functions.registerRealm(name, keeper, params_tuple(params))
+            transact(chain.w3, call, chain.owner)
+        key_path = stack.layout.key(f"router-{entry.name}")
+        actor = Actor.from_key_file(entry.name, key_path)
+        role = ROLES.index("router_operator")
+        staked = chain.staking.functions.positionOf(rid, actor.address, role, zero).call()[0]
+        if staked == 0:
+            if not own_chain:
+                console.print(
+                    f"[yellow]router {entry.name} holds no provision stake in realm {name!r}: "
+                    "not announced (stake as router_operator, then `meshledger router announce`)"
+                )
+                continue
+            chain.fund({actor.address: DEV_PROVISION})
+            chain.submit(
+                [
+                    chain.approve(actor, chain.staking.address),
+                    chain.stake(actor, name, "router_operator", DEV_PROVISION),
+                ]
+            )
+        elif own_chain:
+            chain.fund({actor.address: 0})  # gas
+        host, port = entry.listen
+        url = f"ws://{host}:{port}/ws"
+        if any(
+            e.operator == actor.address and e.url == url
+            for e in read_endpoints(chain.w3, registry, name)
+        ):
+            continue  # announced by an earlier `up`
+        announce(chain.w3, registry, name, url, read_key_file(key_path))
+        console.print(f"router {entry.name} announced in realm {name!r} at {url}")
 
 
 def run_up(config: StackConfig, layout: Layout, console: Console) -> int:
