@@ -35,7 +35,7 @@ SETTINGS: dict[str, Any] = {
 _NODE_COMPILER = r"""
 const fs = require('fs');
 const path = require('path');
-const solc = require(path.join(process.argv[1], 'solc'));
+const solc = require(path.join(process.argv[1], process.argv[2] || 'solc'));
 const input = fs.readFileSync(0, 'utf8');
 function findImports(p) {
   const file = path.join(process.argv[1], p);
@@ -44,6 +44,25 @@ function findImports(p) {
 }
 process.stdout.write(solc.compile(input, { import: findImports }));
 """
+
+
+# ENS (issue 12): the registry, the `.eth` first-come registrar, the reverse registrar and the
+# public resolver from npm (@ensdomains/ens, @ensdomains/resolver), compiled with the solc 0.7
+# they are written for (`solc-0.7` in package.json), for a local ENS on the dev chain.
+ENS_SOLC_PACKAGE = "solc-0.7"
+ENS_SOLC_VERSION = "0.7.6"
+ENS_SOURCES = (
+    "@ensdomains/ens/contracts/ENSRegistry.sol",
+    "@ensdomains/ens/contracts/FIFSRegistrar.sol",
+    "@ensdomains/ens/contracts/ReverseRegistrar.sol",
+    "@ensdomains/resolver/contracts/PublicResolver.sol",
+)
+ENS_CONTRACTS = ("ENSRegistry", "FIFSRegistrar", "ReverseRegistrar", "PublicResolver")
+ENS_SETTINGS: dict[str, Any] = {
+    "evmVersion": "istanbul",
+    "optimizer": {"enabled": True, "runs": 200},
+    "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
+}
 
 
 class BuildError(RuntimeError):
@@ -59,19 +78,25 @@ def contract_sources() -> dict[str, str]:
     return sources
 
 
-def compile_sources(sources: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Compile with solc-js; returns the standard-JSON output and every source it read
-    (project files plus resolved imports), for the artifact hash."""
-    solc_pkg = json.loads((NODE_MODULES / "solc" / "package.json").read_text())
-    if solc_pkg["version"] != SOLC_VERSION:
-        raise BuildError(f"node_modules/solc is {solc_pkg['version']}, expected {SOLC_VERSION}")
+def compile_sources(
+    sources: dict[str, str],
+    package: str = "solc",
+    version: str = SOLC_VERSION,
+    settings: dict[str, Any] = SETTINGS,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Compile with solc-js (`package` in node_modules, which must be `version`); returns the
+    standard-JSON output and every source it read (project files plus resolved imports), for
+    the artifact hash."""
+    solc_pkg = json.loads((NODE_MODULES / package / "package.json").read_text())
+    if solc_pkg["version"] != version:
+        raise BuildError(f"node_modules/{package} is {solc_pkg['version']}, expected {version}")
     standard_input = {
         "language": "Solidity",
         "sources": {name: {"content": text} for name, text in sources.items()},
-        "settings": SETTINGS,
+        "settings": settings,
     }
     proc = subprocess.run(
-        ["node", "-e", _NODE_COMPILER, str(NODE_MODULES)],
+        ["node", "-e", _NODE_COMPILER, str(NODE_MODULES), package],
         input=json.dumps(standard_input),
         capture_output=True,
         text=True,
@@ -91,11 +116,13 @@ def compile_sources(sources: dict[str, str]) -> tuple[dict[str, Any], dict[str, 
     return output, used
 
 
-def sources_hash(used_sources: dict[str, str]) -> str:
+def sources_hash(
+    used_sources: dict[str, str], version: str = SOLC_VERSION, settings: dict[str, Any] = SETTINGS
+) -> str:
     """sha256 over compiler version, settings and every source (path and content)."""
     digest = hashlib.sha256()
-    digest.update(f"solc {SOLC_VERSION}\n".encode())
-    digest.update(json.dumps(SETTINGS, sort_keys=True).encode())
+    digest.update(f"solc {version}\n".encode())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     for name in sorted(used_sources):
         digest.update(f"\n{name}\n".encode())
         digest.update(used_sources[name].encode())
@@ -132,6 +159,33 @@ def build_artifacts() -> dict[str, str]:
                 "deployedBytecode": "0x" + contract["evm"]["deployedBytecode"]["object"],
             }
             artifacts[f"{name}.json"] = json.dumps(artifact, indent=1, sort_keys=True) + "\n"
+    artifacts.update(build_ens_artifacts())
+    return artifacts
+
+
+def build_ens_artifacts() -> dict[str, str]:
+    """ENS's contracts from npm, compiled with their solc (artifact file name -> text)."""
+    sources = {name: (NODE_MODULES / name).read_text() for name in ENS_SOURCES}
+    output, used = compile_sources(sources, ENS_SOLC_PACKAGE, ENS_SOLC_VERSION, ENS_SETTINGS)
+    source_hash = sources_hash(used, ENS_SOLC_VERSION, ENS_SETTINGS)
+    artifacts: dict[str, str] = {}
+    for source_name in ENS_SOURCES:
+        for name, contract in sorted(output["contracts"].get(source_name, {}).items()):
+            if name not in ENS_CONTRACTS:
+                continue
+            artifact = {
+                "contractName": name,
+                "sourceName": source_name,
+                "compiler": {"solc": ENS_SOLC_VERSION, "settings": ENS_SETTINGS},
+                "sourceHash": source_hash,
+                "abi": contract["abi"],
+                "bytecode": "0x" + contract["evm"]["bytecode"]["object"],
+                "deployedBytecode": "0x" + contract["evm"]["deployedBytecode"]["object"],
+            }
+            artifacts[f"{name}.json"] = json.dumps(artifact, indent=1, sort_keys=True) + "\n"
+    missing = set(ENS_CONTRACTS) - {n.removesuffix(".json") for n in artifacts}
+    if missing:
+        raise BuildError(f"ENS contracts not built: {sorted(missing)}")
     return artifacts
 
 

@@ -263,6 +263,19 @@ QUERY_NAMES = [
     help="A shard's query endpoint or database file; one per shard reads a sharded ledger as "
     "one (instead of --url/--db).",
 )
+@click.option(
+    "--ens-rpc",
+    envvar="MESHLEDGER_ENS_RPC",
+    default=None,
+    help="Show ENS names next to addresses: the chain of the ENS registry (with --ens-registry).",
+)
+@click.option(
+    "--ens-registry",
+    envvar="MESHLEDGER_ENS_REGISTRY",
+    default=None,
+    help="The ENS registry whose reverse records name addresses (a name counts only when it "
+    "resolves back to the address).",
+)
 def query(
     what: str,
     realm: str | None,
@@ -275,6 +288,8 @@ def query(
     usd: bool,
     feed: str | None,
     shards: tuple[str, ...],
+    ens_rpc: str | None,
+    ens_registry: str | None,
 ) -> None:
     """Query the ledger: realms | bandwidth | usage | epochs | payouts | dead | sources |
     reorgs (closed epochs that counted a log a reorg retracted) | prices | reputation (market
@@ -287,7 +302,9 @@ def query(
 
     Works while the projector runs (through its query endpoint) and without it (from the file).
     With --usd, epochs and payouts carry a USD value, or "stale" when the last price observed
-    at or before the epoch's last block was not valid.
+    at or before the epoch's last block was not valid. With --ens-rpc and --ens-registry (or
+    MESHLEDGER_ENS_RPC / MESHLEDGER_ENS_REGISTRY), addresses that have an ENS name show it (the
+    table) or gain a `<column>_ens` field (--json); CSV stays as stored.
     """
     from ledger.query import QueryClient, QueryError
     from ledger.render import print_query, write_csv
@@ -315,13 +332,21 @@ def query(
     else:
         raise click.ClickException(f"no projector endpoint and no database at {db_path}")
     rows = [dict(zip(data["columns"], r, strict=True)) for r in data["rows"]]
+    shown, tagged = rows, rows
+    if ens_rpc or ens_registry:
+        if not (ens_rpc and ens_registry):
+            raise click.UsageError("names need both --ens-rpc and --ens-registry")
+        from infra.ens import Names
+        from ledger.render import with_names
+
+        shown, tagged = with_names(rows, Names(ens_rpc, ens_registry).name)
     if as_json:
-        for row in rows:
+        for row in tagged:
             click.echo(json.dumps(row, default=str))
     elif as_csv:
         write_csv(sys.stdout, data["columns"], rows)
     else:
-        print_query(console, what, rows, layout="wide" if wide else "fit")
+        print_query(console, what, shown, layout="wide" if wide else "fit")
 
 
 def _read_shards(targets: tuple[str, ...], what: str, **params: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, TextIO
 
 from rich import box
@@ -65,6 +66,35 @@ def _cell(column: str, value: Any, amounts: frozenset[str]) -> str:
     if isinstance(value, str) and value.startswith("0x") and len(value) > 20:
         return value[:8] + "…" + value[-4:]
     return str(value)
+
+
+#: an account or contract address in a row (what an ENS name can stand for)
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+
+
+def with_names(
+    rows: Sequence[dict[str, Any]], name_of: Callable[[str], str | None]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows whose addresses have an ENS name: (for a table, the name with the shortened
+    address in their cells; for JSON, each row plus `<column>_ens` for every named address).
+    `name_of` answers None without a name (one lookup per distinct address)."""
+    names: dict[str, str | None] = {}
+    shown, tagged = [], []
+    for row in rows:
+        cells, extra = dict(row), dict(row)
+        for column, value in row.items():
+            if not (isinstance(value, str) and _ADDRESS.match(value)):
+                continue
+            key = value.lower()
+            if key not in names:
+                names[key] = name_of(value)
+            name = names[key]
+            if name is not None:
+                cells[column] = f"{name} ({value[:6]}…{value[-4:]})"
+                extra[f"{column}_ens"] = name
+        shown.append(cells)
+        tagged.append(extra)
+    return shown, tagged
 
 
 #: per query, the columns a narrow terminal shows first (then the others, in their order, while

@@ -81,6 +81,22 @@ async def find_service(session: ApplicationSession, service: str, max_price: int
     return usable[0]
 
 
+async def offer_of(
+    session: ApplicationSession, service: str, operator: str, names: Any = None
+) -> Offer:
+    """The offer of `service` by one operator, given by address or by ENS name (`calc.eth`,
+    resolved through `names`, an `infra.ens.Names`); NoOffer when it has none here."""
+    address = operator
+    if not (operator.startswith("0x") and len(operator) == 42):
+        if names is None:
+            raise ValueError(f"operator {operator!r} is a name: pass names= to resolve it")
+        address = names.resolve(operator)
+    found = [o for o in await offers(session, service) if o.operator.lower() == address.lower()]
+    if not found:
+        raise NoOffer(f"{operator} ({address}) offers no {service} in this realm")
+    return found[0]
+
+
 @dataclass(frozen=True, slots=True)
 class QuoteDesk:
     """An operator's pricing policy: it signs any ask at or above `floor_price`, and answers a

@@ -325,16 +325,23 @@ async def connect_realm(
     avoid: str = "",
     probe_timeout_s: float = 2.0,
     max_tries: int = 8,
+    names: Any = None,
     **options: Any,
 ) -> MeshSession:
     """A session in `realm` on one of the routers announced for it in RouterRegistry at
     `registry` on the chain at `chain_rpc_url`: the reachable ones are tried lowest latency
     first (`prefer`'s operator ahead, `avoid`'s last: the one that just failed), at most
-    `max_tries` of them, each one proving its operator key. `options` go to `connect`.
-    NoRouterReachable names what failed at each."""
+    `max_tries` of them, each one proving its operator key. `prefer` may be an ENS name
+    (`router-a.eth`) when `names` (an `infra.ens.Names`) resolves it. `options` go to
+    `connect`. NoRouterReachable names what failed at each."""
     from web3 import Web3
 
     from router_core.discovery import read_endpoints
+
+    if prefer and not Web3.is_address(prefer):
+        if names is None:
+            raise ValueError(f"prefer={prefer!r} is a name: pass names= to resolve it")
+        prefer = names.resolve(prefer)
 
     w3 = Web3(Web3.HTTPProvider(chain_rpc_url, request_kwargs={"timeout": probe_timeout_s * 5}))
     endpoints = await asyncio.to_thread(read_endpoints, w3, registry, realm)

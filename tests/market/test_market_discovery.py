@@ -11,10 +11,13 @@ import pytest
 from autobahn.wamp.exception import ApplicationError
 from market_world import API, MarketWorld
 from router_harness import run
+from web3 import Web3
 
 from domain.market import operator_prefix
+from infra.anvil import Anvil
 from infra.broker import Broker
-from market.client import NoOffer, find_service, offers, serve
+from infra.ens import Names, deploy_ens, register_name
+from market.client import NoOffer, find_service, offer_of, offers, serve
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +75,39 @@ def test_discovery_lists_ranks_and_finds_the_best_offer(tmp_path: Path, broker: 
                     await user.call("mesh.market.offers", **bad)
                 assert err.value.error == "wamp.error.invalid_argument"
                 assert reason in str(err.value.args[0])
+        finally:
+            await world.stop()
+
+    run(body)
+
+
+def test_a_client_finds_an_operator_by_its_ens_name(
+    tmp_path: Path, broker: Broker, fresh_anvil: Anvil
+) -> None:
+    w3 = Web3(Web3.HTTPProvider(fresh_anvil.url))
+    ens = deploy_ens(w3, w3.eth.accounts[0])
+    world = MarketWorld(tmp_path, broker.bootstrap, prices=[3_000, 1_000])
+    named, cheap = world.operators
+    w3.provider.make_request("anvil_setBalance", [named.address, hex(10**20)])  # type: ignore[arg-type]
+    register_name(w3, ens, "calc-op.eth", named.private)
+    names = Names(fresh_anvil.url, ens.registry)
+
+    async def body() -> None:
+        await world.start()
+        try:
+            for key, tag in ((named, "named"), (cheap, "cheap")):
+                op = await world.connect(key)
+                await serve(op, API, {"add": lambda a, b, tag=tag: {"sum": a + b, "by": tag}})
+            user = await world.connect(world.client)
+            # by name: the named operator's offer, not the cheapest
+            offer = await offer_of(user, API, "calc-op.eth", names)
+            assert (offer.operator, offer.price_per_call) == (named.address, 3_000)
+            assert await user.call(offer.procedure("add"), 1, 2) == {"sum": 3, "by": "named"}
+            assert (await offer_of(user, API, cheap.address)).operator == cheap.address
+            with pytest.raises(ValueError, match="resolves to no address"):
+                await offer_of(user, API, "nobody.eth", names)
+            with pytest.raises(NoOffer, match="offers no"):
+                await offer_of(user, API, w3.eth.accounts[3])
         finally:
             await world.stop()
 

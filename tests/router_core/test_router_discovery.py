@@ -31,6 +31,7 @@ from indexer.rpc import JsonRpc, RpcSource
 from indexer.service import SyncConfig
 from infra.anvil import Anvil
 from infra.broker import Broker
+from infra.ens import Names, deploy_ens, register_name
 from infra.procs import free_port, stop_process
 from router_core.client import NoRouterReachable, RealmConnection, connect_realm
 from router_core.discovery import (
@@ -295,6 +296,10 @@ def test_a_client_given_a_realm_and_a_chain_picks_a_router_and_fails_over(
     announce(w3, w.registry, REALM, w.url(0), w.operators[2].private)
     w.sync()
     operators = [k.address for k in w.operators]
+    ens = deploy_ens(w3, w.mesh.accounts[0])
+    register_name(w3, ens, "first.eth", w.operators[0].private)
+    register_name(w3, ens, "second.eth", w.operators[1].private)
+    names = Names(w.mesh.anvil.url, ens.registry)
     with routers(w, fresh_broker, tmp_path, 0, 1) as running:
 
         async def body() -> None:
@@ -304,6 +309,15 @@ def test_a_client_given_a_realm_and_a_chain_picks_a_router_and_fails_over(
                     prefer=operators[2], max_tries=1,
                 )  # fmt: skip
             assert "mesh.error.wrong_router" in str(wrong.value), wrong.value
+
+            # a router given by its ENS name: resolved, then preferred (each of the two)
+            for name, operator in (("first.eth", operators[0]), ("second.eth", operators[1])):
+                named = await connect_realm(
+                    REALM, w.mesh.anvil.url, w.registry, client.private,
+                    prefer=name, names=names,
+                )  # fmt: skip
+                assert named.expect_router == operator, name
+                named.leave()
 
             conn = RealmConnection(REALM, w.mesh.anvil.url, w.registry, client.private)
             first = await conn.session()
