@@ -295,7 +295,8 @@ def query(
     reorgs (closed epochs that counted a log a reorg retracted) | prices | reputation (market
     operators per service: calls, errors, timeouts, decayed success ratio, p50/p95 latency) |
     offers (the marketplace's standing offers) | reciprocity (pairs of servers: calls each
-    answered of the services the other rewards).
+    answered of the services the other rewards) | routers (the routers announced on chain for
+    each realm, RouterRegistry).
 
     The table fits the terminal: the query's key columns first, others while they fit (--wide
     shows all); amounts in WMP. --json (one object a line) and --csv keep exact base units.
