@@ -146,21 +146,34 @@ def build_artifacts() -> dict[str, str]:
     artifacts: dict[str, str] = {}
     for source_name in sources:
         for name, contract in sorted(output["contracts"].get(source_name, {}).items()):
-            bytecode = contract["evm"]["bytecode"]["object"]
-            if not bytecode:
+            if not contract["evm"]["bytecode"]["object"]:
                 continue  # interfaces and abstract contracts
-            artifact = {
-                "contractName": name,
-                "sourceName": source_name,
-                "compiler": {"solc": SOLC_VERSION, "settings": SETTINGS},
-                "sourceHash": source_hash,
-                "abi": contract["abi"],
-                "bytecode": "0x" + bytecode,
-                "deployedBytecode": "0x" + contract["evm"]["deployedBytecode"]["object"],
-            }
-            artifacts[f"{name}.json"] = json.dumps(artifact, indent=1, sort_keys=True) + "\n"
+            artifacts[f"{name}.json"] = _artifact(
+                name, source_name, contract, SOLC_VERSION, SETTINGS, source_hash
+            )
     artifacts.update(build_ens_artifacts())
     return artifacts
+
+
+def _artifact(
+    name: str,
+    source_name: str,
+    contract: dict[str, Any],
+    version: str,
+    settings: dict[str, Any],
+    source_hash: str,
+) -> str:
+    """The artifact file's text of one compiled contract."""
+    artifact = {
+        "contractName": name,
+        "sourceName": source_name,
+        "compiler": {"solc": version, "settings": settings},
+        "sourceHash": source_hash,
+        "abi": contract["abi"],
+        "bytecode": "0x" + contract["evm"]["bytecode"]["object"],
+        "deployedBytecode": "0x" + contract["evm"]["deployedBytecode"]["object"],
+    }
+    return json.dumps(artifact, indent=1, sort_keys=True) + "\n"
 
 
 def build_ens_artifacts() -> dict[str, str]:
@@ -171,18 +184,10 @@ def build_ens_artifacts() -> dict[str, str]:
     artifacts: dict[str, str] = {}
     for source_name in ENS_SOURCES:
         for name, contract in sorted(output["contracts"].get(source_name, {}).items()):
-            if name not in ENS_CONTRACTS:
-                continue
-            artifact = {
-                "contractName": name,
-                "sourceName": source_name,
-                "compiler": {"solc": ENS_SOLC_VERSION, "settings": ENS_SETTINGS},
-                "sourceHash": source_hash,
-                "abi": contract["abi"],
-                "bytecode": "0x" + contract["evm"]["bytecode"]["object"],
-                "deployedBytecode": "0x" + contract["evm"]["deployedBytecode"]["object"],
-            }
-            artifacts[f"{name}.json"] = json.dumps(artifact, indent=1, sort_keys=True) + "\n"
+            if name in ENS_CONTRACTS:
+                artifacts[f"{name}.json"] = _artifact(
+                    name, source_name, contract, ENS_SOLC_VERSION, ENS_SETTINGS, source_hash
+                )
     missing = set(ENS_CONTRACTS) - {n.removesuffix(".json") for n in artifacts}
     if missing:
         raise BuildError(f"ENS contracts not built: {sorted(missing)}")

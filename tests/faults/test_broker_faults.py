@@ -14,7 +14,9 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -127,6 +129,35 @@ def test_dropped_stalled_and_paused_broker_lose_nothing_and_double_nothing(
     _everything_once(world, proxied_broker.bootstrap, sent, f"faults {faults}; stats {stats}")
 
 
+class _Consuming:
+    """A projector's consume loop in a thread until `stop()` (which returns what ended it)."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.done = threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.service.run(until=lambda _s: self.done.is_set())
+        except BaseException as exc:  # the test fails on it
+            self.errors.append(exc)
+
+    def wait(self, check: Callable[[], Any], what: str, deadline: float) -> None:
+        """Until `check()` holds, the loop alive all along, by `deadline` (monotonic)."""
+        while not check():
+            assert self.thread.is_alive(), f"the projector died: {self.errors}"
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    def stop(self) -> list[BaseException]:
+        self.done.set()
+        self.thread.join(timeout=60)
+        return self.errors
+
+
 def test_the_projector_outlasts_a_broker_that_cannot_answer(
     proxied_broker: ProxiedBroker, tmp_path: Path
 ) -> None:
@@ -135,36 +166,27 @@ def test_the_projector_outlasts_a_broker_that_cannot_answer(
     world = World(proxied_broker.bootstrap, tmp_path, head=1_000_000)
     service = world.service(live=True, offsets_timeout_ms=500)
     run_until(service, caught_up, 60)
-    done, errors = threading.Event(), []
-
-    def run() -> None:
-        try:
-            service.run(until=lambda _s: done.is_set())
-        except BaseException as exc:  # the test fails on it below
-            errors.append(exc)
-
-    runner = threading.Thread(target=run, daemon=True)
-    runner.start()
+    loop = _Consuming(service)
     try:
         proxied_broker.proxy.set_mode("drop")
-        deadline = time.monotonic() + 60
-        while not service._offsets_unavailable:  # the service asked and the broker did not answer
-            assert runner.is_alive(), f"the projector died: {errors}"
-            assert time.monotonic() < deadline, "the service never asked for end offsets"
-            time.sleep(0.05)
+        # the service asked and the broker did not answer
+        loop.wait(
+            lambda: service._offsets_unavailable,
+            "the service never asked for end offsets",
+            time.monotonic() + 60,
+        )
         time.sleep(1.5)  # three timeouts more without a broker
-        assert runner.is_alive() and not errors, errors
+        assert loop.thread.is_alive() and not loop.errors, loop.errors
         proxied_broker.proxy.set_mode("pass")
         world.send_raw(world.crafted_metered(7, block=10))
-        deadline = time.monotonic() + 60
-        while (state := service.projector.sources.get(world.crafted.address)) is None:
-            assert runner.is_alive(), f"the projector died: {errors}"
-            assert time.monotonic() < deadline, "the record after the outage was not projected"
-            time.sleep(0.05)
-        assert state.last_seq == 7
+        loop.wait(
+            lambda: service.projector.sources.get(world.crafted.address) is not None,
+            "the record after the outage was not projected",
+            time.monotonic() + 60,
+        )
+        assert service.projector.sources[world.crafted.address].last_seq == 7
     finally:
-        done.set()
-        runner.join(timeout=60)
+        errors = loop.stop()
     assert not errors, errors
     assert not service._offsets_unavailable  # it said so when the broker answered again
     assert table(service, "SELECT count(*) FROM seq_gaps") == [(0,)]
@@ -183,13 +205,6 @@ def test_a_rejected_records_offset_is_committed_only_after_its_dead_letter(
     world.send_raw(world.crafted_metered(3, block=10))
     service = world.service(dead_letter_block_ms=300)
     proxied_broker.proxy.stall_produce = True
-    done, errors = threading.Event(), []
-
-    def run() -> None:
-        try:
-            service.run(until=lambda _s: done.is_set())
-        except BaseException as exc:  # the test fails on it below
-            errors.append(exc)
 
     def committed() -> list[tuple[int, int]]:
         cur = service.con.cursor()
@@ -201,29 +216,25 @@ def test_a_rejected_records_offset_is_committed_only_after_its_dead_letter(
             cur.close()
         return [(int(p), int(o)) for p, o in rows if o]
 
-    runner = threading.Thread(target=run, daemon=True)
-    runner.start()
+    loop = _Consuming(service)
     try:
         deadline = time.monotonic() + 60
         # both decided in memory, and then a commit (wrong) or three waits on mesh.dead (right)
-        while not (
-            service.progress.rejected == 1
-            and service.projector.sources.get(world.crafted.address) is not None
-            and (service.dead_letter_stalls >= 3 or committed())
-        ):
-            assert runner.is_alive(), f"the projector died: {errors}"
-            assert time.monotonic() < deadline, f"not decided: {service.progress}"
-            time.sleep(0.05)
+        loop.wait(
+            lambda: (
+                service.progress.rejected == 1
+                and service.projector.sources.get(world.crafted.address) is not None
+                and (service.dead_letter_stalls >= 3 or bool(committed()))
+            ),
+            f"not decided: {service.progress}",
+            deadline,
+        )
         assert committed() == [], "an offset was committed before its record's dead letter"
         proxied_broker.proxy.stall_produce = False
-        while not committed():
-            assert runner.is_alive(), f"the projector died: {errors}"
-            assert time.monotonic() < deadline, "the commit never happened"
-            time.sleep(0.05)
+        loop.wait(committed, "the commit never happened", deadline)
     finally:
         proxied_broker.proxy.stall_produce = False
-        done.set()
-        runner.join(timeout=60)
+        errors = loop.stop()
     assert not errors, errors
     assert [o for _, o in committed()] == [2]  # both records of the one partition they share
     letters = [orjson.loads(v) for v in _log(proxied_broker.bootstrap, DEAD_TOPIC)]

@@ -92,20 +92,7 @@ peers = [{peers}]
     def start(self, i: int) -> None:
         me = self.routers[i]
         self.write_config(i)
-        env = {**os.environ, "MESH_ROUTER_KEY": "0x" + me.key.private.hex()}
-        me.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "meshledger"),
-                "router",
-                "run",
-                "--config",
-                str(me.config),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=open(self.tmp_path / f"router{i}.log", "w"),  # noqa: SIM115 (the child's)
-            text=True,
-        )
+        me.proc = spawn_router(me.config, me.key, self.tmp_path / f"router{i}.log")
 
     def start_all(self) -> None:
         if not self.routers:
@@ -113,9 +100,8 @@ peers = [{peers}]
         for i in range(self.size):
             self.start(i)
         for me in self.routers:
-            assert me.proc is not None and me.proc.stdout is not None
-            line = me.proc.stdout.readline()
-            assert f"serving {REALM}" in line, f"router did not start: {line!r}"
+            assert me.proc is not None
+            serving(me.proc, REALM)
 
     def stop(self) -> None:
         for me in self.routers:
@@ -136,6 +122,24 @@ peers = [{peers}]
 
         await until_async(reach_all, "every router knows every link", timeout_s)
         return clients
+
+
+def spawn_router(config: Path, key: Key, log: Path) -> subprocess.Popen[str]:
+    """`meshledger router run --config CONFIG` with `key` as its operator key (from the env)."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "meshledger"), "router", "run", "--config", str(config)],
+        env={**os.environ, "MESH_ROUTER_KEY": "0x" + key.private.hex()},
+        stdout=subprocess.PIPE,
+        stderr=open(log, "w"),  # noqa: SIM115 (the child's)
+        text=True,
+    )
+
+
+def serving(proc: subprocess.Popen[str], realm: str) -> None:
+    """Wait for the router's first line: it serves `realm`."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert f"serving {realm}" in line, f"router did not start: {line!r}"
 
 
 @contextlib.contextmanager

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 
 import pytest
 from indexer_harness import Harness
-from link_harness import anonymous, until_async
+from link_harness import anonymous, serving, spawn_router, until_async
 from mesh_chain import MeshChain
 from router_harness import Key, new_key
 from test_indexer_projection import project, rows
@@ -177,22 +175,8 @@ allow_anonymous = true
 discover = true
 """
         )
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "meshledger"),
-                "router",
-                "run",
-                "--config",
-                str(config),
-            ],
-            env={**os.environ, "MESH_ROUTER_KEY": "0x" + key.private.hex()},
-            stdout=subprocess.PIPE,
-            stderr=open(self.tmp / f"router{i}.log", "w"),  # noqa: SIM115 (the child's)
-            text=True,
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert f"serving {REALM}" in line, f"router {i} did not start: {line!r}"
+        proc = spawn_router(config, key, self.tmp / f"router{i}.log")
+        serving(proc, REALM)
         self.procs[i] = proc
 
     def kill(self, i: int) -> None:
