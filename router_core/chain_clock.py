@@ -61,9 +61,10 @@ class HeadEventClock(ManualClock):
 
 
 class Web3HeadPoller(ManualClock):
-    """Polls `eth_blockNumber` every `poll_ms` (async, in the router's loop). One provider (one
-    aiohttp session) serves every poll and is closed by `stop`: a provider per poll leaked a
-    client session each time ("Unclosed client session" in the log about once a second)."""
+    """Polls `eth_blockNumber` every `poll_ms` (a task of the router's loop; the request on a
+    thread with web3's synchronous provider: a cancelled AsyncHTTPProvider request can leave
+    web3's process-wide session lock held forever, web3.py issue 3867). One provider serves
+    every poll."""
 
     def __init__(self, rpc_url: str, poll_ms: int = 1000, block: int = 0) -> None:
         super().__init__(block)
@@ -75,10 +76,12 @@ class Web3HeadPoller(ManualClock):
 
     async def poll_once(self) -> int:
         if self._w3 is None:
-            from web3 import AsyncHTTPProvider, AsyncWeb3
+            from web3 import Web3
 
-            self._w3 = AsyncWeb3(AsyncHTTPProvider(self.rpc_url, request_kwargs={"timeout": 5}))
-        number = int(await self._w3.eth.block_number)
+            from router_core.chequebooks import rpc_provider
+
+            self._w3 = Web3(rpc_provider(self.rpc_url, 5.0))
+        number = int(await asyncio.to_thread(self._w3.eth.get_block_number))
         self.polls += 1
         self.set(number)
         return number
@@ -103,6 +106,4 @@ class Web3HeadPoller(ManualClock):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._w3 is not None:
-            w3, self._w3 = self._w3, None
-            await w3.provider.disconnect()
+        self._w3 = None

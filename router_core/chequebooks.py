@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
+import requests
+from web3 import HTTPProvider, Web3
 
 from domain.swap import ChequebookState, ChequeInvalid, checksummed
 
@@ -58,9 +59,25 @@ class NoChain:
         return None
 
 
+def rpc_provider(rpc_url: str, timeout_s: float) -> HTTPProvider:
+    """web3's synchronous provider with a session of its own (web3 then never takes its
+    process-wide session lock) and no retries (a read ends at `timeout_s`)."""
+    return HTTPProvider(
+        rpc_url,
+        request_kwargs={"timeout": timeout_s},
+        session=requests.Session(),
+        exception_retry_configuration=None,
+    )
+
+
 class Web3Chequebooks:
-    """Chequebook state over JSON-RPC (async web3), each read bounded by `timeout_s`; at most
-    `max_cached` chequebooks' immutable fields are kept (oldest dropped first)."""
+    """Chequebook state over JSON-RPC, each read bounded by `timeout_s`; at most `max_cached`
+    chequebooks' immutable fields are kept (oldest dropped first).
+
+    Reads run on threads with web3's synchronous provider, not on its AsyncHTTPProvider: an
+    async request cancelled while it waits for web3's process-wide session lock (a timeout, a
+    peer gone) leaves that lock held forever, after which no JSON-RPC call of the process
+    returns (web3.py issue 3867); a thread is never cancelled half-way through it."""
 
     def __init__(
         self, rpc_url: str, chain_id: int, timeout_s: float = 5.0, max_cached: int = 10_000
@@ -69,26 +86,27 @@ class Web3Chequebooks:
         self.chain_id = chain_id
         self.timeout_s = timeout_s
         self.max_cached = max_cached
-        self._provider = AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s})
-        self._w3 = AsyncWeb3(self._provider)
+        self._w3 = Web3(rpc_provider(rpc_url, timeout_s))
         self._immutable: dict[str, tuple[str, str]] = {}
 
     async def close(self) -> None:
-        await self._provider.disconnect()
+        return None
+
+    async def _off_loop(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # the HTTP timeout ends the thread's request; wait_for only stops waiting for it
+        return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), self.timeout_s)
 
     async def _call(self, address: str, fn: str, *args: Any) -> Any:
         contract = self._w3.eth.contract(
             address=Web3.to_checksum_address(address), abi=CHEQUEBOOK_ABI
         )
-        return await asyncio.wait_for(
-            contract.functions[fn](*args).call(block_identifier="latest"), self.timeout_s
-        )
+        return await self._off_loop(contract.functions[fn](*args).call, block_identifier="latest")
 
     async def _issuer_and_token(self, book: str) -> tuple[str, str]:
         cached = self._immutable.get(book)
         if cached is not None:
             return cached
-        if not await self._w3.eth.get_code(Web3.to_checksum_address(book)):
+        if not await self._off_loop(self._w3.eth.get_code, Web3.to_checksum_address(book)):
             raise ChequeInvalid("not_a_chequebook", f"no contract at {book}")
         try:
             issuer, token = await asyncio.gather(

@@ -46,4 +46,4 @@ def test_contracts_naming_an_unknown_one_are_refused() -> None:
         parse_stack_config(
             {"routers": [ROUTER], "contracts": _addresses(*CONTRACT_NAMES, "mystery")}
         )
-    assert "may name ['service_registry']" in str(err.value)
+    assert "may name ['service_registry', 'router_registry']" in str(err.value)
