@@ -29,7 +29,28 @@ from ledger.cli import _db_option, _query_url
     help="Block explorer page of a transaction, e.g. https://arbiscan.io/tx/{tx} "
     "({tx} is replaced; without it the hash is appended).",
 )
-def dashboard(url: str | None, db_path: Path, host: str, port: int, explorer_url: str) -> None:
+@click.option(
+    "--ens-rpc",
+    envvar="MESHLEDGER_ENS_RPC",
+    default=None,
+    help="Show ENS names next to addresses: the chain of the ENS registry (with --ens-registry).",
+)
+@click.option(
+    "--ens-registry",
+    envvar="MESHLEDGER_ENS_REGISTRY",
+    default=None,
+    help="The ENS registry whose reverse records name addresses (a name counts only when it "
+    "resolves back to the address).",
+)
+def dashboard(
+    url: str | None,
+    db_path: Path,
+    host: str,
+    port: int,
+    explorer_url: str,
+    ens_rpc: str | None,
+    ens_registry: str | None,
+) -> None:
     """Serve the dashboard (realms, bandwidth, epochs and settlement, payouts, SWAP, the chain)
     until Ctrl-C. It reads only the projections: through the projector's query endpoint while
     it runs, else from the DuckDB file. The page polls for new data every few seconds."""
@@ -45,7 +66,14 @@ def dashboard(url: str | None, db_path: Path, host: str, port: int, explorer_url
             return EndpointReader(endpoint)
         return DuckReader(connect(db_path, read_only=True), owned=True)
 
-    server = DashboardServer(reader, explorer_url, host, port)
+    names = None
+    if ens_rpc or ens_registry:
+        if not (ens_rpc and ens_registry):
+            raise click.UsageError("names need both --ens-rpc and --ens-registry")
+        from infra.ens import Names
+
+        names = Names(ens_rpc, ens_registry).name
+    server = DashboardServer(reader, explorer_url, host, port, names)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

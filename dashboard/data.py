@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import duckdb
@@ -380,11 +381,26 @@ class _ReadOnce:
         self.reader.close()
 
 
-def overview(source: Reader, explorer: str = "") -> dict[str, Any]:
+def _addresses(value: Any, found: set[str]) -> None:
+    if isinstance(value, dict):
+        for v in value.values():
+            _addresses(v, found)
+    elif isinstance(value, list):
+        for v in value:
+            _addresses(v, found)
+    elif isinstance(value, str) and len(value) == 42 and value.startswith("0x"):
+        found.add(value)
+
+
+def overview(
+    source: Reader, explorer: str = "", names: Callable[[str], str | None] | None = None
+) -> dict[str, Any]:
     """Everything the page shows, in one JSON-ready dict (polled by the page). Reads whole
-    projection tables (stakes, settlements, chain_logs, swap_events) once per call."""
+    projection tables (stakes, settlements, chain_logs, swap_events) once per call. With
+    `names` (`infra.ens.Names.name`), "names" maps the shown addresses that have a verified
+    ENS name to it (the page puts it in front of the address)."""
     reader = _ReadOnce(source)
-    return {
+    data = {
         "token": {"symbol": TOKEN_SYMBOL, "decimals": TOKEN_DECIMALS},
         "explorer": explorer,
         "realms": realms_view(reader),
@@ -393,3 +409,8 @@ def overview(source: Reader, explorer: str = "") -> dict[str, Any]:
         "chain": chain_view(reader),
         "market": market_view(reader),
     }
+    if names is not None:
+        shown: set[str] = set()
+        _addresses(data, shown)
+        data["names"] = {a: n for a in sorted(shown) if (n := names(a))}
+    return data

@@ -21,9 +21,14 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def answer(path: str, reader: Callable[[], Reader], explorer: str = "") -> Reply | None:
+def answer(
+    path: str,
+    reader: Callable[[], Reader],
+    explorer: str = "",
+    names: Callable[[str], str | None] | None = None,
+) -> Reply | None:
     """The reply to GET `path` if it is the dashboard's (else None). `reader()` is called only
-    for the API, so static files never touch the projections."""
+    for the API, so static files never touch the projections. `names`: see `overview`."""
     if path == PREFIX:
         return 301, PREFIX + "/", b""
     if not path.startswith(PREFIX + "/"):
@@ -32,7 +37,7 @@ def answer(path: str, reader: Callable[[], Reader], explorer: str = "") -> Reply
     if rest == "api/overview":
         source = reader()
         try:
-            data = overview(source, explorer)
+            data = overview(source, explorer, names)
         finally:
             source.close()
         return 200, "application/json", json.dumps(data, default=_json_default).encode()
@@ -55,10 +60,11 @@ class DashboardServer(LoopbackServer):
         explorer: str = "",
         host: str = "127.0.0.1",
         port: int = 0,
+        names: Callable[[str], str | None] | None = None,
     ) -> None:
         def respond(path: str) -> Reply:
             try:
-                reply = answer(PREFIX if path == "/" else path, reader, explorer)
+                reply = answer(PREFIX if path == "/" else path, reader, explorer, names)
             except Exception as exc:  # noqa: BLE001 - any reading failure is the page's to show
                 body = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
                 return 503, "application/json", body

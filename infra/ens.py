@@ -9,10 +9,12 @@ A reverse record counts only when its name resolves forward to the same address 
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from eth_account import Account
@@ -189,3 +191,32 @@ class Names:
         if found is None:
             raise ValueError(f"{name_or_address!r} resolves to no address")
         return found
+
+
+def ensure_dev_names(rpc_url: str, contracts_file: Path, keys: dict[str, Path]) -> str:
+    """`meshledger up` on its own dev chain: ENS (the one `contracts_file` records as
+    `ens_registry` while the chain still has it, else deployed now from anvil's first account and
+    recorded there) and `<label>.eth` for each label -> key file, registered to that key's
+    account with its reverse record (a name that already resolves to its account is left as it
+    is; a label that is no valid `.eth` label is skipped). Returns the registry's address."""
+    from ledger.keys import read_key_file
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    saved = json.loads(contracts_file.read_text())
+    registry = saved.get("ens_registry")
+    if registry and len(w3.eth.get_code(Web3.to_checksum_address(registry))) > 0:
+        where = EnsDeployment.at(w3, registry)
+    else:
+        where = deploy_ens(w3, w3.eth.accounts[0])
+        contracts_file.write_text(json.dumps({**saved, "ens_registry": where.registry}, indent=2))
+    names = Names(rpc_url, where.registry)
+    for label, path in keys.items():
+        name = f"{label}.eth"
+        try:
+            eth_label(name)
+        except ValueError:
+            continue
+        key = read_key_file(path)
+        if names.address(name) != Account.from_key(key).address:
+            register_name(w3, where, name, key)
+    return where.registry

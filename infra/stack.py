@@ -765,6 +765,15 @@ def start_stack(
         ensure_poster(
             endpoints.rpc_url, deployment.addresses["settlement"], sources["settle"], console
         )
+        if config.contracts is None:  # the stack's own dev chain: ENS names its routers
+            from infra.ens import ensure_dev_names
+
+            routers = [f"router-{r.name}" for r in config.routers]
+            fund_dev_gas(endpoints.rpc_url, [sources[name] for name in routers])
+            keys = {name: layout.key(name) for name in routers}
+            deployment.addresses["ens_registry"] = ensure_dev_names(
+                endpoints.rpc_url, layout.contracts_file, keys
+            )
     except StackConfigError:
         raise
     except Exception as exc:  # web3: a node error or a reverted deployment

@@ -18,9 +18,12 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+let names = {}; // address -> verified ENS name, when the server has ENS configured
+
 function short(addr) {
   if (typeof addr !== "string" || !addr.startsWith("0x") || addr.length < 20) return addr;
-  return el("code", { title: addr }, addr.slice(0, 6) + "…" + addr.slice(-4));
+  const code = el("code", { title: addr }, addr.slice(0, 6) + "…" + addr.slice(-4));
+  return names[addr] ? el("span", { class: "ens" }, names[addr] + " ", code) : code;
 }
 
 // columns: [label, key, kind] with kind "num", "amount", "addr" or "" (text)
@@ -213,6 +216,7 @@ async function refresh() {
     const resp = await fetch("api/overview", { cache: "no-store" });
     const data = await resp.json();
     if (!resp.ok) throw new Error(data.error || resp.statusText);
+    names = data.names || {};
     renderRealms(data.realms);
     renderEpochs(data);
     renderSwap(data.swap);

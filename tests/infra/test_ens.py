@@ -124,3 +124,27 @@ def test_query_output_shows_names_next_to_addresses(fresh_anvil: Anvil, tmp_path
     assert table.exit_code == 0 and "keeper.eth (" in table.output, table.output
     plain = runner.invoke(cli, ["query", "realms", "--db", str(db), "--json"])
     assert "keeper_ens" not in plain.output  # no ENS configured: output unchanged
+
+
+def test_up_names_its_keys_on_its_dev_chain_and_resumes(fresh_anvil: Anvil, tmp_path: Path) -> None:
+    from infra.ens import ensure_dev_names
+    from ledger.keys import write_new_key
+
+    contracts = tmp_path / "contracts.json"
+    contracts.write_text(json.dumps({"chain_id": 42161}))
+    keys = {label: tmp_path / f"{label}.key" for label in ("router-a", "router-b", "Bad_Label")}
+    signers = {label: write_new_key(path) for label, path in keys.items()}
+    w3 = Web3(Web3.HTTPProvider(fresh_anvil.url))
+    for signer in signers.values():
+        w3.provider.make_request("anvil_setBalance", [signer.address, hex(10**20)])  # type: ignore[arg-type]
+    registry = ensure_dev_names(fresh_anvil.url, contracts, keys)
+    assert json.loads(contracts.read_text()) == {"chain_id": 42161, "ens_registry": registry}
+    names = Names(fresh_anvil.url, registry)
+    for label in ("router-a", "router-b"):
+        assert names.address(f"{label}.eth") == signers[label].address
+        assert names.name(signers[label].address) == f"{label}.eth"
+    assert names.name(signers["Bad_Label"].address) is None  # not a .eth label: skipped
+    # a second `up` on the same chain keeps the registry and sends nothing for named keys
+    block = w3.eth.block_number
+    assert ensure_dev_names(fresh_anvil.url, contracts, keys) == registry
+    assert w3.eth.block_number == block

@@ -29,9 +29,11 @@ from domain.topics import ALL_TOPICS, LEDGER_TOPIC
 from indexer.decoding import params_tuple
 from infra.anvil import rpc_chain_id
 from infra.broker import create_topics
+from infra.ens import Names
 from infra.procs import pid_alive, stable_port, wait_until
 from infra.stack import Layout
 from infra.supervisor import group_exists, read_pid_file, same_process
+from ledger.keys import load_signer
 from router_core.client import SwapOffer, connect
 from settlement.contracts import load_artifact, transact
 from settlement.merkle import realm_id
@@ -261,6 +263,11 @@ def test_up_serves_a_client_down_stops_all_up_resumes_a_dead_child_stops_the_sta
     )
 
     stake_seen_by_the_projector(children, contracts)
+    # ENS on the stack's chain names its router (forward and its reverse record)
+    router_address = load_signer(layout.key("router-r1")).address
+    names = Names(children["chain"]["address"], contracts["ens_registry"])
+    assert names.address("router-r1.eth") == router_address
+    assert names.name(router_address) == "router-r1.eth"
 
     create_topics(bootstrap, (MARKER_TOPIC,))
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
