@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,10 @@ class RouterService:
     metrics: Any = None
     _opened_sink: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: the one thread that opens, uses and closes the cash-out sink
+    _cashout_thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="cashout")
+    )
 
     async def start(self) -> Router:
         cfg = self.config
@@ -172,7 +177,7 @@ class RouterService:
                 ),
             )
             if self.cashout_sink is None:
-                self._opened_sink = await asyncio.to_thread(open_chequebook_sink, cfg, data)
+                self._opened_sink = await self._on_cashout_thread(open_chequebook_sink, cfg, data)
                 self.cashout_sink = self._opened_sink
             chequebooks: ChequebookReader = (
                 Web3Chequebooks(cfg.chain_rpc_url, cfg.chain_id) if cfg.chain_rpc_url else NoChain()
@@ -290,12 +295,17 @@ class RouterService:
             checks["chain"] = rpc_check(cfg.chain_rpc_url)
         return MetricsServer(registry_of(lambda: router_metrics(self)), checks, host, port)
 
+    async def _on_cashout_thread(self, fn: Any, *args: Any) -> Any:
+        """Run on the one thread that owns the cash-out sink: its journal is an SQLite
+        connection, usable only from the thread that opened it (a shared pool's threads vary)."""
+        return await asyncio.get_running_loop().run_in_executor(self._cashout_thread, fn, *args)
+
     async def _cashout_loop(self) -> None:
         assert self.cashout is not None and self.cashout_sink is not None
         while True:
             await asyncio.sleep(self.config.cashout.interval_s)
             try:
-                cashed = await asyncio.to_thread(self.cashout.run_once, self.cashout_sink)
+                cashed = await self._on_cashout_thread(self.cashout.run_once, self.cashout_sink)
                 if cashed:
                     log.info("cashed out cheques worth %d", cashed)
             except Exception:  # the batch stays queued; retried on the next round
@@ -323,4 +333,5 @@ class RouterService:
         if self.cashout is not None:
             self.cashout.close()
         if self._opened_sink is not None:
-            self._opened_sink.close()
+            await self._on_cashout_thread(self._opened_sink.close)
+        self._cashout_thread.shutdown(wait=True)
