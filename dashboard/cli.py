@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from dashboard.data import DuckReader, EndpointReader, Reader
+from infra.ens_cli import names_from, names_options
 from ledger.cli import _db_option, _query_url
 
 
@@ -29,19 +30,7 @@ from ledger.cli import _db_option, _query_url
     help="Block explorer page of a transaction, e.g. https://arbiscan.io/tx/{tx} "
     "({tx} is replaced; without it the hash is appended).",
 )
-@click.option(
-    "--ens-rpc",
-    envvar="MESHLEDGER_ENS_RPC",
-    default=None,
-    help="Show ENS names next to addresses: the chain of the ENS registry (with --ens-registry).",
-)
-@click.option(
-    "--ens-registry",
-    envvar="MESHLEDGER_ENS_REGISTRY",
-    default=None,
-    help="The ENS registry whose reverse records name addresses (a name counts only when it "
-    "resolves back to the address).",
-)
+@names_options
 def dashboard(
     url: str | None,
     db_path: Path,
@@ -66,13 +55,7 @@ def dashboard(
             return EndpointReader(endpoint)
         return DuckReader(connect(db_path, read_only=True), owned=True)
 
-    names = None
-    if ens_rpc or ens_registry:
-        if not (ens_rpc and ens_registry):
-            raise click.UsageError("names need both --ens-rpc and --ens-registry")
-        from infra.ens import Names
-
-        names = Names(ens_rpc, ens_registry).name
+    names = names_from(ens_rpc, ens_registry)
     server = DashboardServer(reader, explorer_url, host, port, names)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -21,7 +21,7 @@ from eth_account import Account
 from eth_hash.auto import keccak
 from web3 import Web3
 
-from settlement.contracts import at, deploy, transact
+from settlement.contracts import at, deploy, send_signed, transact
 
 ZERO_NODE = b"\x00" * 32
 #: lookups `Names` remembers (name or address -> answer), oldest forgotten first
@@ -100,12 +100,6 @@ def install_universal_resolver(w3: Web3, registry: str, sender: str) -> None:
         raise RuntimeError(f"anvil_setCode at the universal resolver's address: {reply['error']}")
 
 
-def _send(w3: Web3, call: Any, key: bytes) -> Any:
-    from router_core.discovery import send_signed
-
-    return send_signed(w3, call, key)
-
-
 def eth_label(name: str) -> str:
     """The label of a `<label>.eth` name; ValueError for anything else."""
     if not name.endswith(".eth") or name.count(".") != 1 or len(name) < 5:
@@ -129,10 +123,10 @@ def register_name(
     registrar = at(w3, "FIFSRegistrar", ens.eth_registrar)
     registry = at(w3, "ENSRegistry", ens.registry)
     resolver = at(w3, "PublicResolver", ens.resolver)
-    _send(w3, registrar.functions.register(keccak(label.encode()), owner), key)
-    _send(w3, registry.functions.setResolver(node, ens.resolver), key)
+    send_signed(w3, registrar.functions.register(keccak(label.encode()), owner), key)
+    send_signed(w3, registry.functions.setResolver(node, ens.resolver), key)
     set_addr = resolver.get_function_by_signature("setAddr(bytes32,address)")
-    _send(w3, set_addr(node, target), key)
+    send_signed(w3, set_addr(node, target), key)
     if target == owner:
         set_reverse(w3, ens, name, key)
     return target
@@ -141,7 +135,7 @@ def register_name(
 def set_reverse(w3: Web3, ens: EnsDeployment, name: str, key: bytes) -> None:
     """`key`'s account names itself `name` in its reverse record (`<address>.addr.reverse`)."""
     reverse = at(w3, "ReverseRegistrar", ens.reverse_registrar)
-    _send(w3, reverse.functions.setName(name), key)
+    send_signed(w3, reverse.functions.setName(name), key)
 
 
 class Names:

@@ -40,6 +40,36 @@ def _chain_call(action: Callable[[], T]) -> T:
         raise click.ClickException(str(exc)) from None
 
 
+def names_options(fn: Any) -> Any:
+    """`--ens-rpc` / `--ens-registry` (or MESHLEDGER_ENS_RPC / MESHLEDGER_ENS_REGISTRY): show
+    ENS names next to addresses (`query`, `dashboard`); read with `names_from`."""
+    fn = click.option(
+        "--ens-registry",
+        envvar="MESHLEDGER_ENS_REGISTRY",
+        default=None,
+        help="The ENS registry whose reverse records name addresses (a name counts only when "
+        "it resolves back to the address).",
+    )(fn)
+    return click.option(
+        "--ens-rpc",
+        envvar="MESHLEDGER_ENS_RPC",
+        default=None,
+        help="Show ENS names next to addresses: the chain of the ENS registry (with "
+        "--ens-registry).",
+    )(fn)
+
+
+def names_from(ens_rpc: str | None, ens_registry: str | None) -> Callable[[str], str | None] | None:
+    """The name lookup the options ask for (None without them); both or neither."""
+    if not (ens_rpc or ens_registry):
+        return None
+    if not (ens_rpc and ens_registry):
+        raise click.UsageError("names need both --ens-rpc and --ens-registry")
+    from infra.ens import Names
+
+    return Names(ens_rpc, ens_registry).name
+
+
 @click.group(name="ens")
 def ens() -> None:
     """ENS names (WEP008): `<name>.eth` -> address, `<address>.addr.reverse` -> name."""

@@ -17,6 +17,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from infra.ens_cli import names_from, names_options
+
 console = Console()
 DEFAULT_DB = Path("var/ledger.duckdb")
 
@@ -263,19 +265,7 @@ QUERY_NAMES = [
     help="A shard's query endpoint or database file; one per shard reads a sharded ledger as "
     "one (instead of --url/--db).",
 )
-@click.option(
-    "--ens-rpc",
-    envvar="MESHLEDGER_ENS_RPC",
-    default=None,
-    help="Show ENS names next to addresses: the chain of the ENS registry (with --ens-registry).",
-)
-@click.option(
-    "--ens-registry",
-    envvar="MESHLEDGER_ENS_REGISTRY",
-    default=None,
-    help="The ENS registry whose reverse records name addresses (a name counts only when it "
-    "resolves back to the address).",
-)
+@names_options
 def query(
     what: str,
     realm: str | None,
@@ -334,13 +324,11 @@ def query(
         raise click.ClickException(f"no projector endpoint and no database at {db_path}")
     rows = [dict(zip(data["columns"], r, strict=True)) for r in data["rows"]]
     shown, tagged = rows, rows
-    if ens_rpc or ens_registry:
-        if not (ens_rpc and ens_registry):
-            raise click.UsageError("names need both --ens-rpc and --ens-registry")
-        from infra.ens import Names
+    name_of = names_from(ens_rpc, ens_registry)
+    if name_of is not None:
         from ledger.render import with_names
 
-        shown, tagged = with_names(rows, Names(ens_rpc, ens_registry).name)
+        shown, tagged = with_names(rows, name_of)
     if as_json:
         for row in tagged:
             click.echo(json.dumps(row, default=str))

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
 
 from domain.events import Event, RouterAnnounced, RouterWithdrawn, log_identity
-from settlement.contracts import RECEIPT_TIMEOUT_S, TransactionFailed, at, deploy
+from settlement.contracts import at, deploy, send_signed
 from settlement.merkle import realm_id
 
 #: RouterRegistry.MAX_ROUTERS: what one realm's list holds at most
@@ -45,25 +44,6 @@ def deploy_router_registry(w3: Web3, staking: str, *, sender: str) -> Contract:
 
 def registry_at(w3: Web3, address: str) -> Contract:
     return at(w3, "RouterRegistry", address)
-
-
-def send_signed(w3: Web3, call: Any, key: bytes) -> Any:
-    """Sign `call` with the operator's `key` (from its key file), send it, wait for the receipt;
-    TransactionFailed when it reverted (the revert reason is raised by the gas estimate)."""
-    account = Account.from_key(key)
-    tx = call.build_transaction(
-        {
-            "from": account.address,
-            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
-            "chainId": w3.eth.chain_id,
-        }
-    )
-    signed = account.sign_transaction(tx)
-    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
-    if receipt["status"] != 1:
-        raise TransactionFailed(f"transaction {tx_hash.hex()} reverted")
-    return receipt
 
 
 def announce(w3: Web3, registry: str, realm: str, url: str, key: bytes) -> Any:

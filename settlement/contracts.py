@@ -48,6 +48,27 @@ def at(w3: Web3, name: str, address: str) -> Contract:
     )
 
 
+def send_signed(w3: Web3, call: Any, key: bytes) -> Any:
+    """Sign `call` with the operator's `key` (from its key file), send it, wait for the receipt;
+    TransactionFailed when it reverted (the revert reason is raised by the gas estimate)."""
+    from eth_account import Account
+
+    account = Account.from_key(key)
+    tx = call.build_transaction(
+        {
+            "from": account.address,
+            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+            "chainId": w3.eth.chain_id,
+        }
+    )
+    signed = account.sign_transaction(tx)
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
+    if receipt["status"] != 1:
+        raise TransactionFailed(f"transaction {tx_hash.hex()} reverted")
+    return receipt
+
+
 def transact(w3: Web3, call: Any, sender: str, **tx: Any) -> Any:
     """Send a contract call (e.g. `c.functions.fund(r, 5)`) from an unlocked `sender`, wait for
     the receipt and raise `TransactionFailed` unless it succeeded; returns the receipt."""

@@ -38,10 +38,9 @@ from router_core.discovery import (
     deploy_router_registry,
     read_endpoints,
     registry_at,
-    send_signed,
     withdraw,
 )
-from settlement.contracts import revert_reason
+from settlement.contracts import revert_reason, send_signed
 from settlement.merkle import realm_id
 
 pytestmark = pytest.mark.integration
